@@ -1,0 +1,93 @@
+"""Checkpoints that survive crashes: written to a temporary file, fsynced, then renamed into place.
+
+A run directory holds `ckpt.pt` (everything needed to resume bit-exactly: weights,
+optimizer, step, RNG and data-sampler states, configurations) and `meta.json` (a
+human-readable summary of the same checkpoint). A crash while writing leaves the
+previous `ckpt.pt` untouched, because `os.replace` swaps the name only after the new
+file is completely on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "gptmeter-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "ckpt.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or not ours; the message says what to do."""
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call write(handle) on a temporary sibling of `path`, fsync it, then rename it over `path`."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+
+
+def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
+    """Write `state` (plus the format marker) to out_dir/ckpt.pt and a summary to out_dir/meta.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CHECKPOINT_NAME
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
+    atomic_write_bytes(path, lambda handle: torch.save(payload, handle))
+    summary = {key: payload[key] for key in ("format", "format_version", "step", "tokenizer", "model_config") if key in payload}
+    summary["val_loss"] = payload.get("val_loss")
+    atomic_write_bytes(out_dir / "meta.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+    return path
+
+
+def checkpoint_path(out_dir_or_file: Path) -> Path:
+    """Accept a run directory or a checkpoint file (a path ending in .pt)."""
+    path = Path(out_dir_or_file)
+    return path if path.suffix == ".pt" and not path.is_dir() else path / CHECKPOINT_NAME
+
+
+def load_checkpoint(out_dir_or_file: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint; CheckpointError with a remedy for every way it can fail."""
+    path = checkpoint_path(out_dir_or_file)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}; train one first with: python train.py --out-dir {path.parent}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(error).__name__}); "
+            "restore it from a backup or retrain (a half-written file is never left under this name by gptmeter)"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a gptmeter checkpoint; pass the out-dir of a gptmeter training run")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {payload.get('format_version')}, this gptmeter reads "
+            f"version {CHECKPOINT_VERSION}; use the gptmeter release that wrote it"
+        )
+    return payload

@@ -1,0 +1,325 @@
+"""The training loop as a library: one object that owns the model, optimizer, data sampler and run directory.
+
+`train.py` is a thin command line over `Trainer.run`. The loop hands a `StepRecord`
+(tokens and wall time of the step) to an optional hook after every optimizer step, and
+writes whatever the hook returns into the same metrics line: that is how the profiler
+adds FLOPs, MFU and energy without `gpt/` knowing about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from gpt.checkpoint import save_checkpoint
+from gpt.config import GPTConfig
+from gpt.data import TokenData
+from gpt.model import GPT
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_iters: int = 5000  # optimizer steps in the whole run
+    learning_rate: float = 6e-4  # peak, reached after warm-up
+    min_lr: float = 6e-5  # floor of the cosine decay
+    warmup_iters: int = 200
+    weight_decay: float = 0.1  # applied to matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # steps between validation passes
+    eval_iters: int = 20  # validation batches per pass (the same batches every time)
+    checkpoint_interval: int = 250  # steps between checkpoints (one is always written at the end)
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"  # compute dtype under autocast; weights and optimizer stay float32
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate", "beta1", "beta2"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_iters", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+# Training settings that suit a preset better than the generic ones above.
+PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        batch_size=32, max_iters=700, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50,
+        eval_interval=100, eval_iters=10, checkpoint_interval=100, weight_decay=0.1,
+    ),
+}
+
+
+def learning_rate_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to the peak, then cosine decay to min_lr at the last step."""
+    if step < config.warmup_iters:
+        return config.learning_rate * (step + 1) / config.warmup_iters
+    span = max(1, config.max_iters - config.warmup_iters)
+    progress = min(1.0, (step - config.warmup_iters) / span)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.learning_rate - config.min_lr)
+
+
+def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings, none on biases and LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = torch.device(config.device).type == "cuda"
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2), fused=fused)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int  # optimizer steps completed, this one included
+    loss: float  # mean training loss over the step's micro-batches
+    lr: float
+    tokens: int  # tokens processed by this step
+    step_time_s: float  # wall time of this step, host clock, device synchronised by loss.item()
+    elapsed_s: float  # wall time since this process started training
+
+
+class TrainingStopped(Exception):
+    """The run ended early on purpose (signal) or by necessity (non-finite loss)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag checked between steps, so a checkpoint is never cut mid-update."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def __call__(self, signal_number: int, frame) -> None:
+        if self.signal_number is not None:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+
+    @contextlib.contextmanager
+    def installed(self):
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class Trainer:
+    """Train `model_config` on `data`, keeping the run directory (`out_dir`) resumable at all times."""
+
+    def __init__(
+        self,
+        model_config: GPTConfig,
+        train_config: TrainConfig,
+        data: TokenData,
+        tokenizer_name: str,
+        out_dir: Path,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        data.check_fits(model_config.block_size)
+        self.model_config, self.config, self.data = model_config, train_config, data
+        self.tokenizer_name, self.out_dir = tokenizer_name, Path(out_dir)
+        self.extra_config = extra_config or {}
+        self.device = torch.device(train_config.device)
+        torch.manual_seed(train_config.seed)
+        self.model = GPT(model_config).to(self.device)
+        self.optimizer = make_optimizer(self.model, train_config)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train_config.dtype == "float16")
+        self.forward = torch.compile(self.model) if train_config.compile else self.model
+        self.sampler = torch.Generator().manual_seed(train_config.seed)  # draws the training windows
+        self.step = 0
+        self.val_loss: float | None = None
+        self.elapsed_s = 0.0
+
+    # --------------------------------------------------------------------- state
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model_config.to_dict(),
+            "train_config": dataclasses.asdict(self.config),
+            "tokenizer": self.tokenizer_name,
+            "run_info": self.extra_config,
+            "step": self.step,
+            "val_loss": self.val_loss,
+            "elapsed_s": self.elapsed_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "sampler": self.sampler.get_state(),
+            },
+        }
+
+    def load_state(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.val_loss, self.elapsed_s = payload["step"], payload["val_loss"], payload["elapsed_s"]
+        torch.set_rng_state(payload["rng"]["torch"])
+        if torch.cuda.is_available() and payload["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        self.sampler.set_state(payload["rng"]["sampler"])
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out_dir, self.state())
+
+    def resume(self, payload: dict[str, Any]) -> None:
+        """Continue from a loaded checkpoint, and drop metrics lines written after it (they will be redone)."""
+        self.load_state(payload)
+        self._truncate_metrics_after(self.step)
+
+    # --------------------------------------------------------------------- steps
+
+    def _autocast(self):
+        dtype = DTYPES[self.config.dtype]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def train_step(self) -> StepRecord:
+        """One optimizer step over grad_accum micro-batches. Raises TrainingStopped on a non-finite loss."""
+        started = time.perf_counter()
+        lr = learning_rate_at(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total_loss = torch.zeros((), device=self.device)
+        for _ in range(self.config.grad_accum):
+            x, y = self.data.batch(
+                "train", self.config.batch_size, self.model_config.block_size, self.sampler, self.device
+            )
+            with self._autocast():
+                _, loss = self.forward(x, y)
+            loss = loss / self.config.grad_accum
+            self.scaler.scale(loss).backward()
+            total_loss += loss.detach()
+        loss_value = total_loss.item()
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingStopped(
+                f"loss became {loss_value} at step {self.step + 1}; the last good checkpoint in {self.out_dir} is "
+                "kept. Lower --learning-rate, raise --warmup-iters or use --dtype float32, then --resume",
+                exit_code=3,
+            )
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        step_time = time.perf_counter() - started
+        self.elapsed_s += step_time
+        tokens = self.config.batch_size * self.config.grad_accum * self.model_config.block_size
+        return StepRecord(self.step, loss_value, lr, tokens, step_time, self.elapsed_s)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over eval_iters batches; the same batches every time, so passes compare."""
+        self.model.eval()
+        fixed = torch.Generator().manual_seed(self.config.seed + 1)
+        losses = []
+        for _ in range(self.config.eval_iters):
+            x, y = self.data.batch("val", self.config.batch_size, self.model_config.block_size, fixed, self.device)
+            with self._autocast():
+                _, loss = self.forward(x, y)
+            losses.append(loss.item())
+        self.val_loss = sum(losses) / len(losses)
+        return self.val_loss
+
+    # --------------------------------------------------------------------- the loop
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics_after(self, step: int) -> None:
+        """Keep the log lines up to `step`; later ones (and torn or summary lines) belong to a lost future."""
+        if not self.metrics_path.exists():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("kind") != "summary" and record.get("step", 0) <= step:
+                kept.append(line + "\n")
+        self.metrics_path.write_text("".join(kept))
+
+    def write_config(self) -> None:
+        resolved = {
+            "model": self.model_config.to_dict(),
+            "train": dataclasses.asdict(self.config),
+            "tokenizer": self.tokenizer_name,
+            "data": self.data.source,
+            "params": self.model.num_params(),
+            **self.extra_config,
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.json").write_text(json.dumps(resolved, indent=2))
+
+    def run(
+        self,
+        on_step: Callable[[StepRecord], dict[str, Any]] | None = None,
+        on_progress: Callable[[StepRecord, dict[str, Any]], None] | None = None,
+    ) -> None:
+        """Train until max_iters; evaluate and checkpoint on schedule; stop cleanly on SIGINT/SIGTERM.
+
+        on_step(record) may return extra metric fields, logged with the step;
+        on_progress(record, fields) is for display (progress bars).
+        """
+        self.write_config()
+        if self.step == 0:
+            self._log({"kind": "eval", "step": 0, "val_loss": self.evaluate()})
+        stop = _StopRequest()
+        with stop.installed():
+            while self.step < self.config.max_iters:
+                record = self.train_step()
+                fields = dataclasses.asdict(record) | {"tokens_per_sec": record.tokens / record.step_time_s}
+                fields |= on_step(record) if on_step else {}
+                self._log({"kind": "step", **fields})
+                if on_progress:
+                    on_progress(record, fields)
+                last = self.step == self.config.max_iters
+                if self.step % self.config.eval_interval == 0 or last:
+                    self._log({"kind": "eval", "step": self.step, "val_loss": self.evaluate()})
+                if self.step % self.config.checkpoint_interval == 0 or last or stop.signal_number:
+                    self.save()
+                if stop.signal_number is not None:
+                    name = signal.Signals(stop.signal_number).name
+                    raise TrainingStopped(
+                        f"stopped by {name} at step {self.step}; checkpoint saved in {self.out_dir}. "
+                        "Continue with: python train.py --resume --out-dir " + str(self.out_dir),
+                        exit_code=128 + stop.signal_number,
+                    )

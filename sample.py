@@ -1,0 +1,171 @@
+"""Generate text from a trained checkpoint (or an untrained preset, to measure decoding speed).
+
+    python sample.py                                   # newest checkpoint in out/tiny, unconditional
+    python sample.py --prompt "def main(" --max-new-tokens 200
+    echo "class Stack:" | python sample.py --temperature 0.8
+    python sample.py --init random --preset gpt2 --num-samples 64 --max-new-tokens 128
+
+Text goes to standard output (streamed when there is one sample); the timing line
+(prefill and decode tokens/s) goes to standard error, so a pipe gets only text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from gpt.checkpoint import CheckpointError, load_checkpoint
+from gpt.cli import fail, non_negative_float, positive_int, probability, resolve_device, resolve_dtype
+from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
+from gpt.model import GPT, resolve_attention
+from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
+from gpt.trainer import DTYPES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Sample text from a gptmeter checkpoint and report prefill/decode tokens per second.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = parser.add_argument_group("model")
+    source.add_argument("--out-dir", default="out/tiny", help="run directory holding ckpt.pt")
+    source.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
+                        help="random = an untrained --preset (for throughput measurement, no checkpoint needed)")
+    source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
+                        help="model shape for --init random")
+    source.add_argument("--tokenizer", choices=TOKENIZERS,
+                        help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own")
+    prompt = parser.add_argument_group("prompt (default: standard input if it is piped, else start from nothing)")
+    prompt.add_argument("--prompt", help="prompt text")
+    prompt.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
+    generation = parser.add_argument_group("generation")
+    generation.add_argument("--num-samples", type=positive_int, default=1,
+                            help="samples, generated together as one batch")
+    generation.add_argument("--max-new-tokens", type=positive_int, default=300, help="tokens to generate per sample")
+    generation.add_argument("--temperature", type=non_negative_float, default=0.8,
+                            help="softmax temperature; 0 = greedy (always the most likely token)")
+    generation.add_argument("--top-k", type=positive_int, help="sample only among the k most likely tokens")
+    generation.add_argument("--top-p", type=probability, help="nucleus sampling: smallest set with probability >= p")
+    generation.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same text)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                     help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
+    run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    return parser
+
+
+def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Tokenizer]:
+    attention = resolve_attention(args.attention, device)
+    if args.init == "random":
+        tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
+        config = GPTConfig.from_preset(args.preset, vocab_size=tokenizer.vocab_size, attention=attention)
+        torch.manual_seed(args.seed)
+        return GPT(config), tokenizer
+    payload = load_checkpoint(Path(args.out_dir), map_location="cpu")
+    tokenizer = get_tokenizer(payload["tokenizer"])
+    model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
+    model.load_state_dict(payload["model"])
+    return model, tokenizer
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file is not None:
+        if not args.prompt_file.is_file():
+            raise ValueError(f"prompt file {args.prompt_file} does not exist; pass an existing file to --prompt-file")
+        return args.prompt_file.read_text(encoding="utf-8")
+    if sys.stdin is not None and not sys.stdin.isatty():
+        return sys.stdin.read()
+    return ""
+
+
+def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]:
+    """Prompt ids, led by end-of-text as every training document is; cropped (with a warning) to the context."""
+    ids = [tokenizer.eos_token] + tokenizer.encode(text)
+    if len(ids) > block_size:
+        print(f"sample.py: warning: the prompt has {len(ids)} tokens but the context holds {block_size}; "
+              f"keeping the last {block_size}", file=sys.stderr)
+        ids = ids[-block_size:]
+    return ids
+
+
+class DecodeClock:
+    """Splits generation time into prefill (up to the first new token) and decode (the rest)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.started = self.first_token_at = self.finished_at = 0.0
+        self.new_tokens = 0
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self.started = self._now()
+
+    def token(self) -> None:
+        self.new_tokens += 1
+        if self.new_tokens == 1:
+            self.first_token_at = self._now()
+
+    def stop(self) -> None:
+        self.finished_at = self._now()
+
+    def summary(self, prompt_tokens: int, batch: int) -> str:
+        prefill_s = self.first_token_at - self.started
+        decode_s = self.finished_at - self.first_token_at
+        decoded = (self.new_tokens - 1) * batch
+        decode_rate = f"{decoded / decode_s:,.1f} tokens/s" if decoded and decode_s > 0 else "n/a"
+        return (f"prefill: {prompt_tokens * batch:,} tokens in {prefill_s * 1e3:.1f} ms "
+                f"({prompt_tokens * batch / prefill_s:,.1f} tokens/s); decode: {decoded:,} tokens in "
+                f"{decode_s:.3f} s ({decode_rate}), batch {batch}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        model, tokenizer = load_model(args, device)
+        prompt_ids = encode_prompt(read_prompt(args), tokenizer, model.config.block_size)
+    except (ValueError, CheckpointError, TokenizerUnavailable) as error:
+        fail("sample.py", str(error))
+    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    stream = args.num_samples == 1
+    utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    clock = DecodeClock(device)
+
+    def on_token(tokens: torch.Tensor) -> None:
+        clock.token()
+        if stream and int(tokens[0]) != tokenizer.eos_token:
+            sys.stdout.write(utf8.decode(tokenizer.decode_bytes([int(tokens[0])])))
+            sys.stdout.flush()
+
+    if stream:
+        sys.stdout.write(tokenizer.decode(prompt_ids))
+    clock.start()
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, eos_token=tokenizer.eos_token, generator=generator, on_token=on_token)
+    clock.stop()
+    if stream:
+        sys.stdout.write(utf8.decode(b"", final=True) + "\n")
+    else:
+        for row in out.tolist():
+            sys.stdout.write(tokenizer.decode(row) + "\n" + "-" * 40 + "\n")
+    print(clock.summary(len(prompt_ids), args.num_samples), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

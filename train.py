@@ -1,0 +1,138 @@
+"""Train a GPT. With no flags: the `tiny` preset on the Python standard library's source, byte tokenizer.
+
+    python train.py                                  # a few minutes on a laptop CPU
+    python train.py --preset gpt2 --device cuda      # GPT-2 124M with bf16 autocast
+    python train.py --resume --out-dir out/tiny      # continue where a run stopped
+
+Writes into --out-dir: ckpt.pt (+ meta.json), config.json and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gpt.checkpoint import CheckpointError, load_checkpoint
+from gpt.cli import fail, non_negative_float, positive_float, positive_int, resolve_device, resolve_dtype
+from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
+from gpt.data import DataError, load_data
+from gpt.model import resolve_attention
+from gpt.tokenizer import TOKENIZERS, TokenizerUnavailable, get_tokenizer
+from gpt.trainer import DTYPES, PRESET_TRAIN_DEFAULTS, Trainer, TrainConfig, TrainingStopped
+
+DEFAULT_OUT_DIR = "out/{preset}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a GPT from scratch and log tokens/s, loss and checkpoints to a run directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
+                       help="model shape (gpt/config.py)")
+    model.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+    model.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout probability")
+    model.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                       help="attention implementation; auto = SDPA, or our Triton kernel on GPUs where it measured faster")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", help="text file, folder of text files, or folder with train.bin/val.bin "
+                      "(default: the Python standard library's source)")
+    data.add_argument("--tokenizer", choices=TOKENIZERS,
+                      help="default: bytes for the tiny preset, cl100k otherwise; sets the model's vocabulary size")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out-dir", help="run directory for checkpoints and logs (default: out/<preset>)")
+    run.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt.pt")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                     help="autocast compute dtype; auto = bfloat16 on recent GPUs, float32 on CPU")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    optim = parser.add_argument_group("optimisation (defaults depend on the preset; see gpt/trainer.py)")
+    optim.add_argument("--max-iters", type=positive_int, help="optimizer steps in the whole run")
+    optim.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
+    optim.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
+    optim.add_argument("--learning-rate", type=positive_float, help="peak learning rate (per step)")
+    optim.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine decay")
+    optim.add_argument("--warmup-iters", type=int, help="steps of linear warm-up")
+    optim.add_argument("--beta1", type=positive_float, help="AdamW first-moment decay")
+    optim.add_argument("--beta2", type=positive_float, help="AdamW second-moment decay")
+    optim.add_argument("--weight-decay", type=non_negative_float, help="AdamW decoupled weight decay")
+    optim.add_argument("--grad-clip", type=non_negative_float, help="max global gradient norm (0 = off)")
+    optim.add_argument("--eval-interval", type=positive_int, help="steps between validation passes")
+    optim.add_argument("--eval-iters", type=positive_int, help="batches per validation pass")
+    optim.add_argument("--checkpoint-interval", type=positive_int, help="steps between checkpoints")
+    return parser
+
+
+TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("device", "dtype", "compile")]
+
+
+def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None, device, dtype: str) -> TrainConfig:
+    """Generic defaults, then the preset's, then a resumed run's saved settings, then flags given now."""
+    values = {**PRESET_TRAIN_DEFAULTS.get(preset, {}), **(saved or {})}
+    values |= {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    values |= {"device": str(device), "dtype": dtype, "compile": args.compile}
+    return TrainConfig(**values)
+
+
+def model_config_from(args: argparse.Namespace, vocab_size: int, device) -> GPTConfig:
+    overrides = {"vocab_size": vocab_size, "dropout": args.dropout, "attention": resolve_attention(args.attention, device)}
+    if args.block_size:
+        overrides["block_size"] = args.block_size
+    return GPTConfig.from_preset(args.preset, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        out_dir = Path(args.out_dir or DEFAULT_OUT_DIR.format(preset=args.preset))
+        saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
+        if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
+            args.preset = saved["run_info"].get("preset", args.preset)
+            tokenizer = get_tokenizer(saved["tokenizer"])
+            model_config = GPTConfig(**saved["model_config"])
+        else:
+            tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
+            model_config = model_config_from(args, tokenizer.vocab_size, device)
+        train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
+        data = load_data(args.data, tokenizer)
+        trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, {"preset": args.preset})
+        if saved:
+            trainer.resume(saved)
+    except (ValueError, DataError, CheckpointError, TokenizerUnavailable) as error:
+        fail("train.py", str(error))
+
+    print(
+        f"training {args.preset} ({trainer.model.num_params():,} parameters, {model_config.attention} attention) "
+        f"on {data.source} [{tokenizer.name}], {device} {dtype}, from step {trainer.step} to {train_config.max_iters}; "
+        f"run directory {out_dir}",
+        file=sys.stderr,
+    )
+    progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
+                    dynamic_ncols=True)
+
+    def show(record, fields) -> None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{record.loss:.3f}", tok_s=f"{fields['tokens_per_sec']:,.0f}", refresh=False)
+
+    try:
+        trainer.run(on_progress=show)
+    except TrainingStopped as stopped:
+        progress.close()
+        fail("train.py", str(stopped), stopped.exit_code)
+    progress.close()
+    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, checkpoint {out_dir / 'ckpt.pt'}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
