@@ -1,0 +1,92 @@
+"""Data: the embedded corpus, deterministic splits, the token cache, .bin files, and clear errors."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt.data import DataError, is_validation_file, load_data, split_files, stdlib_source_files
+from gpt.tokenizer import get_tokenizer
+
+BYTES = get_tokenizer("bytes")
+
+
+def test_stdlib_corpus_is_real_python_and_split_by_file():
+    root, files = stdlib_source_files()
+    assert len(files) > 100 and all(f.suffix == ".py" for f in files)
+    assert not any("test" in f.relative_to(root).parts for f in files)
+    splits = split_files(root, files)
+    assert 0.02 < len(splits["val"]) / len(files) < 0.10
+    assert not set(splits["val"]) & set(splits["train"])
+    reshuffled = split_files(root, sorted(files, key=lambda f: f.name))
+    assert set(reshuffled["val"]) == set(splits["val"])  # order never changes the split
+
+
+def test_validation_choice_depends_only_on_the_path():
+    assert is_validation_file("json/decoder.py") == is_validation_file("json/decoder.py")
+    chosen = sum(is_validation_file(f"pkg/module_{i}.py") for i in range(4000))
+    assert 150 < chosen < 250  # about 5 %
+
+
+def write_text_folder(folder, files=40, size=3000):
+    folder.mkdir()
+    for i in range(files):
+        (folder / f"part_{i:02d}.txt").write_text(f"# part {i}\n" + "print('hello world')\n" * (size // 21))
+    return folder
+
+
+def test_text_folder_is_tokenised_once_and_cached(tmp_path):
+    folder = write_text_folder(tmp_path / "corpus")
+    first = load_data(str(folder), BYTES)
+    cache = Path(os.environ["GPTMETER_CACHE_DIR"])
+    cache_files = sorted(cache.rglob("*.bin"))
+    modified = [p.stat().st_mtime_ns for p in cache_files]
+    second = load_data(str(folder), BYTES)
+    assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
+    total = sum(len(f.read_bytes()) + 1 for f in folder.iterdir())  # +1: a separator after each file
+    assert len(first.train) + len(first.val) == total
+    assert (first.train == BYTES.eos_token).sum() + (first.val == BYTES.eos_token).sum() == 40
+    assert cache_files and cache_files == sorted(cache.rglob("*.bin"))
+    assert modified == [p.stat().st_mtime_ns for p in cache_files]  # the second load wrote nothing
+
+
+def test_batches_are_shifted_windows_and_reproducible(tmp_path):
+    data = load_data(str(write_text_folder(tmp_path / "corpus")), BYTES)
+    x1, y1 = data.batch("train", 4, 16, torch.Generator().manual_seed(5), torch.device("cpu"))
+    x2, y2 = data.batch("train", 4, 16, torch.Generator().manual_seed(5), torch.device("cpu"))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert x1.shape == (4, 16) and torch.equal(x1[:, 1:], y1[:, :-1])
+
+
+def test_bin_pair_is_read_as_uint16(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        rng.integers(0, 257, 500, dtype=np.uint16).tofile(tmp_path / f"{split}.bin")
+    data = load_data(str(tmp_path), BYTES)
+    assert len(data.train) == 500 and data.train.dtype == np.uint16
+    assert np.array_equal(np.asarray(data.val), np.fromfile(tmp_path / "val.bin", dtype=np.uint16))
+
+
+def test_bin_with_ids_beyond_the_vocabulary_names_the_tokenizer(tmp_path):
+    for split in ("train", "val"):
+        np.full(100, 5000, dtype=np.uint16).tofile(tmp_path / f"{split}.bin")
+    with pytest.raises(DataError, match="--tokenizer"):
+        load_data(str(tmp_path), BYTES)
+
+
+def test_missing_empty_and_short_data(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_data(str(tmp_path / "nowhere"), BYTES)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_data(str(tmp_path / "empty.txt"), BYTES)
+    (tmp_path / "short.txt").write_text("x = 1\n" * 30)
+    data = load_data(str(tmp_path / "short.txt"), BYTES)
+    with pytest.raises(DataError, match="too few"):
+        data.check_fits(64)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DataError, match="no text files"):
+        load_data(str(tmp_path / "images"), BYTES)

@@ -1,0 +1,160 @@
+"""The model against independent references: published sizes, causality, backends, the KV cache."""
+
+import math
+
+import pytest
+import torch
+
+from gpt.config import GPTConfig
+from gpt.model import GPT, causal_mask, naive_attention, sample_next_token, sdpa_attention
+
+
+def small_config(**overrides) -> GPTConfig:
+    return GPTConfig(**{**dict(vocab_size=61, block_size=24, n_layer=2, n_head=4, n_embd=32), **overrides})
+
+
+def build(config: GPTConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
+@pytest.mark.parametrize(
+    "preset, published",
+    [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)],
+)
+def test_gpt2_parameter_counts_match_the_released_checkpoints(preset, published):
+    with torch.device("meta"):  # shapes only: no memory for 1.5B weights
+        model = GPT(GPTConfig.from_preset(preset))
+    assert model.num_params() == published
+
+
+def test_output_head_shares_the_token_embedding():
+    model = build(small_config())
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+
+
+def test_residual_projections_start_smaller_with_depth():
+    config = small_config(n_layer=8, n_embd=256, n_head=4)
+    model = build(config)
+    expected = 0.02 / math.sqrt(2 * config.n_layer)
+    std = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    assert abs(std - expected) / expected < 0.05
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) / 0.02 < 0.05
+
+
+@pytest.mark.parametrize("attention", ["naive", "sdpa"])
+def test_changing_a_later_token_never_changes_earlier_logits(attention):
+    model = build(small_config(attention=attention))
+    idx = torch.randint(0, 61, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = (changed[:, 12:] + 7) % 61
+    before, _ = model(idx)
+    after, _ = model(changed)
+    torch.testing.assert_close(before[:, :12], after[:, :12], rtol=0, atol=1e-6)
+    assert not torch.allclose(before[:, 12:], after[:, 12:])
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_naive_and_sdpa_models_agree(n_kv_head):
+    naive = build(small_config(attention="naive", n_kv_head=n_kv_head))
+    sdpa = build(small_config(attention="sdpa", n_kv_head=n_kv_head))
+    sdpa.load_state_dict(naive.state_dict())
+    idx = torch.randint(0, 61, (3, 24))
+    targets = torch.randint(0, 61, (3, 24))
+    logits_a, loss_a = naive(idx, targets)
+    logits_b, loss_b = sdpa(idx, targets)
+    torch.testing.assert_close(logits_a, logits_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+@pytest.mark.parametrize("t_query, t_key", [(1, 9), (4, 9), (9, 9)])
+def test_attention_backends_match_float64_softmax_with_bottom_right_mask(t_query, t_key):
+    torch.manual_seed(1)
+    q = torch.randn(2, 4, t_query, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 2, t_key, 8, dtype=torch.float64), torch.randn(2, 2, t_key, 8, dtype=torch.float64)
+    # Independent reference: loop over heads and queries, softmax over the keys each query may see.
+    expected = torch.empty_like(q)
+    for h in range(4):
+        for i in range(t_query):
+            visible = i + (t_key - t_query) + 1
+            scores = torch.einsum("bd,bsd->bs", q[:, h, i], k[:, h // 2, :visible]) / math.sqrt(8)
+            weights = torch.softmax(scores, dim=-1)
+            expected[:, h, i] = torch.einsum("bs,bsd->bd", weights, v[:, h // 2, :visible])
+    torch.testing.assert_close(naive_attention(q, k, v), expected)
+    torch.testing.assert_close(sdpa_attention(q, k, v), expected)
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    mask = causal_mask(2, 4, torch.device("cpu"))
+    assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_kv_cache_generation_equals_full_recomputation():
+    model = build(small_config(n_kv_head=2))
+    prompt = torch.randint(0, 61, (2, 5))
+    generated = model.generate(prompt, max_new_tokens=40, temperature=0)  # runs past the context of 24
+    idx = prompt
+    for _ in range(40):  # no cache: re-run the cropped window for every token
+        logits, _ = model(idx[:, -24:])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, idx)
+
+
+def test_generation_stops_at_end_of_text():
+    model = build(small_config())
+    prompt = torch.randint(0, 61, (1, 3))
+    first = model.generate(prompt, max_new_tokens=1, temperature=0)[0, -1].item()
+    out = model.generate(prompt, max_new_tokens=30, temperature=0, eos_token=first)
+    assert out.shape[1] == 4 and out[0, -1].item() == first
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5]])
+    gen = torch.Generator().manual_seed(0)
+    assert sample_next_token(logits, temperature=0).item() == 1
+    draws = {sample_next_token(logits, 1.0, top_k=2, generator=gen).item() for _ in range(200)}
+    assert draws == {1, 2}
+    # softmax([1,3,2,.5]) ≈ [.085,.629,.231,.052]: p=0.7 keeps the best two, p=0.5 only the best.
+    assert {sample_next_token(logits, 1.0, top_p=0.7, generator=gen).item() for _ in range(200)} == {1, 2}
+    assert {sample_next_token(logits, 1.0, top_p=0.5, generator=gen).item() for _ in range(50)} == {1}
+
+
+def test_tiny_model_overfits_one_batch():
+    model = build(small_config())
+    model.train()
+    idx = torch.randint(0, 61, (4, 24), generator=torch.Generator().manual_seed(3))
+    targets = torch.roll(idx, -1, dims=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    _, first = model(idx, targets)
+    for _ in range(150):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert first.item() > math.log(61) * 0.9
+    assert loss.item() < 0.1
+
+
+def test_sequence_longer_than_context_is_refused():
+    model = build(small_config())
+    with pytest.raises(ValueError, match="exceeds the context"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_embd=30), "divisible"),
+        (dict(n_kv_head=3), "multiple"),
+        (dict(attention="fast"), "unknown attention"),
+        (dict(n_layer=0), "positive"),
+    ],
+)
+def test_bad_configs_are_rejected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        small_config(**overrides)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="tiny, gpt2"):
+        GPTConfig.from_preset("gpt5")
