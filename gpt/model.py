@@ -64,6 +64,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     gqa = q.size(1) != k.size(1)
     if q.size(2) == k.size(2):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if q.size(2) == 1:  # one new token sees every cached key: no mask needed
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     mask = causal_mask(q.size(2), k.size(2), q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 

@@ -147,6 +147,8 @@ class Trainer:
         self.tokenizer_name, self.out_dir = tokenizer_name, Path(out_dir)
         self.extra_config = extra_config or {}
         self.device = torch.device(train_config.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls outside autocast may use TF32
         torch.manual_seed(train_config.seed)
         self.model = GPT(model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, train_config)
