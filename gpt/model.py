@@ -61,7 +61,7 @@ def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """PyTorch's fused attention. Its `is_causal` aligns top-left, so T != S needs a mask."""
-    gqa = q.size(1) != k.size(1)
+    gqa = bool(q.size(1) != k.size(1))  # a plain bool even when traced (fvcore, torch.jit)
     if q.size(2) == k.size(2):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     if q.size(2) == 1:  # one new token sees every cached key: no mask needed

@@ -1,0 +1,45 @@
+"""`python -m profiling COMMAND ...`: one subcommand per profiling module.
+
+Each module listed in SUBCOMMANDS provides `add_parser(subparsers) -> ArgumentParser` and
+`run(args) -> int` (the exit status). A `ValueError` escaping `run` is bad input: it is printed
+as one line and the command exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = (
+    "profiling.flops",
+    "profiling.hardware",
+    "profiling.report",
+    "profiling.cost",
+    "profiling.scale",
+    "profiling.scenarios",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m profiling", description="FLOPs, hardware peaks, utilisation and cost of gptmeter models."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMANDS:
+        module = importlib.import_module(module_name)
+        module.add_parser(subparsers).set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"python -m profiling {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Exact FLOP, parameter and byte counts of a GPT, from its `GPTConfig` alone.
+
+Conventions (GUIDE section 2, written out in docs/profiling.md):
+
+- One multiply-add is 2 FLOPs; only matmuls are counted (layer norms, softmax,
+  GELU, residual adds and biases are a fraction of a percent and left out), so a
+  (m × k) @ (k × n) product costs 2·m·k·n.
+- Model FLOPs (PaLM, appendix B) count the full T × T attention matrix even though
+  half of it is masked: per layer and token, 2·d·(d + 2·d_kv) for the q, k, v
+  projections, 2·T·d for the scores q·kᵀ, 2·T·d for the weighted sum of values,
+  2·d·d for the output projection, 2·2·d·4d for the MLP; plus 2·d·vocab for the
+  output head. d = n_embd, d_kv = n_kv_head·head_dim (grouped-query attention
+  shrinks k and v, not the score matrix, whose size follows the query heads).
+- Training = 3 × forward: the backward pass of a matmul is two matmuls of the
+  same size (gradient of the input and of the weight).
+- Hardware FLOPs are what a fused causal kernel executes: query i meets keys
+  0..i only, T·(T+1)/2 of the T² score entries, i.e. (T+1)/2 keys per token on
+  average, so each attention term becomes 2·d·(T+1)/2 = d·(T+1) per layer and
+  token. Block-tiled kernels also compute the masked half of each diagonal tile,
+  which is not counted. In training, fused kernels (FlashAttention, PyTorch's
+  SDPA kernels) recompute the scores in the backward pass instead of storing
+  them, which adds one more scores term.
+
+This module depends on `gpt.config` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from gpt.config import PRESETS, GPTConfig
+
+# Bytes per element of the storage formats a weight or KV cache may use; aliases map to these names.
+BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
+_DTYPE_ALIASES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16"}
+
+
+def dtype_name(dtype: object) -> str:
+    """Short name ("bf16", "fp32", ...) of a dtype given as a string or a torch.dtype."""
+    text = str(dtype).lower().removeprefix("torch.")
+    name = _DTYPE_ALIASES.get(text, text)
+    if name not in BYTES_PER_ELEMENT:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(BYTES_PER_ELEMENT)}")
+    return name
+
+
+def bytes_per_element(dtype: object) -> int:
+    return BYTES_PER_ELEMENT[dtype_name(dtype)]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def param_count(config: GPTConfig, embeddings: bool = True) -> int:
+    """Unique parameters: the output head shares the token embedding, so it is counted once.
+
+    With `embeddings=False`, the token and position tables are left out (Kaplan et al.'s N).
+    """
+    d, d_kv, bias = config.n_embd, config.n_kv_head * config.head_dim, int(config.bias)
+    layer_norm = d + bias * d
+    attention = d * (d + 2 * d_kv) + bias * (d + 2 * d_kv) + d * d + bias * d
+    mlp = d * 4 * d + bias * 4 * d + 4 * d * d + bias * d
+    blocks = config.n_layer * (2 * layer_norm + attention + mlp)
+    tables = (config.vocab_size + config.block_size) * d if embeddings else 0
+    return tables + blocks + layer_norm  # the last term is ln_f
+
+
+# ----------------------------------------------------------------------------- FLOPs per token
+
+
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """Forward FLOPs per token by component, each summed over all layers.
+
+    `causal=False` is the PaLM model count (full T × T attention); `causal=True`
+    counts only the score entries a causal kernel computes. The attention terms
+    are per-token averages over a sequence of `seq_len` tokens.
+    """
+
+    seq_len: int
+    causal: bool
+    qkv: int
+    attention_scores: int
+    attention_values: int
+    attention_output: int
+    mlp: int
+    output_head: int
+
+    @property
+    def forward(self) -> int:
+        return sum(self.components().values())
+
+    def training(self, recompute_scores: bool = False) -> int:
+        """Forward + backward: 3 × forward, plus the scores once more if the attention kernel recomputes them."""
+        return 3 * self.forward + (self.attention_scores if recompute_scores else 0)
+
+    def components(self) -> dict[str, int]:
+        fields = ("qkv", "attention_scores", "attention_values", "attention_output", "mlp", "output_head")
+        return {name: getattr(self, name) for name in fields}
+
+
+def _attention_term(config: GPTConfig, seq_len: int, causal: bool) -> int:
+    """FLOPs per token of q·kᵀ (or of weights·v), all layers: 2·d per key seen, T keys or (T+1)/2 on average."""
+    d = config.n_embd
+    per_layer = d * (seq_len + 1) if causal else 2 * d * seq_len
+    return config.n_layer * per_layer
+
+
+def flop_breakdown(config: GPTConfig, seq_len: int | None = None, causal: bool = False) -> FlopBreakdown:
+    """Forward FLOPs per token at sequence length `seq_len` (default: the config's block_size)."""
+    seq_len = config.block_size if seq_len is None else seq_len
+    if not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"sequence length must be a positive integer, got {seq_len!r}")
+    d, d_kv, n = config.n_embd, config.n_kv_head * config.head_dim, config.n_layer
+    attention = _attention_term(config, seq_len, causal)
+    return FlopBreakdown(
+        seq_len=seq_len,
+        causal=causal,
+        qkv=n * 2 * d * (d + 2 * d_kv),
+        attention_scores=attention,
+        attention_values=attention,
+        attention_output=n * 2 * d * d,
+        mlp=n * 2 * 2 * d * 4 * d,
+        output_head=2 * d * config.vocab_size,
+    )
+
+
+def forward_flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
+    """Model FLOPs (PaLM convention) of one token's forward pass."""
+    return flop_breakdown(config, seq_len).forward
+
+
+def training_flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
+    """Model FLOPs of one token's forward and backward pass: 3 × forward. MFU is measured against this."""
+    return flop_breakdown(config, seq_len).training()
+
+
+def hardware_flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> int:
+    """FLOPs the kernels of `config.attention` really execute per token (for hardware-FLOPs utilisation).
+
+    "naive" multiplies the full masked T × T matrix and keeps it for backward, so it
+    executes the model FLOPs; the fused backends ("sdpa", "triton", and "auto", which
+    resolves to one of them) skip the masked half and recompute the scores in backward.
+    """
+    fused = config.attention != "naive"
+    breakdown = flop_breakdown(config, seq_len, causal=fused)
+    return breakdown.training(recompute_scores=fused) if training else breakdown.forward
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def prefill_flops(config: GPTConfig, prompt_len: int, causal: bool = True) -> int:
+    """FLOPs of one forward pass over a prompt of `prompt_len` tokens (logits at every position included)."""
+    return prompt_len * flop_breakdown(config, prompt_len, causal=causal).forward
+
+
+def decode_flops_per_token(config: GPTConfig, context_len: int) -> int:
+    """FLOPs to generate one token that attends to `context_len` keys (the cached ones and its own).
+
+    One query row meets every key it sees, so nothing is masked: summing this over
+    context lengths 1..P gives `prefill_flops(config, P, causal=True)`.
+    """
+    if not isinstance(context_len, int) or context_len <= 0:
+        raise ValueError(f"context length must be a positive integer, got {context_len!r}")
+    step = dataclasses.replace(
+        flop_breakdown(config, 1),
+        attention_scores=config.n_layer * 2 * config.n_embd * context_len,
+        attention_values=config.n_layer * 2 * config.n_embd * context_len,
+    )
+    return step.forward
+
+
+def kv_cache_bytes_per_token(config: GPTConfig, dtype: object = "bf16") -> int:
+    """Bytes one token occupies in the KV cache: a key and a value vector per layer and KV head."""
+    return 2 * config.n_layer * config.n_kv_head * config.head_dim * bytes_per_element(dtype)
+
+
+def decode_weight_bytes(config: GPTConfig, dtype: object = "bf16") -> int:
+    """Weight bytes one decode step reads: every parameter, except that only one row of the position table is used."""
+    elements = param_count(config) - (config.block_size - 1) * config.n_embd
+    return elements * bytes_per_element(dtype)
+
+
+def decode_bytes_per_step(
+    config: GPTConfig, context_len: int, batch_size: int = 1, weight_dtype: object = "bf16", kv_dtype: object = None
+) -> int:
+    """Bytes one decode step must read from memory: the weights once, plus each sequence's cached keys and values.
+
+    Activations (a few vectors per sequence) are ignored. `kv_dtype` defaults to `weight_dtype`.
+    """
+    if batch_size <= 0 or context_len <= 0:
+        raise ValueError(f"batch size and context length must be positive, got {batch_size} and {context_len}")
+    kv_dtype = weight_dtype if kv_dtype is None else kv_dtype
+    kv_cache = batch_size * context_len * kv_cache_bytes_per_token(config, kv_dtype)
+    return decode_weight_bytes(config, weight_dtype) + kv_cache
+
+
+# ----------------------------------------------------------------------------- python -m profiling flops
+
+
+def summary(config: GPTConfig, seq_len: int | None = None) -> dict:
+    """Everything `python -m profiling flops --json` prints, as plain numbers."""
+    model = flop_breakdown(config, seq_len)
+    causal = flop_breakdown(config, seq_len, causal=True)
+    return {
+        "config": config.to_dict(),
+        "seq_len": model.seq_len,
+        "params": param_count(config),
+        "params_non_embedding": param_count(config, embeddings=False),
+        "forward_flops_per_token": model.forward,
+        "training_flops_per_token": model.training(),
+        "forward_breakdown": model.components(),
+        "hardware_forward_flops_per_token": causal.forward,
+        "hardware_training_flops_per_token": causal.training(recompute_scores=True),
+        "hardware_forward_breakdown": causal.components(),
+        "kv_cache_bytes_per_token": {name: kv_cache_bytes_per_token(config, name) for name in ("fp32", "bf16", "int8")},
+    }
+
+
+def format_summary(report: dict) -> str:
+    forward, hardware = report["forward_breakdown"], report["hardware_forward_breakdown"]
+    total = report["forward_flops_per_token"]
+    lines = [
+        f"parameters: {report['params']:,} ({report['params_non_embedding']:,} without embeddings)",
+        f"FLOPs per token at T = {report['seq_len']:,} (1 multiply-add = 2 FLOPs)",
+        "",
+        f"{'component':<18} {'model (PaLM)':>16} {'share':>7} {'causal kernel':>16}",
+    ]
+    for name, flops in forward.items():
+        lines.append(f"{name:<18} {flops:>16,} {flops / total:>7.1%} {hardware[name]:>16,}")
+    lines += [
+        f"{'forward':<18} {total:>16,} {1:>7.1%} {report['hardware_forward_flops_per_token']:>16,}",
+        f"{'training (3x)':<18} {report['training_flops_per_token']:>16,} {'':>7} "
+        f"{report['hardware_training_flops_per_token']:>16,}",
+        "",
+        "causal kernel: masked scores skipped, scores recomputed in backward (FlashAttention-style)",
+        "KV cache per token: "
+        + ", ".join(f"{size:,} B ({name})" for name, size in report["kv_cache_bytes_per_token"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> object:
+    from gpt.cli import positive_int  # here, so that the FLOP model itself needs gpt.config only
+
+    parser = subparsers.add_parser(
+        "flops",
+        help="analytic parameters, FLOPs per token and KV-cache bytes of a preset",
+        description="Exact parameter count and FLOPs per token (forward, training = 3x forward, PaLM convention; "
+        "and what a causal kernel executes) of a model preset. See docs/profiling.md for the conventions.",
+    )
+    parser.add_argument("--preset", required=True, choices=list(PRESETS), help="model shape (gpt/config.py)")
+    parser.add_argument(
+        "--seq-len", type=positive_int, help="sequence length T in tokens (default: the preset's context)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def run(args) -> int:
+    report = summary(GPTConfig.from_preset(args.preset), args.seq_len)
+    print(json.dumps(report, indent=2) if args.json else format_summary(report))
+    return 0
