@@ -1,0 +1,91 @@
+"""PNG plots of a run: throughput, MFU and loss over steps, written next to its metrics.jsonl.
+
+Figures are drawn with matplotlib's object API on the Agg canvas, so importing this module never
+changes the pyplot backend of whoever imported it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from profiling.report import RunLog
+
+WARMUP_COLOR = "0.6"
+
+
+def rolling_time_weighted(records: list[dict], key: str, window: int) -> list[float]:
+    """At each record, Σ value·step_time_s / Σ step_time_s over the last `window` records.
+
+    For tokens_per_sec that is Σ tokens / Σ time, the window's true throughput; for mfu, the window's MFU.
+    """
+    rolling, weighted, seconds = [], 0.0, 0.0
+    for i, record in enumerate(records):
+        weighted += record[key] * record["step_time_s"]
+        seconds += record["step_time_s"]
+        if i >= window:
+            old = records[i - window]
+            weighted -= old[key] * old["step_time_s"]
+            seconds -= old["step_time_s"]
+        rolling.append(weighted / seconds)
+    return rolling
+
+
+def _new_axes(title: str, ylabel: str):
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.set_title(title)
+    axes.set_xlabel("step")
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    return figure, axes
+
+
+def _plot_per_step_and_rolling(axes, run: RunLog, key: str, scale: float, window: int, label: str) -> None:
+    """Each step's value (warm-up steps in grey) and the rolling mean over measured steps."""
+    steps = [record for record in run.steps if record.get(key) is not None]
+    warmup = [record for record in steps if record.get("warmup", False)]
+    measured = [record for record in steps if not record.get("warmup", False)]
+    if warmup:
+        axes.plot([r["step"] for r in warmup], [r[key] * scale for r in warmup], ".", color=WARMUP_COLOR,
+                  label="warm-up steps (excluded)")
+    axes.plot([r["step"] for r in measured], [r[key] * scale for r in measured], alpha=0.35, label=f"{label}, per step")
+    if measured:
+        rolling = rolling_time_weighted(measured, key, window)
+        axes.plot([r["step"] for r in measured], [value * scale for value in rolling], linewidth=2,
+                  label=f"{label}, rolling {window} steps")
+    axes.legend()
+
+
+def _subtitle(run: RunLog) -> str:
+    device = run.summary.get("device") if run.summary else None
+    return f"{run.run_dir.name} — {device or run.config.get('device') or 'device unknown'}"
+
+
+def write_plots(run: RunLog, window: int) -> list[Path]:
+    """Write throughput.png, mfu.png (when the log has MFU) and loss.png into the run directory; return their paths."""
+    written = []
+
+    figure, axes = _new_axes(f"Throughput — {_subtitle(run)}", "tokens/s")
+    _plot_per_step_and_rolling(axes, run, "tokens_per_sec", 1.0, window, "tokens/s")
+    written.append(_save(figure, run.run_dir / "throughput.png"))
+
+    if any(record.get("mfu") is not None for record in run.steps):
+        figure, axes = _new_axes(f"Model FLOPs utilisation — {_subtitle(run)}", "MFU (%)")
+        _plot_per_step_and_rolling(axes, run, "mfu", 100.0, window, "MFU")
+        written.append(_save(figure, run.run_dir / "mfu.png"))
+
+    figure, axes = _new_axes(f"Loss — {_subtitle(run)}", "cross-entropy (nats/token)")
+    train = [record for record in run.steps if record.get("loss") is not None]
+    axes.plot([r["step"] for r in train], [r["loss"] for r in train], alpha=0.6, label="train (per step)")
+    if run.evals:
+        axes.plot([r["step"] for r in run.evals], [r["val_loss"] for r in run.evals], "o-", label="validation")
+    axes.legend()
+    written.append(_save(figure, run.run_dir / "loss.png"))
+    return written
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.savefig(path, dpi=110)
+    return path
