@@ -1,0 +1,177 @@
+"""Extrapolation: roofline switch point, memory fit, measured-vs-assumed labels, and bad input through the CLI."""
+
+import json
+import math
+
+import pytest
+
+from gpt.config import GPTConfig
+from profiling import flops, scale
+from profiling.hardware import accelerator
+
+GPT2 = GPTConfig.from_preset("gpt2")
+GPT3 = GPTConfig.from_preset("gpt3-175b")
+
+
+def test_decode_roofline_switches_from_bandwidth_to_compute_at_the_hand_computed_batch():
+    # One decode step at context c for batch b: compute b·F/P against memory (W + b·c·K)/B.
+    # They are equal at b* = (W/B) / (F/P − c·K/B).
+    peak, bandwidth, context = 1e14, 1e12, 8  # short context: the shared weights dominate the bytes
+    F = flops.decode_flops_per_token(GPT2, context)
+    W = flops.decode_weight_bytes(GPT2, "bf16")
+    K = flops.kv_cache_bytes_per_token(GPT2, "bf16")
+    switch = (W / bandwidth) / (F / peak - context * K / bandwidth)
+    assert 100 < switch < 1000  # a sanity range for GPT-2 on this made-up device
+
+    def bound(batch: int) -> str:
+        return scale.roofline(batch * F, flops.decode_bytes_per_step(GPT2, context, batch, "bf16"),
+                              peak, bandwidth, 1.0, 1.0).bound
+
+    assert bound(math.floor(switch)) == "bandwidth"
+    assert bound(math.ceil(switch)) == "compute"
+
+
+def test_roofline_divides_each_roof_by_its_efficiency():
+    line = scale.roofline(flops=2e12, bytes_read=1e9, peak_flops=1e12, bandwidth=1e9, mfu=0.5, bandwidth_utilisation=0.25)
+    assert (line.compute_s, line.memory_s, line.seconds, line.bound) == (4.0, 4.0, 4.0, "compute")
+
+
+def test_memory_fit_picks_the_smallest_power_of_two_group():
+    weights = flops.param_count(GPT3) * 2  # bf16
+    kv = 32 * 700 * flops.kv_cache_bytes_per_token(GPT3, "bf16")
+    fit = scale.fit_replica(weights, kv, 80e9, 8, 0.9, "gpt3")
+    assert fit.tensor_parallel == 8  # 455 GB: more than 4 × 72 GB, less than 8 × 72 GB
+    assert scale.fit_replica(weights, 0, 141e9, 8, 0.9, "gpt3").tensor_parallel == 4  # 349 GB on H200s
+
+
+def test_a_model_that_fits_on_no_server_is_a_clear_error():
+    weights = flops.param_count(GPT3) * 4  # fp32: 698 GB
+    with pytest.raises(scale.ScaleError, match=r"needs 737\.\d GB \(weights 698\.\d GB .* offers 576\.0 GB usable; lower --batch"):
+        scale.fit_replica(weights, 128 * 2048 * flops.kv_cache_bytes_per_token(GPT3, "fp32") / 64, 80e9, 8, 0.9,
+                          "gpt3 in fp32")
+
+
+def _args(parser_module, argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser_module.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def _profile(path, **fields):
+    path.write_text(json.dumps({"gptmeter_profile": 1, "device": "cpu", **fields}))
+    return path
+
+
+def test_measured_efficiencies_are_carried_and_labelled(tmp_path):
+    profile = _profile(tmp_path / "profile.json", prefill_mfu=0.25, decode_bandwidth_utilisation=0.5,
+                       decode_tokens_per_sec=123.0)
+    args = _args(scale, ["scale", "--model", "gpt3-175b", "--device", "h100-sxm", "--from", str(profile),
+                         "--training-mfu", "0.3", "--queries-per-day", "1e8", "--tokens-per-query", "700"])
+    result = scale.extrapolate(args)
+    inputs = result["inputs"]
+    assert inputs["prefill_mfu"] == {"value": 0.25, "unit": "", "source": f"measured (from {profile})"}
+    assert inputs["decode_bandwidth_utilisation"]["source"] == f"measured (from {profile})"
+    assert inputs["training_mfu"]["source"] == "assumed (--training-mfu)"
+    assert {"prefill_mfu", "decode_bandwidth_utilisation"} <= set(result["measured"])
+    assert {"training_mfu", "batch", "queries_per_day"} <= set(result["assumed"])
+    # The decode step is bandwidth-bound at batch 32; its time is the bytes over 8 × 3.35 TB/s × 0.5.
+    step_bytes = flops.decode_bytes_per_step(GPT3, 350, 32, "bf16")
+    assert result["serving"]["decode_step"]["bound"] == "bandwidth"
+    assert result["serving"]["decode_step"]["seconds"] == pytest.approx(step_bytes / (8 * 3.35e12 * 0.5))
+    serving = result["serving"]
+    qps = 1e8 / 86_400
+    assert serving["replicas"] == math.ceil(qps / serving["replica_queries_per_sec"])
+    assert serving["devices"] == 8 * serving["replicas"]
+    assert serving["usd_per_day"] == pytest.approx(serving["devices"] * 24 * 2.49)
+    assert serving["usd_per_query"] == pytest.approx(serving["usd_per_day"] / 1e8)
+    h100 = accelerator("h100-sxm")
+    expected_hours = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak("bf16") * 0.3)
+    assert result["training"]["device_hours"] == pytest.approx(expected_hours / 3600)
+
+
+def test_training_mfu_of_a_run_stands_in_for_prefill(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {}, "params": 1}))
+    step = {"kind": "step", "step": 1, "tokens": 100, "step_time_s": 0.5, "mfu": 0.02, "tokens_per_sec": 200.0}
+    (run / "metrics.jsonl").write_text(json.dumps(step) + "\n")
+    measured = scale.read_measurements([run])
+    efficiencies = scale.choose_efficiencies(measured)
+    assert efficiencies.training_mfu == scale.Input(0.02, f"measured (from {run})")
+    assert efficiencies.prefill_mfu.source == f"measured (from {run}), training MFU"
+    assert efficiencies.decode_bandwidth_utilisation.source == "assumed (default)"
+    assert measured.tokens_per_sec.value == 200.0
+
+
+def test_a_foreign_profile_file_is_refused(tmp_path):
+    foreign = tmp_path / "trace.json"
+    foreign.write_text(json.dumps({"traceEvents": []}))
+    with pytest.raises(scale.MeasurementError, match='not a gptmeter profile .*"gptmeter_profile": 1'):
+        scale.read_measurements([foreign])
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def cli(capsys):
+    """`python -m profiling`, in process."""
+    from profiling import __main__ as dispatcher
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        status = dispatcher.main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return call
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["scale", "--model", "gpt5", "--device", "h100-sxm"], "unknown model 'gpt5'; known presets: tiny, gpt2"),
+    (["scale", "--model", "gpt2", "--device", "tpu-v9"], "unknown accelerator 'tpu-v9'; choose one of h100-sxm"),
+    (["scale", "--model", "gpt2", "--device", "cpu"], "'cpu' has no datasheet"),
+    (["scale", "--model", "gpt2", "--device", "h100-sxm", "--queries-per-day", "0"], "queries_per_day must be"),
+    (["scale", "--model", "gpt2", "--device", "h100-sxm", "--tokens-per-query", "-5"], "tokens_per_query must be"),
+    (["scale", "--model", "gpt2", "--device", "h100-sxm", "--usd-per-device-hour", "-1"], "usd_per_device_hour"),
+    (["scale", "--model", "gpt3-175b", "--device", "l4", "--usd-per-device-hour", "1"], "offers 172.8 GB usable"),
+    (["cost", "--tokens-per-sec", "0", "--usd-per-device-hour", "2"], "tokens_per_sec must be a positive number"),
+    (["cost", "--scenario", "nope"], "unknown scenario 'nope'; known: semianalysis-2023"),
+    (["cost", "--device", "h100-sxm"], "give a throughput"),
+])
+def test_bad_input_is_one_line_and_status_2(cli, argv, message):
+    status, out, err = cli(*argv)
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_scale_json_from_the_cli(cli, tmp_path):
+    status, out, _ = cli("scale", "--model", "gpt3-175b", "--device", "h100-sxm", "--queries-per-day", "1e8",
+                         "--tokens-per-query", "700", "--json")
+    result = json.loads(out)
+    assert status == 0 and result["serving"]["devices"] > 0 and result["device"]["key"] == "h100-sxm"
+    status, out, _ = cli("cost", "--from", str(_profile(tmp_path / "p.json", decode_tokens_per_sec=360.0)),
+                         "--usd-per-device-hour", "3.6", "--json")
+    result = json.loads(out)
+    assert result["usd_per_million_tokens"] == pytest.approx(3.6 / 3600 / 360.0 * 1e6)
+    assert result["tokens_per_sec_per_device"]["source"].startswith("measured (from ")
+
+
+def test_cost_page_of_a_run(tmp_path):
+    from profiling.cost_report import cost_page
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {}, "params": 1}))
+    step = {"kind": "step", "step": 1, "tokens": 100, "step_time_s": 0.5, "mfu": 0.05}
+    (run / "metrics.jsonl").write_text(json.dumps(step) + "\n")
+    page = cost_page(run, "h100-sxm")
+    assert [path.name for path in page.plots] == ["cost_breakdown.png", "devices_vs_traffic.png",
+                                                  "cost_vs_model_size.png"]
+    assert all(path.stat().st_size > 0 for path in page.plots)
+    assert f"measured (from {run}), training MFU" in page.text
+    devices = list(page.results["devices_vs_queries_per_day"].values())
+    assert devices == sorted(devices) and devices[-1] > devices[0]
+    by_model = page.results["usd_per_million_tokens_by_model"]
+    assert by_model["gpt2"] < by_model["gpt2-xl"] < by_model["gpt3-175b"]
