@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfi
 from gpt.model import GPT, resolve_attention
 from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
 from gpt.trainer import DTYPES
+from profiling.live import GenerationProfiler, describe_generation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                      help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    run.add_argument("--profile-json", type=Path,
+                     help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "
+                     "J/token) to this JSON file, for python -m profiling scale --from")
     return parser
 
 
@@ -96,40 +100,6 @@ def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]
     return ids
 
 
-class DecodeClock:
-    """Splits generation time into prefill (up to the first new token) and decode (the rest)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.started = self.first_token_at = self.finished_at = 0.0
-        self.new_tokens = 0
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def start(self) -> None:
-        self.started = self._now()
-
-    def token(self) -> None:
-        self.new_tokens += 1
-        if self.new_tokens == 1:
-            self.first_token_at = self._now()
-
-    def stop(self) -> None:
-        self.finished_at = self._now()
-
-    def summary(self, prompt_tokens: int, batch: int) -> str:
-        prefill_s = self.first_token_at - self.started
-        decode_s = self.finished_at - self.first_token_at
-        decoded = (self.new_tokens - 1) * batch
-        decode_rate = f"{decoded / decode_s:,.1f} tokens/s" if decoded and decode_s > 0 else "n/a"
-        return (f"prefill: {prompt_tokens * batch:,} tokens in {prefill_s * 1e3:.1f} ms "
-                f"({prompt_tokens * batch / prefill_s:,.1f} tokens/s); decode: {decoded:,} tokens in "
-                f"{decode_s:.3f} s ({decode_rate}), batch {batch}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -141,29 +111,34 @@ def main(argv: list[str] | None = None) -> int:
         fail("sample.py", str(error))
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
+    model.generate(idx, 2, temperature=0)  # warm-up: first-call allocations and kernel selection stay untimed
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    clock = DecodeClock(device)
+    profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids))
 
     def on_token(tokens: torch.Tensor) -> None:
-        clock.token()
+        profiler.on_token()
         if stream and int(tokens[0]) != tokenizer.eos_token:
             sys.stdout.write(utf8.decode(tokenizer.decode_bytes([int(tokens[0])])))
             sys.stdout.flush()
 
     if stream:
         sys.stdout.write(tokenizer.decode(prompt_ids))
-    clock.start()
+    profiler.start()
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, eos_token=tokenizer.eos_token, generator=generator, on_token=on_token)
-    clock.stop()
+    profiler.stop()
     if stream:
         sys.stdout.write(utf8.decode(b"", final=True) + "\n")
     else:
         for row in out.tolist():
             sys.stdout.write(tokenizer.decode(row) + "\n" + "-" * 40 + "\n")
-    print(clock.summary(len(prompt_ids), args.num_samples), file=sys.stderr)
+    profile = profiler.profile(model.config.to_dict())
+    profiler.close()
+    print(describe_generation(profile), file=sys.stderr)
+    if args.profile_json:
+        args.profile_json.write_text(json.dumps(profile, indent=2) + "\n")
     return 0
 
 

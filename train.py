@@ -23,6 +23,7 @@ from gpt.data import DataError, load_data
 from gpt.model import resolve_attention
 from gpt.tokenizer import TOKENIZERS, TokenizerUnavailable, get_tokenizer
 from gpt.trainer import DTYPES, PRESET_TRAIN_DEFAULTS, Trainer, TrainConfig, TrainingStopped
+from profiling.live import TrainingProfiler
 
 DEFAULT_OUT_DIR = "out/{preset}"
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    run.add_argument("--peak-tflops", type=positive_float,
+                     help="peak dense TFLOP/s (1e12 FLOP/s) to compute MFU against, for a GPU outside "
+                     "profiling/hardware.py's table (default: that table's datasheet figure)")
     optim = parser.add_argument_group("optimisation (defaults depend on the preset; see gpt/trainer.py)")
     optim.add_argument("--max-iters", type=positive_int, help="optimizer steps in the whole run")
     optim.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
@@ -116,21 +120,34 @@ def main(argv: list[str] | None = None) -> int:
         f"run directory {out_dir}",
         file=sys.stderr,
     )
+    profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops)
     progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
                     dynamic_ncols=True)
 
     def show(record, fields) -> None:
         progress.update(1)
-        progress.set_postfix(loss=f"{record.loss:.3f}", tok_s=f"{fields['tokens_per_sec']:,.0f}", refresh=False)
+        shown = {"loss": f"{record.loss:.3f}", "tok/s": f"{fields['window_tokens_per_sec']:,.0f}"}
+        if fields["window_mfu"] is not None:
+            shown["MFU"] = f"{fields['window_mfu']:.1%}"
+        if fields["watts"] is not None:
+            shown["W"] = f"{fields['watts']:.0f}"
+        progress.set_postfix(shown, refresh=False)
 
+    stopped = None
     try:
-        trainer.run(on_progress=show)
-    except TrainingStopped as stopped:
-        progress.close()
-        fail("train.py", str(stopped), stopped.exit_code)
+        trainer.run(on_step=profiler.on_step, on_progress=show)
+    except TrainingStopped as error:
+        stopped = error
     progress.close()
-    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, checkpoint {out_dir / 'ckpt.pt'}",
-          file=sys.stderr)
+    summary = profiler.summary()
+    trainer.log(summary)
+    profiler.close()
+    if stopped is not None:
+        fail("train.py", str(stopped), stopped.exit_code)
+    mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
+    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, "
+          f"{summary['tokens_per_sec'] or 0:,.0f} tokens/s{mfu}; checkpoint {out_dir / 'ckpt.pt'}; "
+          f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0
 
 

@@ -261,7 +261,8 @@ class Trainer:
     def metrics_path(self) -> Path:
         return self.out_dir / "metrics.jsonl"
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON object to metrics.jsonl."""
         with open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -303,19 +304,19 @@ class Trainer:
         """
         self.write_config()
         if self.step == 0:
-            self._log({"kind": "eval", "step": 0, "val_loss": self.evaluate()})
+            self.log({"kind": "eval", "step": 0, "val_loss": self.evaluate()})
         stop = _StopRequest()
         with stop.installed():
             while self.step < self.config.max_iters:
                 record = self.train_step()
                 fields = dataclasses.asdict(record) | {"tokens_per_sec": record.tokens / record.step_time_s}
                 fields |= on_step(record) if on_step else {}
-                self._log({"kind": "step", **fields})
+                self.log({"kind": "step", **fields})
                 if on_progress:
                     on_progress(record, fields)
                 last = self.step == self.config.max_iters
                 if self.step % self.config.eval_interval == 0 or last:
-                    self._log({"kind": "eval", "step": self.step, "val_loss": self.evaluate()})
+                    self.log({"kind": "eval", "step": self.step, "val_loss": self.evaluate()})
                 if self.step % self.config.checkpoint_interval == 0 or last or stop.signal_number:
                     self.save()
                 if stop.signal_number is not None:

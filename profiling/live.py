@@ -1,0 +1,159 @@
+"""The profiler attached to a running job: train.py and sample.py call these, nothing else does.
+
+Each profiler gathers, once, what its meter needs — the analytic FLOPs and bytes of the
+model (flops.py), the device's peaks with their sources (hardware.py) and an energy reader
+(energy.py) — and then turns the job's measured steps into records for metrics.jsonl
+or a profile JSON. `gpt/` never imports this; the CLIs connect the two.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+from gpt.config import GPTConfig
+from profiling import flops
+from profiling.energy import open_energy_reader
+from profiling.hardware import Peaks, UnknownDeviceError, device_peaks, measured_ceilings
+from profiling.meter import StepMeter
+from profiling.scale import PROFILE_MARKER, PROFILE_VERSION
+
+
+def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
+    """Datasheet (or given) peaks, with the measured ceilings cached beside them; None (with a warning) if unknown."""
+    try:
+        measured_ceilings(device)  # measured once per device, then read from the cache
+        return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+    except (UnknownDeviceError, ValueError) as error:
+        print(f"{program}: warning: no utilisation figures: {error}", file=sys.stderr)
+        return None
+
+
+def _peak_fields(peaks: Peaks | None) -> dict[str, Any]:
+    if peaks is None:
+        return {"device": None, "peak_flops_source": None, "peak_bandwidth_source": None}
+    return {
+        "device": peaks.device_name,
+        "accelerator": peaks.accelerator,
+        "peak_flops_source": peaks.flops_source,
+        "peak_bandwidth_source": peaks.bandwidth_source,
+    }
+
+
+class TrainingProfiler:
+    """MFU, HFU, watts and joules per token for every training step."""
+
+    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, peak_tflops: float | None = None) -> None:
+        self.peaks = find_peaks(device, dtype, peak_tflops, "train.py")
+        self.energy = open_energy_reader(device, board_watts=self.peaks.board_power_w if self.peaks else None)
+        self.meter = StepMeter(
+            device,
+            flops_per_token=flops.training_flops_per_token(config),
+            hardware_flops_per_token=flops.hardware_flops_per_token(config),
+            peak_flops=self.peaks.flops if self.peaks else None,
+            measured_peak_flops=self.peaks.measured_flops if self.peaks else None,
+            energy=self.energy,
+        )
+
+    def on_step(self, record) -> dict[str, Any]:
+        """Trainer hook: the step's profiler fields for its metrics.jsonl line."""
+        return self.meter.record(record.tokens, record.step_time_s, step=record.step).to_dict()
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": "summary", **self.meter.summary(), **_peak_fields(self.peaks)}
+
+    def close(self) -> None:
+        if self.energy is not None:
+            self.energy.close()
+
+
+class GenerationProfiler:
+    """Prefill and decode of one `generate` call, metered as two phases with one sync at each edge."""
+
+    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, batch: int, prompt_len: int) -> None:
+        self.config, self.batch, self.prompt_len, self.dtype = config, batch, prompt_len, dtype
+        self.peaks = find_peaks(device, dtype, None, "sample.py")
+        self.energy = open_energy_reader(device, board_watts=self.peaks.board_power_w if self.peaks else None)
+        peak_flops = self.peaks.flops if self.peaks else None
+        bandwidth = self.peaks.bandwidth if self.peaks else None
+        common = dict(peak_flops=peak_flops, peak_bandwidth=bandwidth, warmup_steps=0, energy=self.energy,
+                      synchronize_edges=True)
+        self.prefill = StepMeter(device, **common)
+        self.decode = StepMeter(device, **common)
+        self.new_tokens = 0
+
+    def start(self) -> None:
+        self.prefill.start()
+
+    def on_token(self) -> None:
+        """Called once per generated column; the first one closes the prefill phase."""
+        self.new_tokens += 1
+        if self.new_tokens == 1:
+            prompt_tokens = self.batch * self.prompt_len
+            self.prefill.stop(
+                prompt_tokens,
+                flops_per_token=flops.prefill_flops(self.config, self.prompt_len, causal=False) / self.prompt_len,
+                hardware_flops_per_token=flops.prefill_flops(self.config, self.prompt_len) / self.prompt_len,
+            )
+            self.decode.start()
+
+    def stop(self) -> None:
+        steps = self.new_tokens - 1
+        contexts = range(self.prompt_len + 1, self.prompt_len + steps + 1)  # keys each decode step attends to
+        within_context = self.prompt_len + steps <= self.config.block_size
+        decode_flops = sum(flops.decode_flops_per_token(self.config, length) for length in contexts)
+        bytes_read = sum(
+            flops.decode_bytes_per_step(self.config, length, self.batch, weight_dtype=self.dtype) for length in contexts
+        )
+        if steps > 0:
+            self.decode.stop(
+                self.batch * steps,
+                flops_per_token=decode_flops / steps if within_context else None,
+                bytes_read=bytes_read if within_context else None,  # past the context each step re-encodes
+            )
+        self.prefill.flush()
+        self.decode.flush()
+
+    def profile(self, model_config: dict[str, Any]) -> dict[str, Any]:
+        """The profile JSON of this generation (schema in docs/cost.md), read by `python -m profiling scale`."""
+        prefill, decode = self.prefill.summary(), self.decode.summary()
+        return {
+            PROFILE_MARKER: PROFILE_VERSION,
+            **_peak_fields(self.peaks),
+            "dtype": self.dtype,
+            "batch": self.batch,
+            "prompt_tokens": self.prompt_len,
+            "new_tokens": self.new_tokens,
+            "prefill_tokens_per_sec": prefill["tokens_per_sec"],
+            "prefill_mfu": prefill["mfu"],
+            "decode_tokens_per_sec": decode["tokens_per_sec"] if decode["measured_tokens"] else None,
+            "decode_bandwidth_utilisation": decode["bandwidth_utilisation"],
+            "decode_mfu": decode["mfu"],
+            "joules_per_token": decode["joules_per_token"],
+            "energy_source": decode["energy_source"],
+            "peak_memory_bytes": decode["peak_memory_bytes"],
+            "model": model_config,
+        }
+
+    def close(self) -> None:
+        if self.energy is not None:
+            self.energy.close()
+
+
+def describe_generation(profile: dict[str, Any]) -> str:
+    """The one-line timing summary sample.py prints to standard error."""
+
+    def percent(value: float | None) -> str:
+        return f"{value:.1%}" if value is not None else "n/a"
+
+    line = (f"prefill: {profile['prompt_tokens'] * profile['batch']:,} tokens at "
+            f"{profile['prefill_tokens_per_sec']:,.1f} tokens/s (MFU {percent(profile['prefill_mfu'])})")
+    if profile["decode_tokens_per_sec"] is not None:
+        line += (f"; decode: {(profile['new_tokens'] - 1) * profile['batch']:,} tokens at "
+                 f"{profile['decode_tokens_per_sec']:,.1f} tokens/s (bandwidth "
+                 f"{percent(profile['decode_bandwidth_utilisation'])})")
+    if profile["joules_per_token"] is not None:
+        line += f", {profile['joules_per_token']:.3g} J/token ({profile['energy_source']})"
+    return line + f"; batch {profile['batch']}, {profile['device'] or 'unknown device'}"
