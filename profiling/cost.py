@@ -51,6 +51,12 @@ class DeviceHourCost:
     def total_usd(self) -> float:
         return self.hardware_usd + self.energy_usd + self.operations_usd
 
+    def parts(self) -> dict[str, float]:
+        """USD per device-hour by part; a cloud price is one part, with energy and operations inside it."""
+        if self.basis == "cloud":
+            return {"cloud rental (energy, operations included)": self.hardware_usd}
+        return {"hardware": self.hardware_usd, "energy": self.energy_usd, "operations": self.operations_usd}
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"total_usd": self.total_usd}
 

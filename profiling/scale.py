@@ -328,11 +328,7 @@ def plan_serving(config: GPTConfig, device: Accelerator, efficiencies: Efficienc
         kwh_per_day=kwh_per_day,
         wh_per_query=kwh_per_day * 1000 / inputs.queries_per_day,
         kg_co2_per_day=kwh_per_day * priced.grid_kg_co2_per_kwh,
-        cost_breakdown_usd_per_day={
-            "hardware": devices * 24 * hour.hardware_usd,
-            "energy": devices * 24 * hour.energy_usd,
-            "operations": devices * 24 * hour.operations_usd,
-        },
+        cost_breakdown_usd_per_day={part: devices * 24 * usd for part, usd in hour.parts().items()},
     )
 
 

@@ -116,3 +116,11 @@ def test_price_device_labels_every_input():
     assert cloud.device_hour.total_usd == DEVICE_PRICES["h100-sxm"].cloud_usd_per_hour.value
     with pytest.raises(PriceError, match="no price for device 'l4'.*--usd-per-device-hour"):
         cost.price_device(_cost_args(), "l4", 72.0)
+
+
+def test_cost_parts_name_what_a_cloud_price_includes():
+    cloud = cost.cloud_device_hour(2.0, utilisation=0.5)
+    assert cloud.parts() == {"cloud rental (energy, operations included)": 4.0}
+    owned = cost.DeviceHourCost(1.0, 0.25, 0.5, "tco")
+    assert owned.parts() == {"hardware": 1.0, "energy": 0.25, "operations": 0.5}
+    assert sum(owned.parts().values()) == owned.total_usd
