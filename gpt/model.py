@@ -22,15 +22,20 @@ from gpt.config import GPTConfig
 
 
 def resolve_attention(name: str, device: torch.device | str) -> str:
-    """Turn "auto" into a concrete backend for `device`; other names pass through.
+    """Turn "auto" into a concrete backend for `device`; other names pass through if they can run there.
 
     "auto" picks our Triton kernel only on a CUDA GPU class where the attention
     benchmark measured it at least as fast as SDPA (evidence table in `kernels`);
     everywhere else it picks SDPA.
     """
+    device = torch.device(device)
+    if name == "triton" and device.type != "cuda":
+        from kernels.fused_attention import INTERPRETED
+
+        if not INTERPRETED:
+            raise ValueError("--attention triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it on CPU, for tests only)")
     if name != "auto":
         return name
-    device = torch.device(device)
     if device.type != "cuda":
         return "sdpa"
     from kernels import measured_faster_than_sdpa

@@ -1,5 +1,6 @@
 """The model against independent references: published sizes, causality, backends, the KV cache."""
 
+import importlib
 import math
 
 import pytest
@@ -153,6 +154,15 @@ def test_sequence_longer_than_context_is_refused():
 def test_bad_configs_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         small_config(**overrides)
+
+
+def test_attention_auto_is_sdpa_on_cpu_and_triton_there_needs_the_interpreter(monkeypatch):
+    from gpt.model import resolve_attention
+
+    assert resolve_attention("auto", "cpu") == "sdpa"
+    monkeypatch.setattr(importlib.import_module("kernels.fused_attention"), "INTERPRETED", False)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_attention("triton", "cpu")
 
 
 def test_unknown_preset_lists_the_known_ones():
