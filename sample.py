@@ -20,7 +20,16 @@ from pathlib import Path
 import torch
 
 from gpt.checkpoint import CheckpointError, load_checkpoint
-from gpt.cli import fail, non_negative_float, positive_int, probability, resolve_device, resolve_dtype
+from gpt.cli import (
+    VOCAB_SIZE_HELP,
+    fail,
+    model_vocab_size,
+    non_negative_float,
+    positive_int,
+    probability,
+    resolve_device,
+    resolve_dtype,
+)
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.model import GPT, resolve_attention
 from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
@@ -39,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="random = an untrained --preset (for throughput measurement, no checkpoint needed)")
     source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                         help="model shape for --init random")
+    source.add_argument("--vocab-size", type=positive_int, help="for --init random: " + VOCAB_SIZE_HELP)
     source.add_argument("--tokenizer", choices=TOKENIZERS,
                         help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own")
     prompt = parser.add_argument_group("prompt (default: standard input if it is piped, else start from nothing)")
@@ -68,7 +78,8 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Tok
     attention = resolve_attention(args.attention, device)
     if args.init == "random":
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
-        config = GPTConfig.from_preset(args.preset, vocab_size=tokenizer.vocab_size, attention=attention)
+        vocab_size = model_vocab_size(args.vocab_size, tokenizer.vocab_size)
+        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention)
         torch.manual_seed(args.seed)
         return GPT(config), tokenizer
     payload = load_checkpoint(Path(args.out_dir), map_location="cpu")

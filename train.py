@@ -17,7 +17,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gpt.checkpoint import CheckpointError, load_checkpoint
-from gpt.cli import fail, non_negative_float, positive_float, positive_int, resolve_device, resolve_dtype
+from gpt.cli import (
+    VOCAB_SIZE_HELP,
+    fail,
+    model_vocab_size,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    resolve_device,
+    resolve_dtype,
+)
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.data import DataError, load_data
 from gpt.model import resolve_attention
@@ -37,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                        help="model shape (gpt/config.py)")
     model.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+    model.add_argument("--vocab-size", type=positive_int, help=VOCAB_SIZE_HELP)
     model.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout probability")
     model.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
                        help="attention implementation; auto = SDPA, or our Triton kernel on GPUs where it measured faster")
@@ -85,8 +95,8 @@ def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None,
     return TrainConfig(**values)
 
 
-def model_config_from(args: argparse.Namespace, vocab_size: int, device) -> GPTConfig:
-    overrides = {"vocab_size": vocab_size, "dropout": args.dropout, "attention": resolve_attention(args.attention, device)}
+def model_config_from(args: argparse.Namespace, tokenizer_vocab: int, device) -> GPTConfig:
+    overrides = {"vocab_size": model_vocab_size(args.vocab_size, tokenizer_vocab), "dropout": args.dropout, "attention": resolve_attention(args.attention, device)}
     if args.block_size:
         overrides["block_size"] = args.block_size
     return GPTConfig.from_preset(args.preset, **overrides)
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops)
     progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
     def show(record, fields) -> None:
         progress.update(1)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from gpt.cli import fail, positive_int, resolve_device
 from gpt.config import GPTConfig
 from gpt.model import GPT
 from profiling import flops
@@ -163,17 +164,20 @@ def run_benchmark(device: torch.device, hardware_key: str | None, pairs: list[tu
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.extrapolate", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="where to measure: auto, cpu, cuda or cuda:N")
     parser.add_argument("--hardware", metavar="KEY", help="hardware-table key of this device for datasheet roofs "
                         "(default: its measured ceilings, python -m profiling hardware --measure)")
-    parser.add_argument("--train-batch", type=int, help="sequences per training step (default 8 on GPU, 4 on CPU)")
-    parser.add_argument("--decode-batch", type=int, default=1, help="sequences per decode step (default 1)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--train-batch", type=positive_int, help="sequences per training step (default 8 on GPU, 4 on CPU)")
+    parser.add_argument("--decode-batch", type=positive_int, default=1, help="sequences per decode step (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="CPU threads (default 1: steady timings on a shared machine); ignored on GPU")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median kept)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per measurement (median kept)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        fail("bench.extrapolate", str(error))
     on_gpu = device.type == "cuda"
     if not on_gpu:
         torch.set_num_threads(args.threads)

@@ -43,6 +43,17 @@ def probability(text: str) -> float:
     return value
 
 
+VOCAB_SIZE_HELP = ("model vocabulary, at least the tokenizer's (extra rows are never produced by the data): "
+                   "50257 gives GPT-2's exact shape, 50304 a tensor-core-friendly one (default: the tokenizer's)")
+
+
+def model_vocab_size(requested: int | None, tokenizer_vocab: int) -> int:
+    """The model's vocabulary: the tokenizer's, or a larger padded size asked for with --vocab-size."""
+    if requested is not None and requested < tokenizer_vocab:
+        raise ValueError(f"--vocab-size {requested} is smaller than the tokenizer's {tokenizer_vocab} ids")
+    return requested or tokenizer_vocab
+
+
 def resolve_device(name: str) -> torch.device:
     """"auto" is CUDA when present, else CPU; asking for CUDA without one is an error, not a fallback."""
     if name == "auto":

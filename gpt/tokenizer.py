@@ -34,7 +34,8 @@ class Tokenizer:
         return self._encode(text)
 
     def decode_bytes(self, ids: list[int]) -> bytes:
-        return self._decode_bytes(ids)
+        """The text bytes of `ids`; ids of a padded model vocabulary beyond this tokenizer's carry no text."""
+        return self._decode_bytes([i for i in ids if i < self.vocab_size])
 
     def decode(self, ids: list[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")

@@ -65,7 +65,7 @@ class TrainConfig:
 # Training settings that suit a preset better than the generic ones above.
 PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        batch_size=32, max_iters=700, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50,
+        batch_size=32, max_iters=600, learning_rate=4e-3, min_lr=4e-4, warmup_iters=50,
         eval_interval=100, eval_iters=10, checkpoint_interval=100, weight_decay=0.1,
     ),
 }

@@ -38,3 +38,10 @@ def test_gpt2_without_vocab_files_says_how_to_provide_them(tmp_path, monkeypatch
 def test_unknown_tokenizer():
     with pytest.raises(ValueError, match="bytes, cl100k, gpt2"):
         get_tokenizer("sentencepiece")
+
+
+@pytest.mark.parametrize("name", ["bytes", "cl100k"])
+def test_ids_of_a_padded_vocabulary_decode_to_nothing(name):
+    tokenizer = get_tokenizer(name)
+    ids = tokenizer.encode("x = 1")
+    assert tokenizer.decode(ids[:2] + [tokenizer.vocab_size, tokenizer.vocab_size + 40] + ids[2:]) == "x = 1"

@@ -156,6 +156,7 @@ def run_main(main, argv, capsys) -> tuple[int, str]:
         (["--learning-rate", "-1"], "must not be negative"),
         (["--batch-size", "many"], "whole number"),
         (["--resume", "--out-dir", "/no/such/run"], "no checkpoint"),
+        (["--vocab-size", "100"], "smaller than the tokenizer's 257"),
     ],
 )
 def test_train_cli_bad_input_gets_a_clear_error(argv, message, capsys):
