@@ -219,11 +219,7 @@ def _energy_text(joules: float) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a two-column table for the terminal."""
     peak = summary["peak_flops"]
-    peak_label = "datasheet peak"
-    if peak:
-        peak_label += f" {_flop_rate_text(peak)}"
-        if summary["peak_flops_source"]:
-            peak_label += f", {summary['peak_flops_source']}"
+    peak_text = "n/a" if not peak else f"{_flop_rate_text(peak)} ({summary['peak_flops_source'] or 'source unknown'})"
     rows = [
         ("run", summary["run_dir"]),
         ("device", f"{summary['device'] or 'unknown'} ({summary['dtype'] or 'dtype unknown'})"),
@@ -233,13 +229,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("tokens/s, whole run", _number(summary["tokens_per_sec"])),
         (f"tokens/s, last {summary['window_steps']} steps", _number(summary["window_tokens_per_sec"])),
         ("model FLOPs per token", _number(summary["flops_per_token"])),
-        (f"MFU ({peak_label})", _percent(summary["mfu"])),
+        ("peak FLOP/s", peak_text),
+        ("MFU (model FLOPs / peak)", _percent(summary["mfu"])),
         (f"MFU, last {summary['window_steps']} steps", _percent(summary["window_mfu"])),
     ]
-    if summary["measured_peak_flops"]:
+    if summary["measured_peak_flops"] and summary["measured_peak_flops"] != peak:
         measured_label = f"MFU (measured peak {_flop_rate_text(summary['measured_peak_flops'])})"
         rows.append((measured_label, _percent(summary["mfu_measured_peak"])))
-    rows.append(("HFU (hardware FLOPs, datasheet peak)", _percent(summary["hfu"])))
+    rows.append(("HFU (executed FLOPs / peak)", _percent(summary["hfu"])))
     if summary["energy_j"] is None:
         rows.append(("energy", "n/a (no power readings in the log)"))
     else:
