@@ -21,10 +21,12 @@ import torch
 
 from gpt.checkpoint import CheckpointError, load_checkpoint
 from gpt.cli import (
+    BOARD_WATTS_HELP,
     VOCAB_SIZE_HELP,
     fail,
     model_vocab_size,
     non_negative_float,
+    positive_float,
     positive_int,
     probability,
     resolve_device,
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                      help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
                      help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "
                      "J/token) to this JSON file, for python -m profiling scale --from")
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids))
+    profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids), args.board_watts)
 
     def on_token(tokens: torch.Tensor) -> None:
         profiler.on_token()

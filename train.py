@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from gpt.checkpoint import CheckpointError, load_checkpoint
 from gpt.cli import (
+    BOARD_WATTS_HELP,
     VOCAB_SIZE_HELP,
     fail,
     model_vocab_size,
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--peak-tflops", type=positive_float,
                      help="peak dense TFLOP/s (1e12 FLOP/s) to compute MFU against, for a GPU outside "
                      "profiling/hardware.py's table (default: that table's datasheet figure)")
+    run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     optim = parser.add_argument_group("optimisation (defaults depend on the preset; see gpt/trainer.py)")
     optim.add_argument("--max-iters", type=positive_int, help="optimizer steps in the whole run")
     optim.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         f"run directory {out_dir}",
         file=sys.stderr,
     )
-    profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops)
+    profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops, args.board_watts)
     progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
                     dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 

@@ -43,6 +43,8 @@ def probability(text: str) -> float:
     return value
 
 
+BOARD_WATTS_HELP = ("device power in W, used only for an energy ESTIMATE (power x this process's CPU utilisation) "
+                    "when no energy counter can be read (a CPU without RAPL); labelled as an estimate wherever shown")
 VOCAB_SIZE_HELP = ("model vocabulary, at least the tokenizer's (extra rows are never produced by the data): "
                    "50257 gives GPT-2's exact shape, 50304 a tensor-core-friendly one (default: the tokenizer's)")
 

@@ -4,7 +4,8 @@
 utilisation, if a profile file is given) to a target device with `scale.py`, and returns a terminal
 table plus three PNG plots written into the run directory:
 
-    cost_breakdown.png     cost per day of the target serving fleet: hardware, energy, operations
+    cost_breakdown.png     cost per day of the target serving fleet, rented (one all-in cloud price) beside
+                           owned (hardware, energy, operations)
     devices_vs_traffic.png devices needed against queries per day
     cost_vs_model_size.png cost per million generated tokens for the GPT-2 sizes and GPT-3 175B
 """
@@ -48,7 +49,10 @@ def cost_page(run_dir: Path, device_key: str = "h100-sxm", model: str = "gpt3-17
                ["serving"]["devices"] for q in TRAFFIC_QUERIES_PER_DAY]
     by_size = {name: scale.extrapolate(_scale_args(sources, device_key, model=name, **overrides))
                ["serving"]["usd_per_million_tokens"] for name in MODEL_SIZES}
+    pricing = {basis: scale.extrapolate(_scale_args(sources, device_key, model=model, **overrides | {"pricing": basis}))
+               ["serving"]["cost_breakdown_usd_per_day"] for basis in ("cloud", "tco")}
     results = {"headline": headline, "devices_vs_queries_per_day": dict(zip(TRAFFIC_QUERIES_PER_DAY, traffic)),
+               "usd_per_day_by_pricing": pricing,
                "usd_per_million_tokens_by_model": by_size}
     written = _write_plots(Path(run_dir), results) if plots else []
     return CostPage(_table(results), written, results)
@@ -58,6 +62,10 @@ def _table(results: dict[str, Any]) -> str:
     lines = ["cost at scale (estimate; inputs and their sources below)", scale.format_extrapolation(
         results["headline"]), "", "devices needed vs queries per day"]
     lines += [f"  {queries:>12,.0f}  {devices:>8,}" for queries, devices in results["devices_vs_queries_per_day"].items()]
+    lines.append("serving cost per day, rented vs owned")
+    for basis, breakdown in results["usd_per_day_by_pricing"].items():
+        parts = ", ".join(f"{part} ${usd:,.0f}" for part, usd in breakdown.items())
+        lines.append(f"  {basis:<6} ${sum(breakdown.values()):>14,.0f}  ({parts})")
     lines.append("cost per million generated tokens vs model size")
     lines += [f"  {name:<12}  ${usd:,.4f}" for name, usd in results["usd_per_million_tokens_by_model"].items()]
     return "\n".join(lines)
@@ -74,11 +82,12 @@ def _write_plots(run_dir: Path, results: dict[str, Any]) -> list[Path]:
     written = []
 
     figure, axes = pyplot.subplots(figsize=(6, 4))
-    breakdown = headline["serving"]["cost_breakdown_usd_per_day"]
-    bottom = 0.0
-    for part, usd in breakdown.items():
-        axes.bar(["serving fleet"], [usd], bottom=bottom, label=f"{part} ${usd:,.0f}")
-        bottom += usd
+    labels = {"cloud": "rented (cloud price)", "tco": "owned (total cost of ownership)"}
+    for basis, breakdown in results["usd_per_day_by_pricing"].items():
+        bottom = 0.0
+        for part, usd in breakdown.items():
+            axes.bar([labels[basis]], [usd], bottom=bottom, label=f"{part} ${usd:,.0f}")
+            bottom += usd
     axes.set_ylabel("USD per day")
     axes.set_title(f"cost per day, {subtitle}", fontsize=9)
     axes.legend()

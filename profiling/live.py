@@ -31,6 +31,11 @@ def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, prog
         return None
 
 
+def _board_watts(peaks: Peaks | None, given: float | None) -> float | None:
+    """Power for the CPU estimate when no counter is readable: as given (--board-watts), else the table's."""
+    return given if given is not None else (peaks.board_power_w if peaks else None)
+
+
 def _peak_fields(peaks: Peaks | None) -> dict[str, Any]:
     if peaks is None:
         return {"device": None, "peak_flops_source": None, "peak_bandwidth_source": None}
@@ -45,9 +50,10 @@ def _peak_fields(peaks: Peaks | None) -> dict[str, Any]:
 class TrainingProfiler:
     """MFU, HFU, watts and joules per token for every training step."""
 
-    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, peak_tflops: float | None = None) -> None:
+    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, peak_tflops: float | None = None,
+                 board_watts: float | None = None) -> None:
         self.peaks = find_peaks(device, dtype, peak_tflops, "train.py")
-        self.energy = open_energy_reader(device, board_watts=self.peaks.board_power_w if self.peaks else None)
+        self.energy = open_energy_reader(device, board_watts=_board_watts(self.peaks, board_watts))
         self.meter = StepMeter(
             device,
             flops_per_token=flops.training_flops_per_token(config),
@@ -72,10 +78,11 @@ class TrainingProfiler:
 class GenerationProfiler:
     """Prefill and decode of one `generate` call, metered as two phases with one sync at each edge."""
 
-    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, batch: int, prompt_len: int) -> None:
+    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, batch: int, prompt_len: int,
+                 board_watts: float | None = None) -> None:
         self.config, self.batch, self.prompt_len, self.dtype = config, batch, prompt_len, dtype
         self.peaks = find_peaks(device, dtype, None, "sample.py")
-        self.energy = open_energy_reader(device, board_watts=self.peaks.board_power_w if self.peaks else None)
+        self.energy = open_energy_reader(device, board_watts=_board_watts(self.peaks, board_watts))
         peak_flops = self.peaks.flops if self.peaks else None
         bandwidth = self.peaks.bandwidth if self.peaks else None
         common = dict(peak_flops=peak_flops, peak_bandwidth=bandwidth, warmup_steps=0, energy=self.energy,

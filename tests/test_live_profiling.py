@@ -11,7 +11,8 @@ from gpt.config import GPTConfig
 from profiling import flops
 from profiling.__main__ import main as profiling_main
 
-RUN = ["--block-size", "32", "--batch-size", "4", "--eval-iters", "2", "--no-progress", "--max-iters", "6"]
+RUN = ["--block-size", "32", "--batch-size", "4", "--eval-iters", "2", "--no-progress", "--max-iters", "6",
+       "--board-watts", "65"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,8 @@ def test_step_lines_carry_the_analytic_flops_and_a_consistent_mfu(trained_run):
         expected = step["flops_per_token"] * step["tokens_per_sec"] / summary["peak_flops"]
         assert step["mfu"] == pytest.approx(expected, rel=1e-9)
         assert {"hfu", "watts", "joules_per_token", "energy_source"} <= step.keys()
+    assert summary["energy_source"] == "rapl" or summary["energy_source"].startswith("estimate: 65 W")
+    assert summary["joules_per_token"] > 0  # a CPU without RAPL still gets an energy figure, labelled an estimate
     measured = [s for s in records(trained_run, "step") if not s["warmup"]]
     whole_run = sum(s["tokens"] for s in measured) / sum(s["step_time_s"] for s in measured)
     assert summary["tokens_per_sec"] == pytest.approx(whole_run, rel=1e-9)

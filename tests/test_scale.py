@@ -175,3 +175,6 @@ def test_cost_page_of_a_run(tmp_path):
     assert devices == sorted(devices) and devices[-1] > devices[0]
     by_model = page.results["usd_per_million_tokens_by_model"]
     assert by_model["gpt2"] < by_model["gpt2-xl"] < by_model["gpt3-175b"]
+    pricing = page.results["usd_per_day_by_pricing"]
+    assert set(pricing["tco"]) == {"hardware", "energy", "operations"} and len(pricing["cloud"]) == 1
+    assert all(usd > 0 for breakdown in pricing.values() for usd in breakdown.values())
