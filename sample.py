@@ -22,6 +22,7 @@ import torch
 from gpt.checkpoint import CheckpointError, load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    HelpFormatter,
     VOCAB_SIZE_HELP,
     fail,
     model_vocab_size,
@@ -42,7 +43,7 @@ from profiling.live import GenerationProfiler, describe_generation
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Sample text from a gptmeter checkpoint and report prefill/decode tokens per second.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     source = parser.add_argument_group("model")
     source.add_argument("--out-dir", default="out/tiny", help="run directory holding ckpt.pt")

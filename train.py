@@ -19,10 +19,12 @@ from tqdm import tqdm
 from gpt.checkpoint import CheckpointError, load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    HelpFormatter,
     VOCAB_SIZE_HELP,
     fail,
     model_vocab_size,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     resolve_device,
@@ -41,7 +43,7 @@ DEFAULT_OUT_DIR = "out/{preset}"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train a GPT from scratch and log tokens/s, loss and checkpoints to a run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
@@ -69,20 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="peak dense TFLOP/s (1e12 FLOP/s) to compute MFU against, for a GPU outside "
                      "profiling/hardware.py's table (default: that table's datasheet figure)")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
-    optim = parser.add_argument_group("optimisation (defaults depend on the preset; see gpt/trainer.py)")
-    optim.add_argument("--max-iters", type=positive_int, help="optimizer steps in the whole run")
-    optim.add_argument("--batch-size", type=positive_int, help="sequences per micro-batch")
-    optim.add_argument("--grad-accum", type=positive_int, help="micro-batches per optimizer step")
-    optim.add_argument("--learning-rate", type=positive_float, help="peak learning rate (per step)")
-    optim.add_argument("--min-lr", type=non_negative_float, help="learning rate at the end of the cosine decay")
-    optim.add_argument("--warmup-iters", type=int, help="steps of linear warm-up")
-    optim.add_argument("--beta1", type=positive_float, help="AdamW first-moment decay")
-    optim.add_argument("--beta2", type=positive_float, help="AdamW second-moment decay")
-    optim.add_argument("--weight-decay", type=non_negative_float, help="AdamW decoupled weight decay")
-    optim.add_argument("--grad-clip", type=non_negative_float, help="max global gradient norm (0 = off)")
-    optim.add_argument("--eval-interval", type=positive_int, help="steps between validation passes")
-    optim.add_argument("--eval-iters", type=positive_int, help="batches per validation pass")
-    optim.add_argument("--checkpoint-interval", type=positive_int, help="steps between checkpoints")
+    optim = parser.add_argument_group("optimisation (defaults: generic; tiny preset in brackets; gpt/trainer.py)")
+    flags = {
+        "max_iters": (positive_int, "optimizer steps in the whole run"),
+        "batch_size": (positive_int, "sequences per micro-batch"),
+        "grad_accum": (positive_int, "micro-batches per optimizer step"),
+        "learning_rate": (positive_float, "peak learning rate, reached after warm-up"),
+        "min_lr": (non_negative_float, "learning rate at the end of the cosine decay"),
+        "warmup_iters": (non_negative_int, "steps of linear warm-up"),
+        "beta1": (positive_float, "AdamW first-moment decay"),
+        "beta2": (positive_float, "AdamW second-moment decay"),
+        "weight_decay": (non_negative_float, "AdamW decoupled weight decay (matrices and embeddings only)"),
+        "grad_clip": (non_negative_float, "max global gradient norm (0 = off)"),
+        "eval_interval": (positive_int, "steps between validation passes"),
+        "eval_iters": (positive_int, "batches per validation pass"),
+        "checkpoint_interval": (positive_int, "steps between checkpoints (one is always written at the end)"),
+    }
+    generic, tiny = TrainConfig(), PRESET_TRAIN_DEFAULTS["tiny"]
+    for name, (kind, text) in flags.items():
+        shown = f"{getattr(generic, name):g}" + (f" [{tiny[name]:g}]" if name in tiny else "")
+        optim.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} (default {shown})")
     return parser
 
 
