@@ -153,6 +153,39 @@ def _forward_key_tiles(acc, row_sum, row_max, q, k_ptrs, v_ptrs, stride_kn, stri
     return acc, row_sum, row_max
 
 
+@triton.jit
+def _query_block(num_heads, group_size, BLOCK_M: tl.constexpr):
+    """This program's first query row, batch, query head and the key/value head it shares (GQA).
+
+    Causal query blocks near the end see the most keys: they are launched first, so
+    the short ones fill the gaps at the end of the grid.
+    """
+    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
+    batch_head = tl.program_id(1)
+    batch = (batch_head // num_heads).to(tl.int64)
+    head = batch_head % num_heads
+    kv_head = (head // group_size).to(tl.int64)
+    return start_m, batch, head.to(tl.int64), kv_head
+
+
+@triton.jit
+def _key_ranges(start_m, seq_q, seq_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tiles [0, unmasked_end) need no mask for this query block; [unmasked_end, end) do.
+
+    With causal masking, keys up to the block's first row's diagonal are visible to
+    every row of the block; the diagonal tiles after them are masked, and keys past the
+    block's last row's diagonal are never visited.
+    """
+    key_offset = seq_k - seq_q  # bottom-right alignment: query i sees keys j <= i + key_offset
+    if CAUSAL:
+        unmasked_end = tl.maximum(start_m + key_offset + 1, 0) // BLOCK_N * BLOCK_N
+        end = tl.minimum(tl.maximum(start_m + BLOCK_M + key_offset, 0), seq_k)
+    else:
+        unmasked_end = seq_k // BLOCK_N * BLOCK_N
+        end = seq_k
+    return key_offset, unmasked_end, end
+
+
 @triton.autotune(configs=_FORWARD_CONFIGS, key=_TUNING_KEY, prune_configs_by=_PRUNE)
 @triton.jit
 def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
@@ -163,14 +196,7 @@ def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
                     num_heads, group_size, seq_q, seq_k, seq_q_bucket, seq_k_bucket,
                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Causal query blocks near the end see the most keys: launch them first so the
-    # short ones fill the gaps at the end of the grid.
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    batch_head = tl.program_id(1)
-    batch = (batch_head // num_heads).to(tl.int64)
-    head = batch_head % num_heads
-    kv_head = (head // group_size).to(tl.int64)
-    head = head.to(tl.int64)
+    start_m, batch, head, kv_head = _query_block(num_heads, group_size, BLOCK_M)
 
     rows = start_m + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -187,14 +213,7 @@ def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
     row_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     qk_scale = sm_scale * _LOG2E
 
-    key_offset = seq_k - seq_q
-    if CAUSAL:
-        # Keys up to the block's first row's diagonal are visible to every row of the block.
-        unmasked_end = tl.maximum(start_m + key_offset + 1, 0) // BLOCK_N * BLOCK_N
-        end = tl.minimum(tl.maximum(start_m + BLOCK_M + key_offset, 0), seq_k)
-    else:
-        unmasked_end = seq_k // BLOCK_N * BLOCK_N
-        end = seq_k
+    key_offset, unmasked_end, end = _key_ranges(start_m, seq_q, seq_k, CAUSAL, BLOCK_M, BLOCK_N)
     acc, row_sum, row_max = _forward_key_tiles(
         acc, row_sum, row_max, q, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, cols, key_offset, seq_k,
         qk_scale, 0, unmasked_end, BLOCK_N, CAUSAL, False, DOT_PRECISION)
@@ -366,12 +385,7 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
                         num_heads, group_size, seq_q, seq_k, seq_q_bucket, seq_k_bucket,
                         HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    batch_head = tl.program_id(1)
-    batch = (batch_head // num_heads).to(tl.int64)
-    head = batch_head % num_heads
-    kv_head = (head // group_size).to(tl.int64)
-    head = head.to(tl.int64)
+    start_m, batch, head, kv_head = _query_block(num_heads, group_size, BLOCK_M)
 
     rows = start_m + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -391,13 +405,7 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     qk_scale = sm_scale * _LOG2E
 
-    key_offset = seq_k - seq_q
-    if CAUSAL:
-        unmasked_end = tl.maximum(start_m + key_offset + 1, 0) // BLOCK_N * BLOCK_N
-        end = tl.minimum(tl.maximum(start_m + BLOCK_M + key_offset, 0), seq_k)
-    else:
-        unmasked_end = seq_k // BLOCK_N * BLOCK_N
-        end = seq_k
+    key_offset, unmasked_end, end = _key_ranges(start_m, seq_q, seq_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _dq_key_tiles(dq, q, grad_out, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, cols,
                        key_offset, seq_k, qk_scale, 0, unmasked_end, BLOCK_N, CAUSAL, False, DOT_PRECISION)
     dq = _dq_key_tiles(dq, q, grad_out, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, cols,
