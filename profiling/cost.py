@@ -58,7 +58,7 @@ class DeviceHourCost:
         return {"hardware": self.hardware_usd, "energy": self.energy_usd, "operations": self.operations_usd}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"total_usd": self.total_usd}
+        return asdict(self) | {"total_usd": self.total_usd, "parts": self.parts()}
 
 
 @dataclass(frozen=True)
@@ -367,6 +367,7 @@ def run(args: argparse.Namespace) -> int:
                           args.queries_per_day, priced.grid_kg_co2_per_kwh)
     report = {
         "device": args.device or measured_device,
+        "measured_on": measured_device,
         "tokens_per_sec_per_device": {"value": tokens_per_sec, "source": provenance},
         "device_hour": priced.device_hour.to_dict(),
         "inputs": priced.inputs,
@@ -383,11 +384,12 @@ def _energy(template: str, value: float | None) -> str:
 def format_cost(report: dict[str, Any]) -> str:
     hour = report["device_hour"]
     rows = [
-        ("device", report["device"] or "not named"),
+        ("priced device", report["device"] or "not named"),
+        ("throughput measured on", report["measured_on"] or "not measured (given by hand)"),
         ("tokens/s per device", f"{report['tokens_per_sec_per_device']['value']:,.1f} "
                                 f"({report['tokens_per_sec_per_device']['source']})"),
-        (f"device-hour ({hour['basis']})", f"${hour['total_usd']:.4f} = hardware ${hour['hardware_usd']:.4f} "
-                                           f"+ energy ${hour['energy_usd']:.4f} + operations ${hour['operations_usd']:.4f}"),
+        (f"device-hour ({hour['basis']})", f"${hour['total_usd']:.4f} = " + " + ".join(
+            f"{part} ${usd:.4f}" for part, usd in hour["parts"].items())),
         ("per million tokens", f"${report['usd_per_million_tokens']:,.4f}"
                                + _energy(", {:,.4f} kWh", report["kwh_per_million_tokens"])),
     ]
