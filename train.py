@@ -164,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     profiler.close()
     if stopped is not None:
         fail("train.py", str(stopped), stopped.exit_code)
-    mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
-    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, "
-          f"{summary['tokens_per_sec'] or 0:,.0f} tokens/s{mfu}; checkpoint {out_dir / 'ckpt.pt'}; "
+    if summary["tokens_per_sec"] is None:
+        speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
+    else:
+        mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
+        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu}"
+    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0
 
