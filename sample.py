@@ -100,9 +100,11 @@ def read_prompt(args: argparse.Namespace) -> str:
         if not args.prompt_file.is_file():
             raise ValueError(f"prompt file {args.prompt_file} does not exist; pass an existing file to --prompt-file")
         return args.prompt_file.read_text(encoding="utf-8")
-    if sys.stdin is not None and not sys.stdin.isatty():
-        return sys.stdin.read()
-    return ""
+    try:
+        piped = sys.stdin is not None and not sys.stdin.isatty()
+        return sys.stdin.read() if piped else ""
+    except (OSError, ValueError):  # a closed or unreadable standard input holds no prompt
+        return ""
 
 
 def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]:

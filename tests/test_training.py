@@ -211,6 +211,14 @@ def test_sample_cli_errors_and_prompt_cropping(tmp_path, capsys):
     assert "keeping the last 128" in capsys.readouterr().err
 
 
+def test_sample_cli_reads_a_piped_prompt(monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("import os\n"))
+    assert sample.main(["--init", "random", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("import os\n")
+
+
 def test_sample_cli_checkpoint_with_unavailable_tokenizer(tmp_path, monkeypatch, capsys):
     save_checkpoint(tmp_path, {"step": 1, "tokenizer": "gpt2", "model_config": MODEL, "model": {}})
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "no-vocab"))
