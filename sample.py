@@ -34,6 +34,7 @@ from gpt.cli import (
     resolve_dtype,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
+from gpt.files import atomic_write_text
 from gpt.model import GPT, resolve_attention
 from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
 from gpt.trainer import DTYPES
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:
-        args.profile_json.write_text(json.dumps(profile, indent=2) + "\n")
+        atomic_write_text(args.profile_json, json.dumps(profile, indent=2) + "\n")
     return 0
 
 

@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from gpt.cli import positive_int
+
 MODES = ("fwd", "bwd", "fwd+bwd")
 BASELINE = "sdpa-default"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -341,23 +343,16 @@ def plot(records: list[dict], path: Path, title: str) -> None:
 # --------------------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.attention", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=_positive_int, default=16384,
+    parser.add_argument("--tokens", type=positive_int, default=16384,
                         help="tokens per batch, batch × seq (default 16384)")
-    parser.add_argument("--hidden", type=_positive_int, default=2048,
+    parser.add_argument("--hidden", type=positive_int, default=2048,
                         help="model width in channels, heads × head_dim (default 2048)")
-    parser.add_argument("--head-dims", type=_positive_int, nargs="+", default=[64, 128],
+    parser.add_argument("--head-dims", type=positive_int, nargs="+", default=[64, 128],
                         help="channels per head (default 64 128)")
-    parser.add_argument("--seq-lens", type=_positive_int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
+    parser.add_argument("--seq-lens", type=positive_int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                         help="sequence lengths in tokens (default 512 … 16384)")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES),
                         help="input precisions (default bf16 fp16)")

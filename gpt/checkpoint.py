@@ -10,13 +10,14 @@ file is completely on disk.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gpt.files import atomic_write, atomic_write_text
 
 CHECKPOINT_FORMAT = "gptmeter-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -27,41 +28,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged or not ours; the message says what to do."""
 
 
-def _fsync_directory(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call write(handle) on a temporary sibling of `path`, fsync it, then rename it over `path`."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
-
-
 def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
     """Write `state` (plus the format marker) to out_dir/ckpt.pt and a summary to out_dir/meta.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CHECKPOINT_NAME
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
-    atomic_write_bytes(path, lambda handle: torch.save(payload, handle))
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     summary = {key: payload[key] for key in ("format", "format_version", "step", "tokenizer", "model_config") if key in payload}
     summary["val_loss"] = payload.get("val_loss")
-    atomic_write_bytes(out_dir / "meta.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
+    atomic_write_text(out_dir / "meta.json", json.dumps(summary, indent=2))
     return path
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gpt.files import atomic_write, atomic_write_text
 from gpt.tokenizer import Tokenizer
 
 VALIDATION_PERCENT = 5
@@ -108,15 +109,6 @@ def _tokenise_files(files: list[Path], tokenizer: Tokenizer, label: str) -> np.n
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
-def _write_atomically(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with open(temporary, "wb") as handle:
-        array.tofile(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _cached_token_files(root: Path, files: list[Path], tokenizer: Tokenizer, name: str) -> Path:
     """Tokenise once into <cache>/data/<name>-<fingerprint>/{train,val}.bin and return that folder."""
     folder = cache_root() / "data" / f"{name}-{tokenizer.name}-{_corpus_fingerprint(root, files, tokenizer)}"
@@ -131,9 +123,9 @@ def _cached_token_files(root: Path, files: list[Path], tokenizer: Tokenizer, nam
     else:
         arrays = {split: _tokenise_files(paths, tokenizer, f"{name} {split}") for split, paths in splits.items()}
     for split, array in arrays.items():
-        _write_atomically(folder / f"{split}.bin", array)
+        atomic_write(folder / f"{split}.bin", array.tofile)
     meta = {"tokenizer": tokenizer.name, "files": len(files), **{f"{s}_tokens": len(a) for s, a in arrays.items()}}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))  # written last: marks the cache complete
+    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))  # written last: marks the cache complete
     return folder
 
 

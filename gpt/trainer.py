@@ -23,6 +23,7 @@ import torch
 from gpt.checkpoint import save_checkpoint
 from gpt.config import GPTConfig
 from gpt.data import TokenData
+from gpt.files import atomic_write_text
 from gpt.model import GPT
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -278,7 +279,7 @@ class Trainer:
                 continue
             if record.get("kind") != "summary" and record.get("step", 0) <= step:
                 kept.append(line + "\n")
-        self.metrics_path.write_text("".join(kept))
+        atomic_write_text(self.metrics_path, "".join(kept))  # a crash here must not lose the log
 
     def write_config(self) -> None:
         resolved = {
@@ -290,7 +291,7 @@ class Trainer:
             **self.extra_config,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(resolved, indent=2))
+        atomic_write_text(self.out_dir / "config.json", json.dumps(resolved, indent=2))
 
     def run(
         self,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from profiling.prices import (
-    FACILITY, Facility, PriceError, Sourced, device_price, load_overrides, require_positive,
+    FACILITY, Facility, PriceError, Sourced, device_price, load_overrides, require_fraction, require_positive,
 )
 
 HOURS_PER_YEAR = 365.25 * 24
@@ -76,8 +76,7 @@ class OwnershipInputs:
         for name, value in asdict(self).items():
             require_positive(name, value)
         for name in ("utilisation", "power_load_factor"):
-            if getattr(self, name) > 1:
-                raise PriceError(f"{name} is a fraction in (0, 1], got {getattr(self, name)}")
+            require_fraction(name, getattr(self, name))
         if self.pue < 1:
             raise PriceError(f"pue is facility energy over IT energy, at least 1, got {self.pue}")
 
@@ -89,8 +88,7 @@ def facility_kw(board_power_w: float, power_load_factor: float, pue: float) -> f
 
 def cloud_device_hour(usd_per_hour: float, utilisation: float = 1.0) -> DeviceHourCost:
     require_positive("usd_per_device_hour", usd_per_hour)
-    if not 0 < require_positive("utilisation", utilisation) <= 1:
-        raise PriceError(f"utilisation is a fraction in (0, 1], got {utilisation}")
+    require_fraction("utilisation", utilisation)
     return DeviceHourCost(usd_per_hour / utilisation, 0.0, 0.0, "cloud")
 
 
@@ -210,8 +208,7 @@ def training_cost(
 ) -> TrainingCost:
     require_positive("flops", flops)
     require_positive("peak_flops", peak_flops_per_sec)
-    if not 0 < require_positive("mfu", mfu) <= 1:
-        raise PriceError(f"mfu is a fraction in (0, 1], got {mfu}")
+    require_fraction("mfu", mfu)
     require_positive("devices", n_devices)
     device_hours = flops / (peak_flops_per_sec * mfu) / SECONDS_PER_HOUR
     kwh = energy_kwh(kw_per_device, device_hours * SECONDS_PER_HOUR)

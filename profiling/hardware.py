@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 import platform
 import statistics
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from gpt.data import cache_root
+from gpt.files import atomic_write_text
 from profiling.flops import dtype_name
 
 CACHE_FILE = "hardware.json"
@@ -282,9 +282,7 @@ def save_ceilings(ceilings: Ceilings) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cache = _read_cache()
     cache[ceilings.device_name] = dataclasses.asdict(ceilings)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(cache, indent=2))
-    temporary.replace(path)  # atomic: a concurrent reader sees the old file or the new one
+    atomic_write_text(path, json.dumps(cache, indent=2))  # a concurrent reader sees the old file or the new one
     return path
 
 

@@ -113,6 +113,13 @@ def require_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def require_fraction(name: str, value: float) -> float:
+    """A share such as a utilisation or an MFU: a number in (0, 1]."""
+    if require_positive(name, value) > 1:
+        raise PriceError(f"{name} is a fraction in (0, 1], got {value}")
+    return float(value)
+
+
 def _overridden(entry: Sourced, name: str, value, origin: str) -> Sourced:
     return Sourced(require_positive(name, value), entry.unit, f"override from {origin}", "")
 
