@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from gpt.errors import GptmeterError
 from gpt.files import atomic_write, atomic_write_text
 
 CHECKPOINT_FORMAT = "gptmeter-checkpoint"
@@ -24,7 +25,7 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "ckpt.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GptmeterError, RuntimeError):
     """A checkpoint is missing, damaged or not ours; the message says what to do."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gpt.errors import GptmeterError
 from gpt.files import atomic_write, atomic_write_text
 from gpt.tokenizer import Tokenizer
 
@@ -31,7 +32,7 @@ TEXT_SUFFIXES = {".txt", ".py", ".md", ".rst", ".json", ".csv", ".html", ".c", "
 _STDLIB_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
 
-class DataError(ValueError):
+class DataError(GptmeterError, ValueError):
     """The data cannot be used as given; the message says what to do."""
 
 

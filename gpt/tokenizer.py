@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from gpt.errors import GptmeterError
+
 TOKENIZERS = ("bytes", "cl100k", "gpt2")
 END_OF_TEXT = "<|endoftext|>"
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(GptmeterError, RuntimeError):
     """A tokenizer exists but its vocabulary files are not on this machine."""
 
 

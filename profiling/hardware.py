@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from gpt.errors import GptmeterError
 from gpt.data import cache_root
 from gpt.files import atomic_write_text
 from profiling.flops import dtype_name
@@ -120,7 +121,7 @@ _TABLE = (
 ACCELERATORS: dict[str, Accelerator] = {accelerator.key: accelerator for accelerator in _TABLE}
 
 
-class UnknownDeviceError(ValueError):
+class UnknownDeviceError(GptmeterError, ValueError):
     """A device that is not in the table; the message says how to pass its peaks by hand."""
 
 

@@ -23,8 +23,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpt.errors import GptmeterError
 
-class PriceError(ValueError):
+
+class PriceError(GptmeterError, ValueError):
     """A price input that cannot be used; the message is one line naming the problem and the fix."""
 
 

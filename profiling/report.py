@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt.errors import GptmeterError
 from profiling.energy import is_estimate
 
 METRICS_FILE = "metrics.jsonl"
@@ -28,7 +29,7 @@ STEP_FIELDS = ("step", "tokens", "step_time_s")
 DEFAULT_WINDOW = 20
 
 
-class RunDirError(ValueError):
+class RunDirError(GptmeterError, ValueError):
     """A run directory that cannot be reported on; the message is one line naming the problem and the fix."""
 
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware
 from profiling.hardware import Accelerator
@@ -42,7 +43,7 @@ PROFILE_MARKER = "gptmeter_profile"  # a sample.py --profile-json file holds {"g
 PROFILE_VERSION = 1
 
 
-class ScaleError(ValueError):
+class ScaleError(GptmeterError, ValueError):
     """An extrapolation that cannot be made; the message is one line naming the problem and the fix."""
 
 

@@ -13,10 +13,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from gpt.errors import GptmeterError
 from profiling import cost
 
 
-class ScenarioError(ValueError):
+class ScenarioError(GptmeterError, ValueError):
     """An unknown scenario name; the message lists the known ones."""
 
 
