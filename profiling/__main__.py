@@ -14,6 +14,8 @@ import sys
 SUBCOMMANDS = (
     "profiling.flops",
     "profiling.hardware",
+    "profiling.calibrate",
+    "profiling.predict",
     "profiling.report",
     "profiling.cost",
     "profiling.scale",
