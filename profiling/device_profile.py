@@ -440,8 +440,9 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     """Measure this device's profile over `GRIDS` (see module docstring) and cache it per device name.
 
     On CUDA it runs on that device (its current stream), with TF32 allowed exactly when `dtype` is "tf32",
-    and resets the peak-memory statistics afterwards. `quick` measures a few points only (for tests) and is
-    not cached.
+    and resets the peak-memory statistics afterwards. `quick` measures a few points only (seconds; what
+    `hardware.measured_ceilings` runs when nothing is cached); it is cached too, and says so in `source`, until
+    a full calibration replaces it.
     """
     import contextlib
 
@@ -510,9 +511,21 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
-    if not quick:
-        save_profile(profile, cache_path(profile.device, profile.dtype))
+    save_profile(profile, cache_path(profile.device, profile.dtype))
     return profile
+
+
+def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
+    """The view `python -m profiling hardware` shows of a measured profile: its fastest matmul and copy."""
+    table, dims = profile.matmul["flops_per_sec"], profile.matmul["dims"]
+    best, size = max((value, max(dims[i], dims[j], dims[k])) for i, plane in enumerate(table)
+                     for j, row in enumerate(plane) for k, value in enumerate(row))
+    copy = profile.memory["copy"]
+    copy_bytes = MEMORY_PASSES["copy"] * copy["elements"][-1] * flops.bytes_per_element(profile.dtype)
+    return hardware.Ceilings(device_name=profile.device, matmul_flops={profile.dtype: best},
+                             copy_bandwidth=copy_bytes / copy["seconds"][-1], matmul_size=size,
+                             copy_bytes=copy_bytes, torch_version=profile.software.get("torch", ""),
+                             measured_at=profile.date)
 
 
 def now_iso() -> str:

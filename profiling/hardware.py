@@ -6,33 +6,25 @@ plain CUDA-core rate; "tf32" the tensor-core rate PyTorch uses for float32 matmu
 `torch.backends.cuda.matmul.allow_tf32` is on. Bandwidths and memory sizes are decimal
 (1 GB = 1e9 bytes), as datasheets state them.
 
-Measured ceilings are what this machine actually reaches: a large square matmul on random
-data (2·n³ FLOPs per product) and a device-to-device copy (bytes read + bytes written),
-each the median of several timed repeats, cached per device name in
-`$GPTMETER_CACHE_DIR/hardware.json` (default ~/.cache/gptmeter). A CPU has no datasheet
-entry here: its peak is the measured matmul ceiling, and is labelled as measured.
+Measured ceilings are what this machine actually reaches: a view of its calibrated device profile
+(profiling/device_profile.py, `python -m profiling calibrate`): the best matmul of its grid and its
+copy bandwidth (bytes read + bytes written). A CPU has no datasheet entry here: its peak is the
+measured matmul ceiling, and is labelled as measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from gpt.errors import GptmeterError
-from gpt.data import cache_root
-from gpt.files import atomic_write_text
 from profiling.flops import dtype_name
 
-CACHE_FILE = "hardware.json"
 TABLE_DTYPES = ("bf16", "fp16", "tf32", "fp32")
 
 
@@ -173,126 +165,41 @@ def detect_accelerator(device: torch.device | str) -> Accelerator:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """Throughput this device reached in the microbenchmarks (see module docstring)."""
+    """Throughput this device reached: a view of its calibrated profile (see module docstring)."""
 
     device_name: str
     matmul_flops: dict[str, float]  # FLOP/s per dtype
     copy_bandwidth: float  # bytes/s, read + written
-    matmul_size: int  # n of the n × n matmul
-    copy_bytes: int  # size of the copied buffer
+    matmul_size: int  # largest of M, N, K of the fastest matmul measured
+    copy_bytes: int  # size of the largest copy measured
     torch_version: str
     measured_at: str  # ISO 8601, UTC
 
 
-def _median_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `work` over `repeats` runs after one warm-up run; CUDA runs are timed with events."""
-    work()
-    times = []
-    if device.type == "cuda":
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for start, end in pairs:
-            start.record()
-            work()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) / 1e3 for start, end in pairs]
-    else:
-        for _ in range(repeats):
-            begin = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+def cached_ceilings(name: str, dtype: str = "fp32") -> Ceilings | None:
+    """The ceilings of the device called `name` from its cached calibrated profile, if any."""
+    from profiling import device_profile  # builds on this module's table; imported when used
 
-
-def measure_matmul_flops(
-    device: torch.device | str, dtype: object = "fp32", size: int | None = None, repeats: int = 10
-) -> float:
-    """FLOP/s of an n × n by n × n matmul on random data (n = 8192 on CUDA, 1024 on CPU unless given).
-
-    "fp32" disables TF32 for the measurement and "tf32" enables it; the previous setting is restored.
-    """
-    device = torch.device(device)
-    name = dtype_name(dtype)
-    size = size or (8192 if device.type == "cuda" else 1024)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[name]
-    a = torch.randn(size, size, device=device, dtype=torch_dtype)
-    b = torch.randn(size, size, device=device, dtype=torch_dtype)
-    tf32_before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    try:
-        seconds = _median_seconds(lambda: torch.mm(a, b), device, repeats)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32_before
-    return 2 * size**3 / seconds
-
-
-def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None, repeats: int = 10) -> float:
-    """Bytes/s of copying one buffer into another on the device, counting each byte read and written.
-
-    The buffer (1 GiB on CUDA, 128 MiB on CPU unless given) is far larger than the caches.
-    """
-    device = torch.device(device)
-    nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
-    source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
-    target = torch.empty_like(source)
-    seconds = _median_seconds(lambda: target.copy_(source), device, repeats)
-    return 2 * source.numel() * 4 / seconds
-
-
-def measure_ceilings(
-    device: torch.device | str, matmul_size: int | None = None, copy_bytes: int | None = None
-) -> Ceilings:
-    """Run the microbenchmarks: bf16, tf32 and fp32 matmuls on CUDA (fp32 only on CPU) and the copy."""
-    device = torch.device(device)
-    dtypes = ("bf16", "tf32", "fp32") if device.type == "cuda" else ("fp32",)
-    matmul_size = matmul_size or (8192 if device.type == "cuda" else 1024)
-    copy_bytes = copy_bytes or (2**30 if device.type == "cuda" else 2**27)
-    return Ceilings(
-        device_name=device_name(device),
-        matmul_flops={dtype: measure_matmul_flops(device, dtype, matmul_size) for dtype in dtypes},
-        copy_bandwidth=measure_copy_bandwidth(device, copy_bytes),
-        matmul_size=matmul_size,
-        copy_bytes=copy_bytes,
-        torch_version=torch.__version__,
-        measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def _cache_path() -> Path:
-    return cache_root() / CACHE_FILE
-
-
-def _read_cache() -> dict[str, dict]:
-    path = _cache_path()
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"hardware cache {path} is not valid JSON; delete it to measure again") from None
-
-
-def cached_ceilings(name: str) -> Ceilings | None:
-    """Ceilings measured earlier for the device called `name`, if any."""
-    entry = _read_cache().get(name)
-    return Ceilings(**entry) if entry else None
-
-
-def save_ceilings(ceilings: Ceilings) -> Path:
-    path = _cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cache = _read_cache()
-    cache[ceilings.device_name] = dataclasses.asdict(ceilings)
-    atomic_write_text(path, json.dumps(cache, indent=2))  # a concurrent reader sees the old file or the new one
-    return path
+    profile = device_profile.cached_profile(name, dtype)
+    return device_profile.as_ceilings(profile) if profile else None
 
 
 def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceilings:
-    """The cached ceilings of `device`, measured (and cached) first if absent or if `refresh`."""
-    ceilings = None if refresh else cached_ceilings(device_name(device))
+    """The ceilings of `device`: a view of its calibrated profile (`python -m profiling calibrate`).
+
+    The profile of the dtype the tools run (fp32 on a CPU, bf16 on a GPU) is read from the cache. If
+    absent it is measured first: the full grid when `refresh`, and on a GPU; on a CPU, the quick grid
+    (seconds), until `python -m profiling calibrate` replaces it.
+    """
+    from profiling import device_profile
+
+    device = torch.device(device)
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    ceilings = None if refresh else cached_ceilings(device_name(device), dtype)
     if ceilings is None:
-        ceilings = measure_ceilings(device)
-        save_ceilings(ceilings)
+        quick = device.type == "cpu" and not refresh
+        ceilings = device_profile.as_ceilings(device_profile.calibrate(str(device), dtype, progress=not quick,
+                                                                      quick=quick))
     return ceilings
 
 
@@ -341,7 +248,7 @@ def device_peaks(
         entry = None
     is_cpu = entry is not None and entry.key == "cpu"
     measured = measured_ceilings(device, refresh=measure) if measure or (is_cpu and peak_flops is None) else None
-    measured = measured or cached_ceilings(name)
+    measured = measured or cached_ceilings(name, "bf16" if device.type == "cuda" else "fp32")
 
     if peak_flops is not None:
         flops, flops_source = peak_flops, "given by hand"
@@ -411,7 +318,7 @@ def _peaks_text(peaks: Peaks) -> str:
         lines.append(f"peak bandwidth: {peaks.bandwidth / 1e9:,.0f} GB/s ({peaks.bandwidth_source})")
     ceilings = peaks.measured
     if ceilings is None:
-        lines.append("measured ceilings: none cached; run with --measure")
+        lines.append("measured ceilings: no calibrated profile cached; run with --measure")
         return "\n".join(lines)
     lines.append(f"measured ceilings ({ceilings.measured_at}, torch {ceilings.torch_version}):")
     for dtype, flops in ceilings.matmul_flops.items():
@@ -429,11 +336,13 @@ def add_parser(subparsers) -> object:
         "hardware",
         help="peak FLOP/s and bandwidth table, the detected device, measured ceilings",
         description="Show the datasheet table of accelerators (dense peaks), the peaks of this device, and its "
-        "measured matmul and copy ceilings (cached in $GPTMETER_CACHE_DIR/hardware.json).",
+        "measured matmul and copy ceilings: a view of its calibrated device profile (python -m profiling calibrate, "
+        "cached in $GPTMETER_CACHE_DIR/device_profiles/).",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="bf16, fp16, tf32 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--measure", action="store_true", help="run the microbenchmarks now and cache the result")
+    parser.add_argument("--measure", action="store_true", help="calibrate this device now (python -m profiling calibrate: "
+                        "about 2 minutes on a 2-core CPU) and show its ceilings")
     parser.add_argument(
         "--peak-tflops", type=positive_float, help="dense peak in TFLOP/s, for a device not in the table"
     )
