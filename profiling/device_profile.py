@@ -398,6 +398,7 @@ class Grid:
     head_dims: list[int]
     sizes: list[int]  # elements of the memory-bound operations
     adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
+    cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
 
 
 GRIDS = {
@@ -410,7 +411,7 @@ GRIDS = {
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
     # For tests: a handful of points, a few seconds.
     "quick": Grid(dims=[1, 32, 512], max_flops=5e7, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
-                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)]),
+                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)], cold_bytes=64 * 2**20),
 }
 
 COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights that come from memory
@@ -488,7 +489,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
                                             tick=tick)
             cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
-            cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.COLD_BYTES,
+            cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
                                           rows=cold_rows, tick=tick)
             attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                                   grid.head_dims, grid.max_flops, tick)
@@ -519,7 +520,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                + (" (quick grid)" if quick else ""),
         peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
         matmul={"dims": grid.dims, "flops_per_sec": matmul, "window_bytes": microbench.WARM_BYTES,
-                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": microbench.COLD_BYTES}},
+                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": grid.cold_bytes}},
         attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
                    "head_dim": grid.head_dims, "flops_per_sec": attention},
         memory=memory, adamw=adamw, overhead={},

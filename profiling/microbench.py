@@ -26,9 +26,8 @@ from profiling.flops import MEMORY_PASSES, bytes_per_element
 MIN_BATCH_SECONDS = 2e-3
 BATCHES = 5
 # Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
-# large last-level cache) and, for skinny products, of COLD_BYTES (a large model's, which come from memory).
+# large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
 WARM_BYTES = 32 * 2**20
-COLD_BYTES = 512 * 2**20
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
