@@ -129,19 +129,22 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
         edges = []
 
         def on_token(_: torch.Tensor) -> None:
+            first = not edges[1:]
+            if first:
+                edges.append(clock())  # the prefill ends where the profiler reads its clock, before its bookkeeping
             profiler.on_token()
-            if not edges[1:]:
-                edges.append(clock())
+            if first:
+                edges.append(clock())  # and decoding starts after it
 
         edges.append(clock())
         profiler.start()
         model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_token=on_token)
-        profiler.stop()
         edges.append(clock())
+        profiler.stop()
         profile = profiler.profile(config.to_dict())
         profiler.close()
         prefill.append(batch * PROMPT_TOKENS / (edges[1] - edges[0]))
-        decode.append(batch * (NEW_TOKENS - 1) / (edges[2] - edges[1]))
+        decode.append(batch * (NEW_TOKENS - 1) / (edges[3] - edges[2]))
         wall_prefill.append(profile["prefill_tokens_per_sec"])
         wall_decode.append(profile["decode_tokens_per_sec"])
     median = statistics.median

@@ -113,9 +113,21 @@ class DeviceProfile:
         if not cold or op.shape[0] > cold["rows"][-1] or op.working_set <= self.matmul["window_bytes"]:
             return warm
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
-        _, _, weight = _bracket([self.matmul["window_bytes"], cold["window_bytes"]], op.working_set)
-        weight = 1.0 if op.working_set >= cold["window_bytes"] else weight
+        weight = self._coldness(op.working_set)
         return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
+
+    def _coldness(self, working_set: int) -> float:
+        """0 at the warm window, 1 at the cold one: how far the measured skinny-matmul slowdown has gone at
+        `working_set` bytes of weights (`window_curve`), or log-linear in bytes when no curve was measured."""
+        warm, cold = self.matmul["window_bytes"], self.matmul["cold"]["window_bytes"]
+        curve = self.matmul.get("window_curve")
+        if working_set >= cold:
+            return 1.0
+        if not curve:
+            return _bracket([warm, cold], working_set)[2]
+        at = lambda size: _size_curve(curve["bytes"], curve["flops_per_sec"], size) / size  # noqa: E731
+        slowdown, full = math.log(at(warm) / at(working_set)), math.log(at(warm) / at(cold))
+        return min(max(slowdown / full, 0.0), 1.0) if full > 0 else 0.0
 
     def per_call_seconds(self, phase: str) -> float:
         return self.overhead["per_call_s"]["training" if phase != "inference" else "inference"]
@@ -491,6 +503,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
             cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
                                           rows=cold_rows, tick=tick)
+            windows = [2**k for k in range(22, grid.cold_bytes.bit_length(), 1)]  # 4 MiB up to the cold window
+            curve = microbench.window_curve(torch_device, dtype, windows)
             attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                                   grid.head_dims, grid.max_flops, tick)
             memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
@@ -520,7 +534,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                + (" (quick grid)" if quick else ""),
         peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
         matmul={"dims": grid.dims, "flops_per_sec": matmul, "window_bytes": microbench.WARM_BYTES,
-                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": grid.cold_bytes}},
+                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": grid.cold_bytes},
+                "window_curve": {"bytes": windows, "flops_per_sec": curve}},
         attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
                    "head_dim": grid.head_dims, "flops_per_sec": attention},
         memory=memory, adamw=adamw, overhead={},
