@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from gpt.cli import (
     resolve_dtype,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
-from gpt.files import atomic_write_text
+from gpt.files import write_json
 from gpt.model import GPT, resolve_attention
 from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
 from gpt.trainer import DTYPES
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:
-        atomic_write_text(args.profile_json, json.dumps(profile, indent=2) + "\n")
+        write_json(args.profile_json, profile)
     return 0
 
 

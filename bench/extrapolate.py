@@ -17,7 +17,6 @@ gpt2-xl; on CPU tiny shapes run in seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from gpt.files import dumps_json
 from gpt.cli import fail, positive_int, resolve_device
 from gpt.config import GPTConfig
 from gpt.model import GPT
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                             torch.bfloat16 if on_gpu else torch.float32, args.train_batch or (8 if on_gpu else 4),
                             args.decode_batch, args.repeats)
     if args.json:
-        print(json.dumps([asdict(r) | {"relative_error": r.relative_error} for r in results], indent=2))
+        print(dumps_json([asdict(r) | {"relative_error": r.relative_error} for r in results], indent=2))
     else:
         print(f"{'small':<10} {'large':<12} {'workload':<9} {'small tok/s':>12} {'predicted':>12} "
               f"{'measured':>12} {'error':>8}")

@@ -1,4 +1,4 @@
-"""Durable writes: a crash or a full disk never leaves a half-written file under the real name.
+"""Durable writes (a crash or a full disk never leaves a half-written file under the real name) and strict JSON.
 
 The new contents go to a temporary sibling, are fsynced, and only then renamed over the
 target with `os.replace`, which swaps the name in one step; a reader (or the next run)
@@ -7,9 +7,11 @@ sees the old file or the new one, never a mix.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -45,3 +47,29 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None; a dict key so emptied gains a `<key>_nonfinite` reason."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        cleaned = {}
+        for key, item in value.items():
+            cleaned[key] = _finite(item)
+            if isinstance(item, float) and not math.isfinite(item):
+                cleaned[f"{key}_nonfinite"] = str(item)  # "nan", "inf" or "-inf"
+        return cleaned
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def dumps_json(value: Any, indent: int | None = None) -> str:
+    """Strict JSON (RFC 8259): NaN and infinities become null, so every parser reads what gptmeter writes."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as strict, indented JSON, written durably (see atomic_write)."""
+    atomic_write_text(path, dumps_json(value, indent=2) + "\n")

@@ -29,7 +29,7 @@ import torch
 
 from gpt.errors import GptmeterError
 from gpt.data import cache_root
-from gpt.files import atomic_write_text
+from gpt.files import dumps_json, write_json
 from profiling.flops import dtype_name
 
 CACHE_FILE = "hardware.json"
@@ -283,7 +283,7 @@ def save_ceilings(ceilings: Ceilings) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cache = _read_cache()
     cache[ceilings.device_name] = dataclasses.asdict(ceilings)
-    atomic_write_text(path, json.dumps(cache, indent=2))  # a concurrent reader sees the old file or the new one
+    write_json(path, cache)  # a concurrent reader sees the old file or the new one
     return path
 
 
@@ -455,7 +455,7 @@ def run(args) -> int:
     )
     if args.json:
         table = {entry.key: dataclasses.asdict(entry) for entry in _TABLE}
-        print(json.dumps({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
+        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
     else:
         print(_table_text() + "\n\n" + _peaks_text(peaks))
     return 0

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware
@@ -481,5 +482,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     result = extrapolate(args)
-    print(json.dumps(result, indent=2) if args.json else format_extrapolation(result))
+    print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -99,12 +99,43 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pa
                 trainer.model.transformer.ln_f.weight.fill_(float("nan"))
         return {}
 
-    with pytest.raises(TrainingStopped, match="loss became nan at step 4") as stopped:
-        trainer.run(on_step=poison_after_step_3)
-    assert stopped.value.exit_code != 0
+    with pytest.raises(TrainingStopped, match="validation loss nan at step 3") as stopped:
+        trainer.run(on_step=poison_after_step_3)  # the evaluation at step 3 sees the poisoned weights
+    assert stopped.value.exit_code == 3 and "checkpoint of step 2" in str(stopped.value)
     payload = load_checkpoint(tmp_path / "run")
     assert payload["step"] == 2
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
+def test_a_diverging_run_keeps_its_last_finite_checkpoint_which_loads_and_samples(corpus, tmp_path):
+    trainer = make_trainer(corpus, tmp_path / "run", max_iters=40, learning_rate=1e3, warmup_iters=0, grad_clip=0.0,
+                           checkpoint_interval=1, eval_interval=1, eval_iters=1)
+    with pytest.raises(TrainingStopped, match="diverged") as stopped:
+        trainer.run()
+    assert stopped.value.exit_code == 3
+    payload = load_checkpoint(tmp_path / "run")
+    assert f"checkpoint of step {payload['step']} " in str(stopped.value)
+    assert math.isfinite(payload["val_loss"])
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
+    model = GPT(GPTConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    out = model.eval().generate(torch.zeros(1, 1, dtype=torch.long), 20, temperature=1.0)
+    assert out.shape == (1, 21) and int(out.max()) < 257
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line, parse_constant=pytest.fail) for line in metrics)  # strict JSON: no NaN or Infinity
+
+
+def test_a_run_that_diverges_before_any_checkpoint_says_there_is_none(corpus, tmp_path):
+    trainer = make_trainer(corpus, tmp_path / "run", max_iters=3)
+
+    def poison(record):
+        with torch.no_grad():
+            trainer.model.lm_head.weight.fill_(float("inf"))
+        return {}
+
+    with pytest.raises(TrainingStopped, match="no checkpoint was written"):
+        trainer.run(on_step=poison)
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
 
 
 def test_truncated_foreign_and_missing_checkpoints_are_named(tmp_path):
