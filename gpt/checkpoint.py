@@ -65,4 +65,10 @@ def load_checkpoint(out_dir_or_file: Path, map_location: str | torch.device = "c
             f"{path} has checkpoint format version {payload.get('format_version')}, this gptmeter reads "
             f"version {CHECKPOINT_VERSION}; use the gptmeter release that wrote it"
         )
+    weights = payload.get("model") or {}
+    bad = sum(int((~tensor.isfinite()).sum()) for tensor in weights.values() if tensor.is_floating_point())
+    if bad:
+        raise CheckpointError(
+            f"{path} holds {bad:,} non-finite weights (a diverged run saved it); retrain with a lower --learning-rate"
+        )
     return payload

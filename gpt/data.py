@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from gpt.errors import GptmeterError
-from gpt.files import atomic_write, write_json
+from gpt.files import atomic_write, cache_root, writable_cache_root, write_json
 from gpt.tokenizer import Tokenizer
 
 VALIDATION_PERCENT = 5
@@ -43,11 +42,6 @@ _STDLIB_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "__pyca
 
 class DataError(GptmeterError, ValueError):
     """The data cannot be used as given; the message says what to do."""
-
-
-def cache_root() -> Path:
-    """Folder for tokenised corpora (and other caches): $GPTMETER_CACHE_DIR or ~/.cache/gptmeter."""
-    return Path(os.environ.get("GPTMETER_CACHE_DIR") or Path.home() / ".cache" / "gptmeter")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -153,11 +147,8 @@ def _cached_token_files(root: Path, files: list[Path], tokenizer: Tokenizer, nam
     folder = cache_root() / "data" / f"{name}-{tokenizer.name}-{_corpus_fingerprint(root, files, tokenizer)}"
     if (folder / TOKEN_META).exists():
         return folder
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(f"cannot create the token cache {folder} ({error.strerror}); "
-                        "set GPTMETER_CACHE_DIR to a writable folder") from None
+    writable_cache_root()
+    folder.mkdir(parents=True, exist_ok=True)
     splits = split_files(root, files)
     replaced: dict[str, int] = {}
     if not splits["val"] or not splits["train"]:  # too few files to split by file: hold out the tail instead

@@ -13,6 +13,39 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from gpt.errors import GptmeterError
+
+
+class PathError(GptmeterError, ValueError):
+    """An output path that cannot be written; the message names the flag or variable that set it."""
+
+
+def cache_root() -> Path:
+    """Folder for tokenised corpora and the hardware cache: $GPTMETER_CACHE_DIR or ~/.cache/gptmeter."""
+    return Path(os.environ.get("GPTMETER_CACHE_DIR") or Path.home() / ".cache" / "gptmeter")
+
+
+def writable_folder(folder: Path, named_by: str) -> Path:
+    """Create `folder` if needed and check that files can be written in it, before any work is done.
+
+    `named_by` is the flag or environment variable the path came from, for the message.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise PathError(f"{named_by} {folder} is a file, not a folder; point {named_by} at a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PathError(f"cannot create {folder} ({error.strerror}); point {named_by} at a writable folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PathError(f"{folder} is not writable; point {named_by} at a writable folder")
+    return folder
+
+
+def writable_cache_root() -> Path:
+    """cache_root(), created and checked writable."""
+    return writable_folder(cache_root(), "GPTMETER_CACHE_DIR")
+
 
 def _fsync_directory(folder: Path) -> None:
     """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened."""

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from gpt.errors import GptmeterError
+from gpt.files import writable_folder
 
 LOCK_NAME = ".lock"
 RUN_FILES = ("ckpt.pt", "meta.json", "config.json", "metrics.jsonl")  # any of them marks a folder as a run
@@ -55,8 +56,7 @@ def newest_run(folder: Path) -> Path:
 
 def new_numbered_run(parent: Path) -> Path:
     """Create and return the next `run-N` folder under `parent`; mkdir claims a number even against a racing run."""
-    parent = Path(parent)
-    _make_folder(parent)
+    parent = writable_folder(parent, "--out-dir")
     taken = numbered_runs(parent)
     number = int(_NUMBERED.fullmatch(taken[-1].name).group(1)) + 1 if taken else 1
     while True:
@@ -70,22 +70,12 @@ def new_numbered_run(parent: Path) -> Path:
             raise OutDirError(f"cannot create run directory {folder} ({error.strerror}); pass a writable --out-dir") from None
 
 
-def _make_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise OutDirError(f"--out-dir {folder} is a file, not a folder; pass a folder path to --out-dir")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutDirError(f"cannot create run directory {folder} ({error.strerror}); pass a writable --out-dir") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutDirError(f"run directory {folder} is not writable; pass a writable --out-dir")
-
-
 class RunLock:
     """An exclusive lock on a run directory, held from `acquire` until `release` or the end of the process."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, created: bool = False) -> None:
         self.folder = Path(folder)
+        self.created = created  # a new numbered folder: removed again on release if the run wrote nothing
         self._descriptor: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -106,9 +96,13 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self._descriptor is not None:
-            os.close(self._descriptor)  # closing the descriptor drops the flock
-            self._descriptor = None
+        if self._descriptor is None:
+            return
+        if self.created and [path.name for path in self.folder.iterdir()] == [LOCK_NAME]:
+            (self.folder / LOCK_NAME).unlink()  # a run that failed before writing leaves no empty folder behind
+            self.folder.rmdir()
+        os.close(self._descriptor)  # closing the descriptor drops the flock
+        self._descriptor = None
 
     def __enter__(self) -> "RunLock":
         return self
@@ -159,8 +153,10 @@ def claim_run_dir(out_dir: Path | None, default_parent: Path, resume: bool, over
             folder = new_numbered_run(default_parent)
     else:
         folder = Path(out_dir)
-    _make_folder(folder)
-    lock = RunLock(folder).acquire()
+    if resume and not (folder / RUN_FILES[0]).is_file():
+        raise OutDirError(f"no checkpoint at {folder / RUN_FILES[0]} to resume; drop --resume to start a new run")
+    writable_folder(folder, "--out-dir")
+    lock = RunLock(folder, created=out_dir is None and not resume).acquire()
     try:
         note = ""
         stale = remove_stale_temporaries(folder)
