@@ -22,7 +22,6 @@ and prints both predictions' error (predicted − measured) / measured next to t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from gpt.cli import HelpFormatter, fail, positive_int
+from gpt.files import write_json
 from gpt.config import GPTConfig
 from gpt.data import TokenData
 from gpt.errors import GptmeterError
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"device": profile.device, "threads": args.threads, "profile": asdict(profile),
                   "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
                   "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -1,8 +1,8 @@
 """`python -m profiling COMMAND ...`: one subcommand per profiling module.
 
 Each module listed in SUBCOMMANDS provides `add_parser(subparsers) -> ArgumentParser` and
-`run(args) -> int` (the exit status). A `ValueError` escaping `run` is bad input: it is printed
-as one line and the command exits with status 2, without a traceback.
+`run(args) -> int` (the exit status). A `GptmeterError` (or a `ValueError`) escaping `run` is bad
+input: it is printed as one line and the command exits with status 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from gpt.errors import GptmeterError
 
 SUBCOMMANDS = (
     "profiling.flops",
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:
+    except (GptmeterError, ValueError) as error:
         print(f"python -m profiling {args.command}: error: {error}", file=sys.stderr)
         return 2
 

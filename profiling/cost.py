@@ -21,11 +21,11 @@ and training a model on D tokens takes model FLOPs / (peak FLOP/s × MFU) device
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from profiling.prices import (
     FACILITY, Facility, PriceError, Sourced, device_price, load_overrides, require_fraction, require_positive,
 )
@@ -355,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scenario is not None:
         result = run_scenario(args.scenario)
-        print(json.dumps(result, indent=2) if args.json else format_scenario(result))
+        print(dumps_json(result, indent=2) if args.json else format_scenario(result))
         return 0
     tokens_per_sec, provenance, measured_device = _throughput(args)
     device = device_spec(args.device) if args.device is not None else None
@@ -370,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
         "inputs": priced.inputs,
         **asdict(result),
     }
-    print(json.dumps(report, indent=2) if args.json else format_cost(report))
+    print(dumps_json(report, indent=2) if args.json else format_cost(report))
     return 0
 
 

@@ -36,11 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gpt.data import cache_root
 from gpt.errors import GptmeterError
-from gpt.files import atomic_write_text
+from gpt.files import cache_root, writable_folder, write_json
 from profiling import flops, hardware
 from profiling.flops import MEMORY_PASSES, Op
 
@@ -186,10 +183,11 @@ def _size_curve(sizes: list[int], seconds: list[float], size: int) -> float:
 # ----------------------------------------------------------------------------- files
 
 
-def save_profile(profile: DeviceProfile, path: str | Path) -> Path:
+def save_profile(profile: DeviceProfile, path: str | Path, named_by: str = "--out") -> Path:
+    """Write `profile` as strict JSON; `named_by` is the flag or variable the path came from, for errors."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(dataclasses.asdict(profile), indent=1) + "\n")
+    writable_folder(path.parent, named_by)
+    write_json(path, dataclasses.asdict(profile))
     return path
 
 
@@ -251,6 +249,8 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
     `device_key` is a key of profiling.hardware's table ("h100-sxm", ..., "cpu"); None means this machine
     (its CUDA GPU if it has one, else its CPU). A CPU has no reference profile: calibrate it first.
     """
+    import torch
+
     dtype = flops.dtype_name(dtype)
     if path is not None:
         profile = load_profile(path)
@@ -389,6 +389,8 @@ def graphed(profile: DeviceProfile) -> DeviceProfile:
 
 
 def software_versions() -> dict[str, str]:
+    import torch
+
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     try:
         import triton
@@ -474,6 +476,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     """
     import contextlib
 
+    import torch
     from tqdm import tqdm
 
     from gpt.config import GPTConfig
@@ -548,7 +551,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
-    save_profile(profile, cache_path(profile.device, profile.dtype))
+    save_profile(profile, cache_path(profile.device, profile.dtype), "GPTMETER_CACHE_DIR")
     return profile
 
 

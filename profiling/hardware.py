@@ -19,10 +19,13 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
+    import torch
 
 from gpt.errors import GptmeterError
+from gpt.files import dumps_json
 from profiling.flops import dtype_name
 
 TABLE_DTYPES = ("bf16", "fp16", "tf32", "fp32")
@@ -138,6 +141,8 @@ def accelerator_for_device_name(device_name: str) -> Accelerator:
 
 def device_name(device: torch.device | str) -> str:
     """What the device calls itself; for a CPU the model name and the threads PyTorch uses (both set its speed)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -155,6 +160,8 @@ def _cpu_model() -> str:
 
 def detect_accelerator(device: torch.device | str) -> Accelerator:
     """Table entry of `device`: the CPU entry for any CPU; raises UnknownDeviceError for a GPU not in the table."""
+    import torch
+
     if torch.device(device).type == "cpu":
         return ACCELERATORS["cpu"]
     return accelerator_for_device_name(device_name(device))
@@ -191,6 +198,8 @@ def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceil
     absent it is measured first: the full grid when `refresh`, and on a GPU; on a CPU, the quick grid
     (seconds), until `python -m profiling calibrate` replaces it.
     """
+    import torch
+
     from profiling import device_profile
 
     device = torch.device(device)
@@ -238,6 +247,8 @@ def device_peaks(
     without a hand-given peak is always measured (or read from the cache), since no
     datasheet covers it. A GPU outside the table needs `peak_flops`.
     """
+    import torch
+
     device = torch.device(device)
     name, dtype = device_name(device), dtype_name(dtype)
     try:
@@ -364,7 +375,7 @@ def run(args) -> int:
     )
     if args.json:
         table = {entry.key: dataclasses.asdict(entry) for entry in _TABLE}
-        print(json.dumps({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
+        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
     else:
         print(_table_text() + "\n\n" + _peaks_text(peaks))
     return 0

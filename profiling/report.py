@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from gpt.errors import GptmeterError
+from gpt.rundir import newest_run
 from profiling.energy import is_estimate
 
 METRICS_FILE = "metrics.jsonl"
@@ -93,8 +95,8 @@ def _parse_metrics(path: Path) -> tuple[list[dict], list[dict], dict | None]:
 
 
 def load_run(run_dir: Path | str) -> RunLog:
-    """Read and check a run directory; raises RunDirError with a one-line message."""
-    run_dir = Path(run_dir)
+    """Read and check a run directory (or a folder of numbered runs: its newest); RunDirError in one line."""
+    run_dir = newest_run(Path(run_dir))
     if not run_dir.exists():
         raise RunDirError(f"run directory {run_dir} does not exist; pass the --out-dir of a train.py run")
     if not run_dir.is_dir():
@@ -160,7 +162,8 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         raise RunDirError(f"window must be a positive number of steps, got {window}")
     measured = [record for record in run.steps if not record.get("warmup", False)]
     recent = measured[-window:]
-    best_eval = min(run.evals, key=lambda record: record["val_loss"], default=None)
+    finite_evals = [record for record in run.evals if record.get("val_loss") is not None]  # null: non-finite
+    best_eval = min(finite_evals, key=lambda record: record["val_loss"], default=None)
     counted = [record for record in measured if record.get("flops_per_token") is not None]
     model_flops = sum(record["flops_per_token"] * record["tokens"] for record in counted)
     achieved_flops = model_flops / _sum(counted, "step_time_s") if counted else None
@@ -295,12 +298,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_cost:
         from profiling.cost_report import cost_page
 
-        page = cost_page(args.run_dir, args.cost_device, args.cost_model, args.profile, plots=not args.no_plots)
+        page = cost_page(run_log.run_dir, args.cost_device, args.cost_model, args.profile, plots=not args.no_plots)
         plots += page.plots
         summary["cost"] = page.results
     summary["plots"] = [str(path) for path in plots]
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps_json(summary, indent=2))
     else:
         print(format_summary(summary))
         if page is not None:

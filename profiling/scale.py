@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware
@@ -261,6 +262,9 @@ class ServingInputs:
             raise ScaleError(f"prompt tokens must not be negative, got {self.prompt_tokens}")
         if self.usable_memory_fraction > 1:
             raise ScaleError(f"usable memory fraction is in (0, 1], got {self.usable_memory_fraction}")
+        if self.peak_to_average < 1:
+            raise ScaleError(f"--peak-to-average is peak over average traffic, at least 1, got {self.peak_to_average}; "
+                             "pass 1 for a fleet sized for the average")
 
 
 @dataclass(frozen=True)
@@ -347,12 +351,19 @@ def plan_training(config: GPTConfig, device: Accelerator, mfu: float, tokens: fl
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training data (Hoffmann et al., 2022)
 
 
+SHAPE_FLAGS = ("--layers", "--width", "--heads", "--kv-heads", "--context", "--vocab")  # in extrapolate's shape order
+
+
 def extrapolate(args: argparse.Namespace) -> dict[str, Any]:
     """Training and serving of the target model on the target device; every input listed with its source."""
     shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
              "block_size": args.context, "vocab_size": args.vocab}
     if args.model is None and args.layers is None:
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
+    conflicting = [flag for flag, value in zip(SHAPE_FLAGS, shape.values()) if value is not None]
+    if args.model is not None and conflicting:
+        raise ScaleError(f"--model {args.model} fixes the whole shape, so {' '.join(conflicting)} would be ignored; "
+                         "drop them, or drop --model and give the shape: --layers N --width D --heads H")
     config = resolve_model(args.model, None if args.model else shape)
     device = device_spec(args.device)
     dtype = flops.dtype_name(args.dtype)
@@ -468,7 +479,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
     traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
     traffic.add_argument("--batch", type=int, help=f"sequences decoded together (default {ServingInputs.batch})")
-    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this (default 1.0)")
+    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
     traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
     traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
     train = parser.add_argument_group("training")
@@ -481,5 +492,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     result = extrapolate(args)
-    print(json.dumps(result, indent=2) if args.json else format_extrapolation(result))
+    print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -139,6 +139,9 @@ def cli(capsys):
     (["cost", "--tokens-per-sec", "0", "--usd-per-device-hour", "2"], "tokens_per_sec must be a positive number"),
     (["cost", "--scenario", "nope"], "unknown scenario 'nope'; known: semianalysis-2023"),
     (["cost", "--device", "h100-sxm"], "give a throughput"),
+    (["scale", "--model", "gpt2", "--context", "4096", "--device", "h100-sxm"], "--context would be ignored"),
+    (["scale", "--model", "gpt2", "--layers", "2", "--heads", "2", "--device", "h100-sxm"], "--layers --heads would"),
+    (["scale", "--model", "gpt2", "--device", "h100-sxm", "--peak-to-average", "0.1"], "at least 1, got 0.1"),
 ])
 def test_bad_input_is_one_line_and_status_2(cli, argv, message):
     status, out, err = cli(*argv)
