@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -267,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
+        started = time.perf_counter()
         profile = load_profile(args.profile) if args.profile else calibrate("cpu", "fp32")
+        calibration_seconds = None if args.profile else time.perf_counter() - started
         if profile.device_class != "cpu" or profile.threads != args.threads:
             raise GptmeterError(f"{args.profile} profiles {profile.device}, not this CPU at {args.threads} threads; "
                                 "calibrate with the same --threads")
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                          progress=lambda line: print(line, file=sys.stderr))
     print(format_rows(rows, args.anchor))
     if args.json:
-        result = {"device": profile.device, "threads": args.threads, "profile": asdict(profile),
+        result = {"device": profile.device, "threads": args.threads, "calibration_wall_seconds": calibration_seconds,
+                  "profile": asdict(profile),
                   "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
                   "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}
         write_json(args.json, result)

@@ -184,11 +184,19 @@ class Ceilings:
 
 
 def cached_ceilings(name: str, dtype: str = "fp32") -> Ceilings | None:
-    """The ceilings of the device called `name` from its cached calibrated profile, if any."""
+    """The ceilings of the device called `name` from its cached calibrated `dtype` profile, if any, with the
+    fastest matmul of every other dtype calibrated on it (`python -m profiling calibrate --dtype fp16`, ...)."""
     from profiling import device_profile  # builds on this module's table; imported when used
 
     profile = device_profile.cached_profile(name, dtype)
-    return device_profile.as_ceilings(profile) if profile else None
+    if profile is None:
+        return None
+    ceilings = device_profile.as_ceilings(profile)
+    for other in TABLE_DTYPES:
+        extra = device_profile.cached_profile(name, other) if other != profile.dtype else None
+        if extra is not None:
+            ceilings.matmul_flops[other] = device_profile.as_ceilings(extra).matmul_flops[other]
+    return ceilings
 
 
 def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceilings:
