@@ -246,8 +246,10 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
                     dtype: str = "bf16") -> DeviceProfile:
     """The profile a prediction for `device_key` uses: `path` > measured (committed, then cache) > reference.
 
-    `device_key` is a key of profiling.hardware's table ("h100-sxm", ..., "cpu"); None means this machine
-    (its CUDA GPU if it has one, else its CPU). A CPU has no reference profile: calibrate it first.
+    `device_key` is a key of profiling.hardware's table ("h100-sxm", ...); None means this machine (its CUDA
+    GPU if it has one, else its CPU), and "cpu" this machine's CPU at its current thread count: only its
+    own cached profile stands for it, since a CPU has no reference profile and CPUs differ. A GPU class
+    takes a measured profile of that class (committed under profiles/, else cached), else its reference.
     """
     import torch
 
@@ -258,20 +260,21 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
             raise ProfileError(f"{path} profiles {profile.device} ({profile.device_class}), not {device_key}; a "
                                "profile is never carried to another device class: drop --device or pick its file")
         return profile
-    if device_key is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device_key = hardware.detect_accelerator(device).key
+    if device_key in (None, "cpu"):  # this machine: CPUs differ too much for one CPU's profile to stand for another
+        device = torch.device("cuda" if device_key is None and torch.cuda.is_available() else "cpu")
         here = cached_profile(hardware.device_name(device), dtype)
         if here is not None:
             return here
+        if device.type == "cpu":
+            raise ProfileError(f"no measured {dtype} profile of this CPU ({hardware.device_name(device)}); run: "
+                               f"python -m profiling calibrate --device cpu --dtype {dtype} (a CPU has no datasheet "
+                               "to build a reference from)")
+        device_key = hardware.detect_accelerator(device).key
     if device_key not in hardware.ACCELERATORS:
         raise ProfileError(f"unknown device {device_key!r}; choose one of {', '.join(hardware.ACCELERATORS)}")
     measured = _committed_profiles(device_key, dtype) + _cached_profiles(device_key, dtype)
     if measured:
         return measured[0]
-    if device_key == "cpu":
-        raise ProfileError(f"no measured {dtype} profile of this CPU; run: python -m profiling calibrate "
-                           f"--device cpu --dtype {dtype} (a CPU has no datasheet to build a reference from)")
     return reference_profile(device_key, dtype)
 
 
