@@ -530,14 +530,21 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             torch.cuda.reset_peak_memory_stats(torch_device)
     name = hardware.device_name(torch_device)
     best = max(value for plane in matmul for row in plane for value in row)
+    entry = None
     if on_cuda:
-        entry = hardware.detect_accelerator(torch_device)
+        try:
+            entry = hardware.detect_accelerator(torch_device)
+        except hardware.UnknownDeviceError:  # a GPU outside the table still gets its measured profile
+            entry = None
+    if entry is not None and dtype in entry.peak_flops:
         peak, peak_source = entry.peak(dtype), f"datasheet: {entry.source}"
         bandwidth = entry.memory_bandwidth or microbench.copy_bandwidth(memory, dtype)
         device_class = entry.key
     else:
-        peak, peak_source = best, "best measured fp32 matmul of the calibration grid (no datasheet for a CPU)"
-        bandwidth, device_class = microbench.copy_bandwidth(memory, dtype), "cpu"
+        peak = best
+        peak_source = f"best measured {dtype} matmul of the calibration grid (no datasheet {dtype} peak for {name})"
+        bandwidth = microbench.copy_bandwidth(memory, dtype)
+        device_class = "cpu" if not on_cuda else name
     profile = DeviceProfile(
         device=name, device_class=device_class, kind="measured", dtype=dtype, date=now_iso(),
         source=f"python -m profiling calibrate --device {torch_device.type} --dtype {dtype}"
