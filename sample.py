@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from gpt.checkpoint import CheckpointError, load_checkpoint
+from gpt.checkpoint import load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
     HelpFormatter,
+    UsageError,
     VOCAB_SIZE_HELP,
     fail,
     model_vocab_size,
@@ -34,11 +34,12 @@ from gpt.cli import (
     resolve_dtype,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
-from gpt.files import atomic_write_text
 from gpt.model import GPT, resolve_attention
-from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
+from gpt.errors import GptmeterError
+from gpt.tokenizer import TOKENIZERS, Tokenizer, get_tokenizer
 from gpt.trainer import DTYPES
 from profiling.live import GenerationProfiler, describe_generation
+from profiling.rundir import write_profile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +100,7 @@ def read_prompt(args: argparse.Namespace) -> str:
         return args.prompt
     if args.prompt_file is not None:
         if not args.prompt_file.is_file():
-            raise ValueError(f"prompt file {args.prompt_file} does not exist; pass an existing file to --prompt-file")
+            raise UsageError(f"prompt file {args.prompt_file} does not exist; pass an existing file to --prompt-file")
         return args.prompt_file.read_text(encoding="utf-8")
     try:
         piped = sys.stdin is not None and not sys.stdin.isatty()
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype = resolve_dtype(args.dtype, device)
         model, tokenizer = load_model(args, device)
         prompt_ids = encode_prompt(read_prompt(args), tokenizer, model.config.block_size)
-    except (ValueError, CheckpointError, TokenizerUnavailable) as error:
+    except GptmeterError as error:
         fail("sample.py", str(error))
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:
-        atomic_write_text(args.profile_json, json.dumps(profile, indent=2) + "\n")
+        write_profile(args.profile_json, profile)
     return 0
 
 

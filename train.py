@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gpt.checkpoint import CheckpointError, load_checkpoint
+from gpt.checkpoint import load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
     HelpFormatter,
@@ -31,9 +31,10 @@ from gpt.cli import (
     resolve_dtype,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
-from gpt.data import DataError, load_data
+from gpt.data import load_data
+from gpt.errors import GptmeterError
 from gpt.model import resolve_attention
-from gpt.tokenizer import TOKENIZERS, TokenizerUnavailable, get_tokenizer
+from gpt.tokenizer import TOKENIZERS, get_tokenizer
 from gpt.trainer import DTYPES, PRESET_TRAIN_DEFAULTS, Trainer, TrainConfig, TrainingStopped
 from profiling.live import TrainingProfiler
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, {"preset": args.preset})
         if saved:
             trainer.resume(saved)
-    except (ValueError, DataError, CheckpointError, TokenizerUnavailable) as error:
+    except GptmeterError as error:
         fail("train.py", str(error))
 
     print(

@@ -8,6 +8,12 @@ from typing import NoReturn
 
 import torch
 
+from gpt.errors import GptmeterError
+
+
+class UsageError(GptmeterError, ValueError):
+    """A flag whose value cannot be used here (a device that is absent, a vocabulary too small, a missing file)."""
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a flag's default only when it has a meaningful one (not None, not an off switch)."""
@@ -69,7 +75,7 @@ VOCAB_SIZE_HELP = ("model vocabulary, at least the tokenizer's (extra rows are n
 def model_vocab_size(requested: int | None, tokenizer_vocab: int) -> int:
     """The model's vocabulary: the tokenizer's, or a larger padded size asked for with --vocab-size."""
     if requested is not None and requested < tokenizer_vocab:
-        raise ValueError(f"--vocab-size {requested} is smaller than the tokenizer's {tokenizer_vocab} ids")
+        raise UsageError(f"--vocab-size {requested} is smaller than the tokenizer's {tokenizer_vocab} ids")
     return requested or tokenizer_vocab
 
 
@@ -80,11 +86,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+        raise UsageError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
     return device
 
 

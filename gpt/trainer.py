@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from gpt.checkpoint import save_checkpoint
-from gpt.config import GPTConfig
+from gpt.config import ConfigError, GPTConfig
 from gpt.data import TokenData
 from gpt.files import atomic_write_text
 from gpt.model import GPT
@@ -52,15 +52,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("learning_rate", "beta1", "beta2"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("min_lr", "warmup_iters", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+                raise ConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
 # Training settings that suit a preset better than the generic ones above.

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from gpt.config import GPTConfig
+from gpt.errors import GptmeterError
 from profiling import flops
 from profiling.energy import open_energy_reader
-from profiling.hardware import Peaks, UnknownDeviceError, device_peaks, measured_ceilings
+from profiling.hardware import Peaks, device_peaks, measured_ceilings
 from profiling.meter import StepMeter
-from profiling.scale import PROFILE_MARKER, PROFILE_VERSION
 
 
 def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
@@ -26,7 +26,7 @@ def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, prog
     try:
         measured_ceilings(device)  # measured once per device, then read from the cache
         return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
-    except (UnknownDeviceError, ValueError) as error:
+    except GptmeterError as error:
         print(f"{program}: warning: no utilisation figures: {error}", file=sys.stderr)
         return None
 
@@ -124,10 +124,9 @@ class GenerationProfiler:
         self.decode.flush()
 
     def profile(self, model_config: dict[str, Any]) -> dict[str, Any]:
-        """The profile JSON of this generation (schema in docs/cost.md), read by `python -m profiling scale`."""
+        """The figures of this generation, as `rundir.write_profile` stores them (schema in docs/cost.md)."""
         prefill, decode = self.prefill.summary(), self.decode.summary()
         return {
-            PROFILE_MARKER: PROFILE_VERSION,
             **_peak_fields(self.peaks),
             "dtype": self.dtype,
             "batch": self.batch,

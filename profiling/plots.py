@@ -10,7 +10,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from profiling.report import RunLog
+from profiling.rundir import RunLog
 
 WARMUP_COLOR = "0.6"
 

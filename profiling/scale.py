@@ -38,17 +38,11 @@ from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware
 from profiling.hardware import Accelerator
 from profiling.prices import require_positive
-
-PROFILE_MARKER = "gptmeter_profile"  # a sample.py --profile-json file holds {"gptmeter_profile": 1, ...}
-PROFILE_VERSION = 1
+from profiling.rundir import Input, Measurements, read_measurements
 
 
 class ScaleError(GptmeterError, ValueError):
     """An extrapolation that cannot be made; the message is one line naming the problem and the fix."""
-
-
-class MeasurementError(ValueError):
-    """A run directory or profile file that cannot be read; one line naming the problem and the fix."""
 
 
 # --------------------------------------------------------------------------- target model and device
@@ -79,76 +73,6 @@ def resolve_model(name: str | None = None, shape: dict[str, int] | None = None) 
 
 
 # --------------------------------------------------------------------------- measured vs assumed
-
-
-@dataclass(frozen=True)
-class Input:
-    value: float
-    source: str  # "measured (from PATH)", "assumed (default)", "assumed (--flag)", "hardware table: ..."
-
-
-@dataclass
-class Measurements:
-    training_mfu: Input | None = None
-    prefill_mfu: Input | None = None
-    decode_bandwidth_utilisation: Input | None = None
-    tokens_per_sec: Input | None = None  # training tokens/s of a run, or decode tokens/s of a profile
-    device: str | None = None
-
-
-def _fraction(value: Any, what: str, path: Path) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise MeasurementError(f"{path}: {what} must be a fraction in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _read_run_dir(path: Path, found: Measurements) -> None:
-    from profiling.report import RunDirError, summarize_run
-
-    try:
-        summary = summarize_run(path)
-    except RunDirError as error:
-        raise MeasurementError(str(error)) from None
-    label = f"measured (from {path})"
-    if summary.get("mfu") is not None:
-        found.training_mfu = Input(_fraction(summary["mfu"], "training MFU", path), label)
-    if summary.get("tokens_per_sec"):
-        found.tokens_per_sec = Input(summary["tokens_per_sec"], label + ", training tokens/s")
-    found.device = found.device or summary.get("device")
-
-
-def _read_profile(path: Path, found: Measurements) -> None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MeasurementError(f"cannot read {path} as JSON ({error}); pass a sample.py --profile-json file") from None
-    if not isinstance(data, dict) or data.get(PROFILE_MARKER) != PROFILE_VERSION:
-        raise MeasurementError(
-            f"{path} is not a gptmeter profile (no \"{PROFILE_MARKER}\": {PROFILE_VERSION}); "
-            "write one with: python sample.py --profile-json PATH"
-        )
-    label = f"measured (from {path})"
-    if data.get("prefill_mfu") is not None:
-        found.prefill_mfu = Input(_fraction(data["prefill_mfu"], "prefill_mfu", path), label)
-    if data.get("decode_bandwidth_utilisation") is not None:
-        found.decode_bandwidth_utilisation = Input(
-            _fraction(data["decode_bandwidth_utilisation"], "decode_bandwidth_utilisation", path), label)
-    if data.get("decode_tokens_per_sec"):
-        found.tokens_per_sec = Input(float(data["decode_tokens_per_sec"]), label + ", decode tokens/s")
-    found.device = data.get("device") or found.device
-
-
-def read_measurements(paths: list[Path]) -> Measurements:
-    """Efficiencies and throughput from train.py run directories and sample.py profile files (later paths win)."""
-    found = Measurements()
-    for path in map(Path, paths):
-        if path.is_dir():
-            _read_run_dir(path, found)
-        elif path.is_file():
-            _read_profile(path, found)
-        else:
-            raise MeasurementError(f"{path} does not exist; pass a train.py --out-dir or a sample.py --profile-json file")
-    return found
 
 
 # Defaults when nothing was measured; each is printed as "assumed (default)".
@@ -347,46 +271,67 @@ def plan_training(config: GPTConfig, device: Accelerator, mfu: float, tokens: fl
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training data (Hoffmann et al., 2022)
 
 
-def extrapolate(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ScaleRequest:
+    """What `scale` is asked: a target model on a target device, and every input the user chose (None = default)."""
+
+    device: str
+    model: str | None = None  # a preset name, or None with `shape`
+    shape: dict[str, int | None] = field(default_factory=dict)  # n_layer, n_embd, n_head, n_kv_head, block_size, vocab_size
+    dtype: str = "bf16"
+    sources: tuple[Path, ...] = ()  # train.py run directories and sample.py profile files
+    training_mfu: float | None = None
+    prefill_mfu: float | None = None
+    decode_bandwidth_utilisation: float | None = None
+    batch: int | None = None
+    prompt_tokens: int | None = None
+    tokens_per_query: int | None = None
+    queries_per_day: float | None = None
+    peak_to_average: float | None = None
+    devices_per_server: int | None = None
+    usable_memory_fraction: float | None = None
+    train_tokens: float | None = None
+    train_devices: int | None = None
+    prices: cost.PriceChoice = field(default_factory=cost.PriceChoice)
+
+
+def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     """Training and serving of the target model on the target device; every input listed with its source."""
-    shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
-             "block_size": args.context, "vocab_size": args.vocab}
-    if args.model is None and args.layers is None:
+    if request.model is None and not request.shape.get("n_layer"):
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
-    config = resolve_model(args.model, None if args.model else shape)
-    device = device_spec(args.device)
-    dtype = flops.dtype_name(args.dtype)
-    efficiencies = choose_efficiencies(read_measurements(args.sources), args.training_mfu, args.prefill_mfu,
-                                       args.decode_bandwidth_utilisation)
-    priced = cost.price_device(args, device.key, device.board_power_w)
+    config = resolve_model(request.model, None if request.model else request.shape)
+    device = device_spec(request.device)
+    dtype = flops.dtype_name(request.dtype)
+    efficiencies = choose_efficiencies(read_measurements(list(request.sources)), request.training_mfu,
+                                       request.prefill_mfu, request.decode_bandwidth_utilisation)
+    priced = cost.price_device(request.prices, device.key, device.board_power_w)
     params = flops.param_count(config)
     inputs: dict[str, dict[str, Any]] = {name: {"value": entry.value, "unit": "", "source": entry.source}
-              for name, entry in vars(efficiencies).items()}
+                                         for name, entry in vars(efficiencies).items()}
 
-    def given(name: str, value: float, default: float, unit: str = "") -> float:
+    def given(name: str, default: float, unit: str = "") -> float:
+        value = getattr(request, name)
         source = "assumed (default)" if value is None else f"assumed (--{name.replace('_', '-')})"
         inputs[name] = {"value": default if value is None else value, "unit": unit, "source": source}
         return inputs[name]["value"]
 
     serving = ServingInputs(
-        batch=int(given("batch", args.batch, ServingInputs.batch, "sequences")),
-        prompt_tokens=int(given("prompt_tokens", args.prompt_tokens, ServingInputs.prompt_tokens, "tokens")),
-        output_tokens=int(given("tokens_per_query", args.tokens_per_query, ServingInputs.output_tokens, "tokens")),
-        queries_per_day=given("queries_per_day", args.queries_per_day, ServingInputs.queries_per_day, "1/day"),
-        peak_to_average=given("peak_to_average", args.peak_to_average, ServingInputs.peak_to_average),
+        batch=int(given("batch", ServingInputs.batch, "sequences")),
+        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
+        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
+        queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
+        peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
         dtype=dtype,
-        devices_per_server=int(given("devices_per_server", args.devices_per_server,
-                                     ServingInputs.devices_per_server)),
-        usable_memory_fraction=given("usable_memory_fraction", args.usable_memory_fraction,
-                                     ServingInputs.usable_memory_fraction),
+        devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
+        usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
     )
-    train_tokens = given("train_tokens", args.train_tokens, CHINCHILLA_TOKENS_PER_PARAM * params, "tokens")
-    train_devices = int(given("train_devices", args.train_devices, 1024, "devices"))
+    train_tokens = given("train_tokens", CHINCHILLA_TOKENS_PER_PARAM * params, "tokens")
+    train_devices = int(given("train_devices", 1024, "devices"))
     inputs |= priced.inputs
     plan = plan_serving(config, device, efficiencies, serving, priced)
     training = plan_training(config, device, efficiencies.training_mfu.value, train_tokens, train_devices, dtype, priced)
     return {
-        "model": {"name": args.model or "custom", "params": params, **config.to_dict()},
+        "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
         "device": {"key": device.key, "name": device.name, "dtype": dtype, "peak_flops": device.peak(dtype),
                    "memory_bandwidth_bytes_per_s": device.memory_bandwidth, "memory_bytes": device.memory_bytes,
                    "board_power_w": device.board_power_w, "source": device.source},
@@ -479,7 +424,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def request_from(args: argparse.Namespace) -> ScaleRequest:
+    """The command line's answers as a typed request."""
+    shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
+             "block_size": args.context, "vocab_size": args.vocab}
+    chosen = {name: getattr(args, name) for name in (
+        "model", "dtype", "training_mfu", "prefill_mfu", "decode_bandwidth_utilisation", "batch", "prompt_tokens",
+        "tokens_per_query", "queries_per_day", "peak_to_average", "devices_per_server", "usable_memory_fraction",
+        "train_tokens", "train_devices")}
+    return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
+                        prices=cost.price_choice(args), **chosen)
+
+
 def run(args: argparse.Namespace) -> int:
-    result = extrapolate(args)
+    result = extrapolate(request_from(args))
     print(json.dumps(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from gpt.config import GPTConfig
-from profiling import flops, scale
+from profiling import flops, rundir, scale
 from profiling.hardware import accelerator
 
 GPT2 = GPTConfig.from_preset("gpt2")
@@ -51,14 +51,6 @@ def test_a_model_that_fits_on_no_server_is_a_clear_error():
                           "gpt3 in fp32")
 
 
-def _args(parser_module, argv):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser_module.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 def _profile(path, **fields):
     path.write_text(json.dumps({"gptmeter_profile": 1, "device": "cpu", **fields}))
     return path
@@ -67,9 +59,9 @@ def _profile(path, **fields):
 def test_measured_efficiencies_are_carried_and_labelled(tmp_path):
     profile = _profile(tmp_path / "profile.json", prefill_mfu=0.25, decode_bandwidth_utilisation=0.5,
                        decode_tokens_per_sec=123.0)
-    args = _args(scale, ["scale", "--model", "gpt3-175b", "--device", "h100-sxm", "--from", str(profile),
-                         "--training-mfu", "0.3", "--queries-per-day", "1e8", "--tokens-per-query", "700"])
-    result = scale.extrapolate(args)
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", sources=(profile,), training_mfu=0.3,
+                                 queries_per_day=1e8, tokens_per_query=700)
+    result = scale.extrapolate(request)
     inputs = result["inputs"]
     assert inputs["prefill_mfu"] == {"value": 0.25, "unit": "", "source": f"measured (from {profile})"}
     assert inputs["decode_bandwidth_utilisation"]["source"] == f"measured (from {profile})"
@@ -97,9 +89,9 @@ def test_training_mfu_of_a_run_stands_in_for_prefill(tmp_path):
     (run / "config.json").write_text(json.dumps({"model": {}, "params": 1}))
     step = {"kind": "step", "step": 1, "tokens": 100, "step_time_s": 0.5, "mfu": 0.02, "tokens_per_sec": 200.0}
     (run / "metrics.jsonl").write_text(json.dumps(step) + "\n")
-    measured = scale.read_measurements([run])
+    measured = rundir.read_measurements([run])
     efficiencies = scale.choose_efficiencies(measured)
-    assert efficiencies.training_mfu == scale.Input(0.02, f"measured (from {run})")
+    assert efficiencies.training_mfu == rundir.Input(0.02, f"measured (from {run})")
     assert efficiencies.prefill_mfu.source == f"measured (from {run}), training MFU"
     assert efficiencies.decode_bandwidth_utilisation.source == "assumed (default)"
     assert measured.tokens_per_sec.value == 200.0
@@ -108,8 +100,8 @@ def test_training_mfu_of_a_run_stands_in_for_prefill(tmp_path):
 def test_a_foreign_profile_file_is_refused(tmp_path):
     foreign = tmp_path / "trace.json"
     foreign.write_text(json.dumps({"traceEvents": []}))
-    with pytest.raises(scale.MeasurementError, match='not a gptmeter profile .*"gptmeter_profile": 1'):
-        scale.read_measurements([foreign])
+    with pytest.raises(rundir.MeasurementError, match='not a gptmeter profile .*"gptmeter_profile": 1'):
+        rundir.read_measurements([foreign])
 
 
 # --------------------------------------------------------------------------- the command line
