@@ -21,17 +21,21 @@ import torch
 from gpt.checkpoint import load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    INIT_HELP,
     HelpFormatter,
     UsageError,
     VOCAB_SIZE_HELP,
+    add_shape_arguments,
     fail,
     model_vocab_size,
     non_negative_float,
     positive_float,
     positive_int,
     probability,
+    require_random_init,
     resolve_device,
     resolve_dtype,
+    shape_overrides,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.model import GPT, resolve_attention
@@ -49,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_argument_group("model")
     source.add_argument("--out-dir", default="out/tiny", help="run directory holding ckpt.pt")
-    source.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
-                        help="random = an untrained --preset (for throughput measurement, no checkpoint needed)")
+    source.add_argument("--init", metavar="random|PATH",
+                        help=f"{INIT_HELP} instead of the checkpoint in --out-dir; random = an untrained model of "
+                        "--preset's shape with the overrides below (for timing, no checkpoint needed)")
     source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                         help="model shape for --init random")
+    add_shape_arguments(source)
     source.add_argument("--vocab-size", type=positive_int, help="for --init random: " + VOCAB_SIZE_HELP)
     source.add_argument("--tokenizer", choices=TOKENIZERS,
                         help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own")
@@ -82,12 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Tokenizer]:
     attention = resolve_attention(args.attention, device)
-    if args.init == "random":
+    if args.init is not None:
+        require_random_init(args.init)
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         vocab_size = model_vocab_size(args.vocab_size, tokenizer.vocab_size)
-        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention)
+        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention, **shape_overrides(args))
         torch.manual_seed(args.seed)
         return GPT(config), tokenizer
+    if shape_overrides(args):
+        raise UsageError("--layers, --width, --heads, --kv-heads and --block-size shape a model for --init random; "
+                         "a checkpoint keeps its own shape")
     payload = load_checkpoint(Path(args.out_dir), map_location="cpu")
     tokenizer = get_tokenizer(payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))

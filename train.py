@@ -19,16 +19,21 @@ from tqdm import tqdm
 from gpt.checkpoint import load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    INIT_HELP,
+    RANDOM_INIT,
     HelpFormatter,
     VOCAB_SIZE_HELP,
+    add_shape_arguments,
     fail,
     model_vocab_size,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    require_random_init,
     resolve_device,
     resolve_dtype,
+    shape_overrides,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.data import load_data
@@ -47,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
+    model.add_argument("--init", default=RANDOM_INIT, metavar="random|PATH",
+                       help=f"starting weights: {INIT_HELP}")
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
-                       help="model shape (gpt/config.py)")
-    model.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+                       help="model shape (gpt/config.py); the flags below override parts of it")
+    add_shape_arguments(model)
     model.add_argument("--vocab-size", type=positive_int, help=VOCAB_SIZE_HELP)
     model.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout probability")
     model.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
@@ -107,9 +114,8 @@ def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None,
 
 
 def model_config_from(args: argparse.Namespace, tokenizer_vocab: int, device) -> GPTConfig:
-    overrides = {"vocab_size": model_vocab_size(args.vocab_size, tokenizer_vocab), "dropout": args.dropout, "attention": resolve_attention(args.attention, device)}
-    if args.block_size:
-        overrides["block_size"] = args.block_size
+    overrides = {"vocab_size": model_vocab_size(args.vocab_size, tokenizer_vocab), "dropout": args.dropout,
+                 "attention": resolve_attention(args.attention, device), **shape_overrides(args)}
     return GPTConfig.from_preset(args.preset, **overrides)
 
 
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer = get_tokenizer(saved["tokenizer"])
             model_config = GPTConfig(**saved["model_config"])
         else:
+            require_random_init(args.init)
             tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
             model_config = model_config_from(args, tokenizer.vocab_size, device)
         train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
