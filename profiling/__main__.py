@@ -17,6 +17,8 @@ from gpt.errors import GptmeterError
 SUBCOMMANDS = (
     "profiling.flops",
     "profiling.hardware",
+    "profiling.calibrate",
+    "profiling.predict",
     "profiling.report",
     "profiling.cost_cli",
     "profiling.scale",
