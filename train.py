@@ -41,7 +41,7 @@ from gpt.errors import GptmeterError
 from gpt.model import resolve_attention
 from gpt.tokenizer import TOKENIZERS, get_tokenizer
 from gpt.trainer import DTYPES, PRESET_TRAIN_DEFAULTS, Trainer, TrainConfig, TrainingStopped
-from profiling.live import TrainingProfiler
+from profiling.live import TrainingProfiler, describe_prediction
 
 DEFAULT_OUT_DIR = "out/{preset}"
 
@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         f"run directory {out_dir}",
         file=sys.stderr,
     )
-    profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops, args.board_watts)
+    profiler = TrainingProfiler(model_config, device, dtype, train_config.batch_size, train_config.grad_accum,
+                                args.peak_tflops, args.board_watts)
     progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
                     dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
@@ -176,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
         mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
-        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu}"
+        predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
+                                        summary["prediction_note"])
+        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"
     print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0

@@ -56,6 +56,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         measured_label = f"MFU (measured peak {_flop_rate_text(summary['measured_peak_flops'])})"
         rows.append((measured_label, _percent(summary["mfu_measured_peak"])))
     rows.append(("HFU (executed FLOPs / peak)", _percent(summary["hfu"])))
+    rows += _prediction_rows(summary)
     if summary["energy_j"] is None:
         rows.append(("energy", "n/a (no power readings in the log)"))
     else:
@@ -72,6 +73,21 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows += [("final train loss", _number(summary["final_train_loss"], 4)), ("best val loss", best)]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+
+
+def _prediction_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Predicted against measured tokens/s, and the predicted step split into where its time goes."""
+    prediction = summary["prediction"]
+    if prediction is None:
+        return [("tokens/s, predicted", summary["prediction_note"])]
+    profile = prediction["profile"]
+    error = "n/a" if summary["prediction_error"] is None else f"{summary['prediction_error']:+.1%}"
+    rows = [("tokens/s, predicted", f"{_number(summary['predicted_tokens_per_sec'])} (error {error} against the "
+                                    f"whole run; {profile['kind']} profile of {profile['device']}, {profile['date']})")]
+    step = prediction["step_seconds"]
+    rows += [(f"  predicted {category}", f"{seconds * 1e3:,.3f} ms ({seconds / step:.1%})")
+             for category, seconds in prediction["breakdown"].items()]
+    return rows
 
 
 # --------------------------------------------------------------------------- command line
@@ -104,11 +120,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Print the report and write the plots; a bad run directory raises RunDirError (a GptmeterError)."""
-    from profiling.plots import write_plots  # matplotlib loads only when plots are drawn
+    from profiling.plots import write_plots, write_prediction_plot  # matplotlib loads only when plots are drawn
 
     run_log = load_run(args.run_dir)
     summary = summarize(run_log, args.window)
     plots = [] if args.no_plots else write_plots(run_log, args.window)
+    if not args.no_plots and (breakdown := write_prediction_plot(run_log.run_dir, summary)) is not None:
+        plots.append(breakdown)
     page = None
     if not args.no_cost:
         from profiling.cost_report import cost_page

@@ -15,6 +15,7 @@ reports), over the steps the meter did not flag as warm-up:
     mfu            = Σ (mfu_i · step_time_s_i) / Σ step_time_s      (= Σ model FLOPs / Σ time / peak)
     energy_j       = Σ (watts_i · step_time_s_i)                     over the steps with a power reading
     joules_per_token = energy_j / Σ tokens of those steps
+    prediction_error = predicted tokens/s (the summary line's, on this device's profile) / tokens_per_sec − 1
 
 `read_measurements` turns either kind of file into labelled inputs ("measured (from PATH)") for the
 economics modules.
@@ -181,6 +182,7 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
     model_flops = sum(record["flops_per_token"] * record["tokens"] for record in counted)
     achieved_flops = model_flops / _sum(counted, "step_time_s") if counted else None
     measured_peak = _first_present("measured_peak_flops", run.summary, run.config)
+    tokens_per_sec = _throughput(measured) if measured else None
     return {
         "run_dir": str(run.run_dir),
         "device": _first_present("device", run.summary, run.config),
@@ -193,7 +195,7 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         "measured_tokens": _sum(measured, "tokens"),
         "measured_time_s": _sum(measured, "step_time_s"),
         "elapsed_s": run.steps[-1].get("elapsed_s"),
-        "tokens_per_sec": _throughput(measured) if measured else None,
+        "tokens_per_sec": tokens_per_sec,
         "window_steps": len(recent),
         "window_tokens_per_sec": _throughput(recent) if recent else None,
         "flops_per_token": model_flops / _sum(counted, "tokens") if counted else None,
@@ -209,7 +211,21 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         "final_train_loss": run.steps[-1].get("loss"),
         "best_val_loss": best_eval["val_loss"] if best_eval else None,
         "best_val_step": best_eval["step"] if best_eval else None,
+        **_prediction(run.summary, tokens_per_sec),
     }
+
+
+def _prediction(summary: dict[str, Any] | None, tokens_per_sec: float | None) -> dict[str, Any]:
+    """The run-end line's prediction, its error against the whole-run tokens/s, or why there is none."""
+    prediction = (summary or {}).get("prediction")
+    if not isinstance(prediction, dict) or not prediction.get("tokens_per_sec"):
+        note = (summary or {}).get("prediction_note") or "no prediction in the log (an older run, or cut short)"
+        return {"predicted_tokens_per_sec": None, "prediction_error": None, "prediction": None,
+                "prediction_note": note}
+    predicted = prediction["tokens_per_sec"]
+    return {"predicted_tokens_per_sec": predicted,
+            "prediction_error": predicted / tokens_per_sec - 1 if tokens_per_sec else None,
+            "prediction": prediction, "prediction_note": None}
 
 
 # --------------------------------------------------------------------------- profile files
