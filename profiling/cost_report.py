@@ -1,8 +1,8 @@
-"""The cost page of `python -m profiling report`: what a run's measured efficiency means at scale.
+"""The cost page of `python -m profiling report`: a large model at scale, beside the run that checked the predictor.
 
-`cost_page(run_dir, device_key)` carries the run's training MFU (and the profile's decode bandwidth
-utilisation, if a profile file is given) to a target device with `scale.py`, and returns a terminal
-table plus three PNG plots written into the run directory:
+`cost_page(run_dir, device_key)` predicts a target model on a target device with `scale.py` (the run, and a
+profile file if given, contribute only the predictor's error on their device, as a confidence figure), and
+returns a terminal table plus three PNG plots written into the run directory:
 
     cost_breakdown.png     cost per day of the target serving fleet, rented (one all-in cloud price) beside
                            owned (hardware, energy, operations)

@@ -108,12 +108,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of a table")
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
-    cost = parser.add_argument_group("cost page (an estimate: the run's measured efficiency carried to a large model)")
+    cost = parser.add_argument_group("cost page (an estimate: a large model's step times predicted on the target "
+                                     "device; the run adds the predictor's error here as a confidence figure)")
     cost.add_argument("--cost-device", default="h100-sxm", metavar="KEY",
                       help="target accelerator from profiling/hardware.py (python -m profiling hardware lists them)")
     cost.add_argument("--cost-model", default="gpt3-175b", metavar="PRESET", help="target model preset")
     cost.add_argument("--profile", type=Path, metavar="PROFILE_JSON",
-                      help="a sample.py --profile-json file, for measured prefill MFU and decode bandwidth")
+                      help="a sample.py --profile-json file: its prefill and decode prediction errors join the "
+                      "confidence figures")
     cost.add_argument("--no-cost", action="store_true", help="leave the cost page out")
     return parser
 

@@ -18,13 +18,13 @@ reports), over the steps the meter did not flag as warm-up:
     prediction_error = predicted tokens/s (the summary line's, on this device's profile) / tokens_per_sec − 1
 
 `read_measurements` turns either kind of file into labelled inputs ("measured (from PATH)") for the
-economics modules.
+economics modules: a throughput to price, and the predictor's error on the device that ran.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -261,44 +261,45 @@ class Input:
 
 @dataclass
 class Measurements:
-    training_mfu: Input | None = None
-    prefill_mfu: Input | None = None
-    decode_bandwidth_utilisation: Input | None = None
+    """What `--from` files measured: a throughput to price, and the predictor's own error on that device."""
+
     tokens_per_sec: Input | None = None  # training tokens/s of a run, or decode tokens/s of a profile
     device: str | None = None
+    prediction_errors: dict[str, Input] = field(default_factory=dict)  # "training"/"prefill"/"decode" -> error
 
 
-def _fraction(value: Any, what: str, path: Path) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise MeasurementError(f"{path}: {what} must be a fraction in (0, 1], got {value!r}")
-    return float(value)
+def _error_input(error: Any, what: str, path: Path, device: str | None) -> Input | None:
+    if error is None:
+        return None
+    if not isinstance(error, (int, float)):
+        raise MeasurementError(f"{path}: {what} prediction error must be a number, got {error!r}")
+    return Input(float(error), f"measured (from {path}): {what} predicted / measured − 1 on {device or 'its device'}")
 
 
 def _read_run_dir(path: Path, found: Measurements) -> None:
     summary = summarize_run(path)
-    label = f"measured (from {path})"
-    if summary.get("mfu") is not None:
-        found.training_mfu = Input(_fraction(summary["mfu"], "training MFU", path), label)
     if summary.get("tokens_per_sec"):
-        found.tokens_per_sec = Input(summary["tokens_per_sec"], label + ", training tokens/s")
+        found.tokens_per_sec = Input(summary["tokens_per_sec"], f"measured (from {path}), training tokens/s")
     found.device = found.device or summary.get("device")
+    error = _error_input(summary.get("prediction_error"), "training", path, summary.get("device"))
+    if error is not None:
+        found.prediction_errors["training"] = error
 
 
 def _read_profile(path: Path, found: Measurements) -> None:
     data = read_profile(path)
-    label = f"measured (from {path})"
-    if data.get("prefill_mfu") is not None:
-        found.prefill_mfu = Input(_fraction(data["prefill_mfu"], "prefill_mfu", path), label)
-    if data.get("decode_bandwidth_utilisation") is not None:
-        found.decode_bandwidth_utilisation = Input(
-            _fraction(data["decode_bandwidth_utilisation"], "decode_bandwidth_utilisation", path), label)
     if data.get("decode_tokens_per_sec"):
-        found.tokens_per_sec = Input(float(data["decode_tokens_per_sec"]), label + ", decode tokens/s")
+        found.tokens_per_sec = Input(float(data["decode_tokens_per_sec"]), f"measured (from {path}), decode tokens/s")
     found.device = data.get("device") or found.device
+    for phase in ("prefill", "decode"):
+        error = _error_input(data.get(f"{phase}_prediction_error"), phase, path, data.get("device"))
+        if error is not None:
+            found.prediction_errors[phase] = error
 
 
 def read_measurements(paths: list[Path]) -> Measurements:
-    """Efficiencies and throughput from train.py run directories and sample.py profile files (later paths win)."""
+    """Throughput and the predictor's error from train.py run directories and sample.py profile files (later
+    paths win)."""
     found = Measurements()
     for path in map(Path, paths):
         if path.is_dir():
