@@ -73,6 +73,7 @@ class DeviceProfile:
     software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
     threads: int | None = None  # CPU threads PyTorch used
     tf32: bool | None = None  # CUDA: float32 matmuls allowed to use TF32 while measuring
+    clock: str | None = None  # what timed the measurements: CUDA events, wall, or process CPU time (microbench)
     citations: dict[str, str] = field(default_factory=dict)  # reference figure -> value, source, date
     format: str = FORMAT
     version: int = FORMAT_VERSION
@@ -349,6 +350,16 @@ def reference_profile(accelerator_key: str, dtype: str = "bf16") -> DeviceProfil
     )
 
 
+def graphed(profile: DeviceProfile) -> DeviceProfile:
+    """The profile of a run replayed as a CUDA graph (torch.compile mode="reduce-overhead"): the host issues
+    nothing per kernel, so each call costs only the device's own launch gap (`kernel_launch_s`)."""
+    if "device_per_call_s" not in profile.overhead:
+        raise ProfileError(f"profile of {profile.device} has no device launch cost; CUDA graphs apply to GPU profiles")
+    per_call = profile.overhead["device_per_call_s"]
+    overhead = profile.overhead | {"per_call_s": {"inference": per_call, "training": per_call}, "graphed": True}
+    return dataclasses.replace(profile, overhead=overhead, source=profile.source + "; replayed as a CUDA graph")
+
+
 # ----------------------------------------------------------------------------- calibration
 
 
@@ -492,6 +503,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         memory=memory, adamw=adamw, overhead={},
         software=software_versions(), threads=torch.get_num_threads() if not on_cuda else None,
         tf32=(dtype == "tf32") if on_cuda else None,
+        clock="CUDA events" if on_cuda else microbench.host_clock(torch.get_num_threads())[0],
         citations={"best_matmul_flops_per_sec": f"{best:.4g}",
                    "copy_bandwidth_bytes_per_sec": f"{microbench.copy_bandwidth(memory, dtype):.4g}"},
     )

@@ -24,7 +24,18 @@ from profiling.flops import MEMORY_PASSES, bytes_per_element
 
 MIN_BATCH_SECONDS = 2e-3
 BATCHES = 3
+COLD_BYTES = 32 * 2**20  # matmul weights rotate through this many bytes of copies, as a model's layers do
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def host_clock(threads: int) -> tuple[str, Callable[[], float]]:
+    """The clock a CPU measurement uses: the process's CPU time at one thread, else the wall clock.
+
+    At one thread, CPU time equals wall time on an idle machine and does not count the time other jobs
+    on a shared machine take the core away, which wall time does; with more threads it would add up
+    every thread's time, so the wall clock is used.
+    """
+    return ("process CPU time", time.process_time) if threads == 1 else ("wall", time.perf_counter)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -34,12 +45,13 @@ def _synchronize(device: torch.device) -> None:
 
 def seconds_per_call(work: Callable[[], object], device: torch.device, batches: int = BATCHES) -> float:
     """Median seconds of one call of `work`, timed in batches of back-to-back calls (see module docstring)."""
+    clock = host_clock(torch.get_num_threads())[1]
     work()
     _synchronize(device)
-    started = time.perf_counter()
+    started = clock()
     work()
     _synchronize(device)
-    once = max(time.perf_counter() - started, 1e-7)
+    once = max(clock() - started, 1e-7)
     calls = max(1, min(10_000, math.ceil(MIN_BATCH_SECONDS / once)))
     times = []
     for _ in range(batches):
@@ -53,10 +65,10 @@ def seconds_per_call(work: Callable[[], object], device: torch.device, batches: 
                 end.synchronize()
                 times.append(start.elapsed_time(end) / 1e3 / calls)
         else:
-            started = time.perf_counter()
+            started = clock()
             for _ in range(calls):
                 work()
-            times.append((time.perf_counter() - started) / calls)
+            times.append((clock() - started) / calls)
     return statistics.median(times)
 
 
@@ -74,7 +86,9 @@ def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: fl
                 tick: Callable[[], None] = lambda: None) -> list:
     """FLOP/s of (M × K) @ (K × N) for every M, N, K in `dims`, laid out like `F.linear` (weight transposed).
 
-    Returns nested lists [iM][iN][iK].
+    Successive calls use different copies of the weight, COLD_BYTES in all, so that a weight is not
+    still in a core's cache from the previous call: in a model, every other layer's weights pass through
+    the cache before a layer's own come round again. Returns nested lists [iM][iN][iK].
     """
     torch_dtype = TORCH_DTYPES[dtype]
     table = []
@@ -85,8 +99,10 @@ def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: fl
             for k in dims:
                 timed_m = _shrink(m, 2 * n * k, max_flops)
                 a = torch.randn(timed_m, k, device=device, dtype=torch_dtype)
-                weight = torch.randn(n, k, device=device, dtype=torch_dtype)
-                seconds = seconds_per_call(lambda: torch.mm(a, weight.t()), device)
+                copies = max(1, min(64, COLD_BYTES // (n * k * a.element_size())))
+                weights = [torch.randn(n, k, device=device, dtype=torch_dtype) for _ in range(copies)]
+                turn = iter(range(1 << 62))
+                seconds = seconds_per_call(lambda: torch.mm(a, weights[next(turn) % copies].t()), device)
                 cells.append(2 * timed_m * n * k / seconds)
                 tick()
             rows.append(cells)
