@@ -109,7 +109,7 @@ def write_prediction_plot(run_dir: Path, summary: dict[str, Any]) -> Path | None
     axes.set_ylabel("milliseconds per optimizer step")
     axes.set_title(f"Where a step's time goes — {run_dir.name}\npredicted on the {profile['kind']} profile of "
                    f"{profile['device']} ({profile['date'][:10]}), error {summary['prediction_error']:+.1%}",
-                   fontsize=9)
+                   fontsize=8)
     axes.legend(fontsize=8)
     return _save(figure, run_dir / "prediction.png")
 
