@@ -89,8 +89,12 @@ class TrainingProfiler:
                  peak_tflops: float | None = None, board_watts: float | None = None) -> None:
         self.peaks = find_peaks(device, dtype, peak_tflops, "train.py")
         profile, self.prediction_note = this_device_profile(device, dtype)
-        self.prediction = None if profile is None else predict.predict_train(
-            config, batch, config.block_size, grad_accum, profile)
+        self.prediction = None
+        if profile is not None:
+            try:
+                self.prediction = predict.predict_train(config, batch, config.block_size, grad_accum, profile)
+            except GptmeterError as error:  # a profile this model cannot be priced on must not stop the run
+                self.prediction_note = f"no prediction: {error}"
         self.energy = open_energy_reader(device, board_watts=_board_watts(self.peaks, board_watts))
         self.meter = StepMeter(
             device,
