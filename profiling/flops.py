@@ -31,6 +31,12 @@ from dataclasses import dataclass
 
 from gpt.files import dumps_json
 from gpt.config import PRESETS, GPTConfig
+from gpt.errors import GptmeterError
+
+
+class ShapeError(GptmeterError, ValueError):
+    """A dtype, sequence length or batch the FLOP model cannot count; one line naming the fix."""
+
 
 # Bytes per element of the storage formats a weight or KV cache may use; aliases map to these names.
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
@@ -42,7 +48,7 @@ def dtype_name(dtype: object) -> str:
     text = str(dtype).lower().removeprefix("torch.")
     name = _DTYPE_ALIASES.get(text, text)
     if name not in BYTES_PER_ELEMENT:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(BYTES_PER_ELEMENT)}")
+        raise ShapeError(f"unknown dtype {dtype!r}; use one of {', '.join(BYTES_PER_ELEMENT)}")
     return name
 
 
@@ -112,7 +118,7 @@ def flop_breakdown(config: GPTConfig, seq_len: int | None = None, causal: bool =
     """Forward FLOPs per token at sequence length `seq_len` (default: the config's block_size)."""
     seq_len = config.block_size if seq_len is None else seq_len
     if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"sequence length must be a positive integer, got {seq_len!r}")
+        raise ShapeError(f"sequence length must be a positive integer, got {seq_len!r}")
     d, d_kv, n = config.n_embd, config.n_kv_head * config.head_dim, config.n_layer
     attention = _attention_term(config, seq_len, causal)
     return FlopBreakdown(
@@ -164,7 +170,7 @@ def decode_flops_per_token(config: GPTConfig, context_len: int) -> int:
     context lengths 1..P gives `prefill_flops(config, P, causal=True)`.
     """
     if not isinstance(context_len, int) or context_len <= 0:
-        raise ValueError(f"context length must be a positive integer, got {context_len!r}")
+        raise ShapeError(f"context length must be a positive integer, got {context_len!r}")
     step = dataclasses.replace(
         flop_breakdown(config, 1),
         attention_scores=config.n_layer * 2 * config.n_embd * context_len,
@@ -192,7 +198,7 @@ def decode_bytes_per_step(
     Activations (a few vectors per sequence) are ignored. `kv_dtype` defaults to `weight_dtype`.
     """
     if batch_size <= 0 or context_len <= 0:
-        raise ValueError(f"batch size and context length must be positive, got {batch_size} and {context_len}")
+        raise ShapeError(f"batch size and context length must be positive, got {batch_size} and {context_len}")
     kv_dtype = weight_dtype if kv_dtype is None else kv_dtype
     kv_cache = batch_size * context_len * kv_cache_bytes_per_token(config, kv_dtype)
     return decode_weight_bytes(config, weight_dtype) + kv_cache

@@ -14,8 +14,6 @@ measured matmul ceiling, and is labelled as measured.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,6 @@ if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --he
     import torch
 
 from gpt.errors import GptmeterError
-from gpt.files import dumps_json
 from profiling.flops import dtype_name
 
 TABLE_DTYPES = ("bf16", "fp16", "tf32", "fp32")
@@ -46,7 +43,7 @@ class Accelerator:
         name = dtype_name(dtype)
         if name not in self.peak_flops:
             have = ", ".join(self.peak_flops) or "none"
-            raise ValueError(
+            raise UnknownDeviceError(
                 f"no datasheet {name} peak for {self.name} (table has: {have}); "
                 "choose another dtype or pass the peak by hand (--peak-tflops)"
             )
@@ -117,13 +114,17 @@ ACCELERATORS: dict[str, Accelerator] = {accelerator.key: accelerator for acceler
 
 
 class UnknownDeviceError(GptmeterError, ValueError):
-    """A device that is not in the table; the message says how to pass its peaks by hand."""
+    """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
+
+
+class HardwareCacheError(GptmeterError, ValueError):
+    """A hardware cache file that cannot be read; the message says how to rebuild it."""
 
 
 def accelerator(key: str) -> Accelerator:
     """Table entry by short key ("h100-sxm", "h200", "a100-80gb", ...)."""
     if key not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {key!r}; choose one of {', '.join(ACCELERATORS)}")
+        raise UnknownDeviceError(f"unknown accelerator {key!r}; choose one of {', '.join(ACCELERATORS)}")
     return ACCELERATORS[key]
 
 
@@ -183,43 +184,6 @@ class Ceilings:
     measured_at: str  # ISO 8601, UTC
 
 
-def cached_ceilings(name: str, dtype: str = "fp32") -> Ceilings | None:
-    """The ceilings of the device called `name` from its cached calibrated `dtype` profile, if any, with the
-    fastest matmul of every other dtype calibrated on it (`python -m profiling calibrate --dtype fp16`, ...)."""
-    from profiling import device_profile  # builds on this module's table; imported when used
-
-    profile = device_profile.cached_profile(name, dtype)
-    if profile is None:
-        return None
-    ceilings = device_profile.as_ceilings(profile)
-    for other in TABLE_DTYPES:
-        extra = device_profile.cached_profile(name, other) if other != profile.dtype else None
-        if extra is not None:
-            ceilings.matmul_flops[other] = device_profile.as_ceilings(extra).matmul_flops[other]
-    return ceilings
-
-
-def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceilings:
-    """The ceilings of `device`: a view of its calibrated profile (`python -m profiling calibrate`).
-
-    The profile of the dtype the tools run (fp32 on a CPU, bf16 on a GPU) is read from the cache. If
-    absent it is measured first: the full grid when `refresh`, and on a GPU; on a CPU, the quick grid
-    (seconds), until `python -m profiling calibrate` replaces it.
-    """
-    import torch
-
-    from profiling import device_profile
-
-    device = torch.device(device)
-    dtype = "bf16" if device.type == "cuda" else "fp32"
-    ceilings = None if refresh else cached_ceilings(device_name(device), dtype)
-    if ceilings is None:
-        quick = device.type == "cpu" and not refresh
-        ceilings = device_profile.as_ceilings(device_profile.calibrate(str(device), dtype, progress=not quick,
-                                                                      quick=quick))
-    return ceilings
-
-
 # ----------------------------------------------------------------------------- the peaks a run is measured against
 
 
@@ -247,13 +211,13 @@ def device_peaks(
     dtype: object = "bf16",
     peak_flops: float | None = None,
     peak_bandwidth: float | None = None,
-    measure: bool = False,
+    measured: Ceilings | None = None,
 ) -> Peaks:
     """Peaks of `device` for `dtype`: hand-given values first, then the datasheet table, then (CPU) the measurement.
 
-    Measured ceilings come from the cache, or are measured now when `measure` is set; a CPU
-    without a hand-given peak is always measured (or read from the cache), since no
-    datasheet covers it. A GPU outside the table needs `peak_flops`.
+    `measured` is the device's measured ceilings (`device_profile.measured_ceilings`, a view of its
+    calibrated profile); a CPU without a hand-given peak needs them, since no datasheet covers it. A GPU
+    outside the table needs `peak_flops`.
     """
     import torch
 
@@ -266,14 +230,15 @@ def device_peaks(
             raise
         entry = None
     is_cpu = entry is not None and entry.key == "cpu"
-    measured = measured_ceilings(device, refresh=measure) if measure or (is_cpu and peak_flops is None) else None
-    measured = measured or cached_ceilings(name, "bf16" if device.type == "cuda" else "fp32")
+    if is_cpu and peak_flops is None and measured is None:
+        raise UnknownDeviceError("a CPU has no datasheet peak: calibrate it (python -m profiling calibrate) or "
+                                 "give its peak by hand (--peak-tflops)")
 
     if peak_flops is not None:
         flops, flops_source = peak_flops, "given by hand"
     elif is_cpu:
         if dtype not in measured.matmul_flops:
-            raise ValueError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
+            raise UnknownDeviceError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
         flops = measured.matmul_flops[dtype]
         flops_source = (
             f"measured {dtype} matmul ceiling, n={measured.matmul_size}, {measured.measured_at} (no datasheet)"
@@ -312,7 +277,7 @@ def mfu(flops_per_token: float, tokens_per_sec: float, peak_flops: float) -> flo
 # ----------------------------------------------------------------------------- python -m profiling hardware
 
 
-def _table_text() -> str:
+def table_text() -> str:
     header = f"{'key':<16}" + "".join(f"{d + ' TFLOP/s':>14}" for d in TABLE_DTYPES) + f"{'TB/s':>7}{'GB':>6}{'W':>6}"
     rows = [header]
     for entry in _TABLE:
@@ -328,7 +293,7 @@ def _table_text() -> str:
     return "\n".join(rows)
 
 
-def _peaks_text(peaks: Peaks) -> str:
+def peaks_text(peaks: Peaks) -> str:
     lines = [
         f"device: {peaks.device_name} (table entry: {peaks.accelerator or 'none'})",
         f"peak {peaks.dtype}: {peaks.flops / 1e12:.4g} TFLOP/s ({peaks.flops_source})",
@@ -346,44 +311,3 @@ def _peaks_text(peaks: Peaks) -> str:
     if peaks.measured_flops and peaks.flops_source.startswith("datasheet"):
         lines.append(f"  measured / datasheet {peaks.dtype}: {peaks.measured_flops / peaks.flops:.1%}")
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> object:
-    from gpt.cli import positive_float
-
-    parser = subparsers.add_parser(
-        "hardware",
-        help="peak FLOP/s and bandwidth table, the detected device, measured ceilings",
-        description="Show the datasheet table of accelerators (dense peaks), the peaks of this device, and its "
-        "measured matmul and copy ceilings: a view of its calibrated device profile (python -m profiling calibrate, "
-        "cached in $GPTMETER_CACHE_DIR/device_profiles/).",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="bf16, fp16, tf32 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--measure", action="store_true", help="calibrate this device now (python -m profiling calibrate: "
-                        "under a minute on a 2-core CPU) and show its ceilings")
-    parser.add_argument(
-        "--peak-tflops", type=positive_float, help="dense peak in TFLOP/s, for a device not in the table"
-    )
-    parser.add_argument("--peak-bandwidth-gbs", type=positive_float, help="memory bandwidth in GB/s (1 GB = 1e9 bytes)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    return parser
-
-
-def run(args) -> int:
-    from gpt.cli import resolve_device, resolve_dtype
-
-    device = resolve_device(args.device)
-    peaks = device_peaks(
-        device,
-        resolve_dtype(args.dtype, device),
-        peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
-        peak_bandwidth=args.peak_bandwidth_gbs * 1e9 if args.peak_bandwidth_gbs else None,
-        measure=args.measure,
-    )
-    if args.json:
-        table = {entry.key: dataclasses.asdict(entry) for entry in _TABLE}
-        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
-    else:
-        print(_table_text() + "\n\n" + _peaks_text(peaks))
-    return 0

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from gpt.errors import GptmeterError
 from profiling import device_profile, hardware
 from profiling.__main__ import main
 from tests.test_predict import synthetic_profile
@@ -84,9 +85,9 @@ def test_every_gpu_entry_is_complete_and_sourced():
 
 
 def test_lookup_errors_name_the_choices():
-    with pytest.raises(ValueError, match="h100-sxm, h100-pcie"):
+    with pytest.raises(GptmeterError, match="h100-sxm, h100-pcie"):
         hardware.accelerator("h100")
-    with pytest.raises(ValueError, match="no datasheet bf16 peak"):
+    with pytest.raises(GptmeterError, match="no datasheet bf16 peak"):
         hardware.accelerator("v100-sxm2-32gb").peak("bf16")
 
 
@@ -118,10 +119,12 @@ def test_unknown_gpu_needs_peaks_by_hand(monkeypatch, cache_dir):
 
 def test_cpu_peak_is_the_measured_ceiling_and_says_so(cache_dir):
     cache_cpu_profile(best_matmul=4.2e10)
-    peaks = hardware.device_peaks("cpu", "fp32")
+    peaks = hardware.device_peaks("cpu", "fp32", measured=device_profile.measured_ceilings("cpu"))
     assert (peaks.accelerator, peaks.flops, peaks.measured_flops) == ("cpu", 4.2e10, 4.2e10)
     assert "measured" in peaks.flops_source and "no datasheet" in peaks.flops_source
     assert peaks.bandwidth == pytest.approx(1.2e10) and peaks.bandwidth_source.startswith("measured")
+    with pytest.raises(GptmeterError, match="calibrate"):  # a CPU with neither a measurement nor a hand peak
+        hardware.device_peaks("cpu", "fp32")
     assert peaks.measured.matmul_size == 4096  # M of the fastest grid point (index 2 of 1, 64, 4096)
 
 
@@ -135,8 +138,8 @@ def test_ceilings_are_read_from_the_profile_not_measured_again(cache_dir, monkey
         raise AssertionError("calibrated although a cached profile exists")
 
     monkeypatch.setattr(device_profile, "calibrate", must_not_measure)
-    assert hardware.measured_ceilings("cpu") == device_profile.as_ceilings(profile)
-    assert hardware.cached_ceilings("another device") is None
+    assert device_profile.measured_ceilings("cpu") == device_profile.as_ceilings(profile)
+    assert device_profile.cached_ceilings("another device") is None
 
 
 def test_without_a_profile_the_cpu_is_calibrated_on_the_quick_grid_once(cache_dir, monkeypatch):
@@ -147,15 +150,15 @@ def test_without_a_profile_the_cpu_is_calibrated_on_the_quick_grid_once(cache_di
         return cache_cpu_profile()
 
     monkeypatch.setattr(device_profile, "calibrate", fake_calibrate)
-    first = hardware.measured_ceilings("cpu")
-    assert hardware.measured_ceilings("cpu") == first and calls == [("cpu", "fp32", True)]
-    hardware.measured_ceilings("cpu", refresh=True)  # --measure: the full grid
+    first = device_profile.measured_ceilings("cpu")
+    assert device_profile.measured_ceilings("cpu") == first and calls == [("cpu", "fp32", True)]
+    device_profile.measured_ceilings("cpu", refresh=True)  # --measure: the full grid
     assert calls[-1] == ("cpu", "fp32", False)
 
 
 @pytest.mark.gpu
 def test_cuda_ceilings_are_below_the_datasheet():
-    peaks = hardware.device_peaks("cuda", "bf16", measure=True)
+    peaks = hardware.device_peaks("cuda", "bf16", measured=device_profile.measured_ceilings("cuda", refresh=True))
     assert 0.2 * peaks.flops < peaks.measured_flops <= 1.05 * peaks.flops
     assert 0.2 * peaks.bandwidth < peaks.measured.copy_bandwidth <= 1.05 * peaks.bandwidth
 
@@ -186,4 +189,4 @@ def test_the_view_lists_every_dtype_calibrated_on_the_device(cache_dir):
     half.device, half.dtype = hardware.device_name("cpu"), "fp16"
     half.matmul["flops_per_sec"][0][0][0] = 9e10
     device_profile.save_profile(half, device_profile.cache_path(half.device, "fp16"))
-    assert hardware.cached_ceilings(hardware.device_name("cpu"), "fp32").matmul_flops == {"fp32": 5e10, "fp16": 9e10}
+    assert device_profile.cached_ceilings(hardware.device_name("cpu"), "fp32").matmul_flops == {"fp32": 5e10, "fp16": 9e10}
