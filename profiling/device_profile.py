@@ -88,7 +88,7 @@ class DeviceProfile:
     def device_seconds(self, op: Op) -> float:
         """Seconds of one call of `op` from the tables, without the per-call overhead."""
         if op.kind == "matmul":
-            return op.flops / _grid_value(self.matmul["flops_per_sec"], [self.matmul["dims"]] * 3, op.shape)
+            return op.flops / self._matmul_rate(op)
         if op.kind == "attention":
             table = self.attention["flops_per_sec"].get(op.variant)
             if table is None:
@@ -103,6 +103,19 @@ class DeviceProfile:
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
         return _size_curve(table["elements"], table["seconds"], op.shape[0])
+
+    def _matmul_rate(self, op: Op) -> float:
+        """FLOP/s at the op's shape; a skinny product of a model whose weights outgrow the warm window is
+        interpolated (log-log in the model's weight bytes) towards the cold table."""
+        dims = self.matmul["dims"]
+        warm = _grid_value(self.matmul["flops_per_sec"], [dims] * 3, op.shape)
+        cold = self.matmul.get("cold")
+        if not cold or op.shape[0] > cold["rows"][-1] or op.working_set <= self.matmul["window_bytes"]:
+            return warm
+        cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
+        _, _, weight = _bracket([self.matmul["window_bytes"], cold["window_bytes"]], op.working_set)
+        weight = 1.0 if op.working_set >= cold["window_bytes"] else weight
+        return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
 
     def per_call_seconds(self, phase: str) -> float:
         return self.overhead["per_call_s"]["training" if phase != "inference" else "inference"]
@@ -400,6 +413,8 @@ GRIDS = {
                   sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)]),
 }
 
+COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights that come from memory
+
 # The model the fixed costs are measured on: 8 wide, so that only the per-call and per-step costs remain.
 OVERHEAD_SHAPE = dict(vocab_size=8, block_size=16, n_head=1, n_embd=8)
 
@@ -440,8 +455,9 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     """Measure this device's profile over `GRIDS` (see module docstring) and cache it per device name.
 
     On CUDA it runs on that device (its current stream), with TF32 allowed exactly when `dtype` is "tf32",
-    and resets the peak-memory statistics afterwards. `quick` measures a few points only (for tests) and is
-    not cached.
+    and resets the peak-memory statistics afterwards. `quick` measures a few points only (seconds; what
+    `peaks.measured_ceilings` runs when nothing is cached); it is cached too, and says so in `source`, until
+    a full calibration replaces it.
     """
     import contextlib
 
@@ -460,7 +476,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         raise ProfileError(f"CPU calibration measures fp32 only (the CPU tools run float32), not {dtype}; "
                            "use --dtype fp32")
     grid = GRIDS["quick" if quick else torch_device.type]
-    steps = len(grid.dims) ** 3 + len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
+    steps = len(grid.dims) ** 2 * (len(grid.dims) + sum(m <= COLD_MAX_ROWS for m in grid.dims))
+    steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     tf32_before = torch.backends.cuda.matmul.allow_tf32
@@ -468,7 +485,11 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         tick = lambda: bar.update(1)  # noqa: E731
         try:
             torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-            matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, tick)
+            matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
+                                            tick=tick)
+            cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
+            cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.COLD_BYTES,
+                                          rows=cold_rows, tick=tick)
             attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                                   grid.head_dims, grid.max_flops, tick)
             memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
@@ -497,7 +518,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         source=f"python -m profiling calibrate --device {torch_device.type} --dtype {dtype}"
                + (" (quick grid)" if quick else ""),
         peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
-        matmul={"dims": grid.dims, "flops_per_sec": matmul},
+        matmul={"dims": grid.dims, "flops_per_sec": matmul, "window_bytes": microbench.WARM_BYTES,
+                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": microbench.COLD_BYTES}},
         attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
                    "head_dim": grid.head_dims, "flops_per_sec": attention},
         memory=memory, adamw=adamw, overhead={},
@@ -510,9 +532,21 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
-    if not quick:
-        save_profile(profile, cache_path(profile.device, profile.dtype))
+    save_profile(profile, cache_path(profile.device, profile.dtype))
     return profile
+
+
+def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
+    """The view `python -m profiling hardware` shows of a measured profile: its fastest matmul and copy."""
+    table, dims = profile.matmul["flops_per_sec"], profile.matmul["dims"]
+    best, size = max((value, max(dims[i], dims[j], dims[k])) for i, plane in enumerate(table)
+                     for j, row in enumerate(plane) for k, value in enumerate(row))
+    copy = profile.memory["copy"]
+    copy_bytes = MEMORY_PASSES["copy"] * copy["elements"][-1] * flops.bytes_per_element(profile.dtype)
+    return hardware.Ceilings(device_name=profile.device, matmul_flops={profile.dtype: best},
+                             copy_bandwidth=copy_bytes / copy["seconds"][-1], matmul_size=size,
+                             copy_bytes=copy_bytes, torch_version=profile.software.get("torch", ""),
+                             measured_at=profile.date)
 
 
 def now_iso() -> str:

@@ -23,8 +23,9 @@ from gpt.errors import GptmeterError
 from profiling import flops, predict
 from profiling.device_profile import DeviceProfile, cached_profile
 from profiling.energy import open_energy_reader
-from profiling.hardware import Peaks, device_name, device_peaks, measured_ceilings
+from profiling.hardware import device_name
 from profiling.meter import StepMeter
+from profiling.peaks import Peaks, device_peaks, measured_ceilings
 from profiling.predict import Prediction
 
 
@@ -45,6 +46,8 @@ def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile
         profile = cached_profile(device_name(device), dtype)
     except GptmeterError as error:  # a damaged cache file must not stop the run
         return None, f"{how} ({error})"
+    if profile is not None and profile.source.endswith("(quick grid)"):  # the few points measured for the peaks
+        return None, f"{how} (only the quick grid behind the peak figures is cached)"
     return (profile, None) if profile is not None else (None, how)
 
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every module of profiling/ in exactly one layer; a lower layer never imports a higher one.
 LAYERS = {
     "measure": {"energy", "meter", "rundir"},
-    "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict"},
+    "model": {"flops", "hardware", "microbench", "device_profile", "peaks", "calibrate", "predict"},
     "economics": {"prices", "cost", "scenarios", "scale"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "plots", "__main__", "__init__"},
 }

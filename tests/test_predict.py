@@ -193,3 +193,16 @@ def test_cli_json_and_bad_input(capsys):
     assert main(["predict", "--preset", "gpt2", "--mode", "decode", "--batch", "1", "--prompt-tokens", "1000",
                  "--new-tokens", "100", "--device", "h100-sxm"]) == 2
     assert "context" in capsys.readouterr().err
+
+
+def test_skinny_matmuls_of_large_models_read_weights_from_memory():
+    """Below the warm window the warm table holds; past the cold window the cold one; between, log-log."""
+    profile = synthetic_profile()
+    profile.matmul |= {"window_bytes": 2**25, "cold": {"rows": [1, 64], "flops_per_sec": flat(1e8)[:2],
+                                                        "window_bytes": 2**29}}
+    op = lambda m, weights: flops.Op("mm", "matmul", (m, 64, 64), 2 * m * 4096, 0, working_set=weights)  # noqa: E731
+    rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
+    assert rate(op(1, 2**24)) == pytest.approx(MATMUL_RATE)
+    assert rate(op(1, 2**30)) == pytest.approx(1e8)
+    assert rate(op(1, 2**27)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)  # halfway in log bytes
+    assert rate(op(4096, 2**30)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
