@@ -22,9 +22,9 @@ and prints both predictions' error (predicted − measured) / measured next to t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from gpt.cli import HelpFormatter, fail, positive_int
+from gpt.files import write_json
 from gpt.config import GPTConfig
 from gpt.data import TokenData
 from gpt.errors import GptmeterError
@@ -129,19 +130,22 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
         edges = []
 
         def on_token(_: torch.Tensor) -> None:
+            first = not edges[1:]
+            if first:
+                edges.append(clock())  # the prefill ends where the profiler reads its clock, before its bookkeeping
             profiler.on_token()
-            if not edges[1:]:
-                edges.append(clock())
+            if first:
+                edges.append(clock())  # and decoding starts after it
 
         edges.append(clock())
         profiler.start()
         model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_token=on_token)
-        profiler.stop()
         edges.append(clock())
+        profiler.stop()
         profile = profiler.profile(config.to_dict())
         profiler.close()
         prefill.append(batch * PROMPT_TOKENS / (edges[1] - edges[0]))
-        decode.append(batch * (NEW_TOKENS - 1) / (edges[2] - edges[1]))
+        decode.append(batch * (NEW_TOKENS - 1) / (edges[3] - edges[2]))
         wall_prefill.append(profile["prefill_tokens_per_sec"])
         wall_decode.append(profile["decode_tokens_per_sec"])
     median = statistics.median
@@ -264,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
+        started = time.perf_counter()
         profile = load_profile(args.profile) if args.profile else calibrate("cpu", "fp32")
+        calibration_seconds = None if args.profile else time.perf_counter() - started
         if profile.device_class != "cpu" or profile.threads != args.threads:
             raise GptmeterError(f"{args.profile} profiles {profile.device}, not this CPU at {args.threads} threads; "
                                 "calibrate with the same --threads")
@@ -274,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
                          progress=lambda line: print(line, file=sys.stderr))
     print(format_rows(rows, args.anchor))
     if args.json:
-        result = {"device": profile.device, "threads": args.threads, "profile": asdict(profile),
+        result = {"device": profile.device, "threads": args.threads, "calibration_wall_seconds": calibration_seconds,
+                  "profile": asdict(profile),
                   "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
                   "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -17,13 +17,13 @@ Llama-2-7B is stood in for by the gptmeter shape with the same layers, width, he
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gpt.config import GPTConfig
+from gpt.files import write_json
 from profiling import flops
 from profiling.device_profile import graphed, reference_profile
 from profiling.predict import predict_decode, predict_train
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [{"case": asdict(r.case), "params": flops.param_count(GPTConfig(**r.case.model)),
                  "predicted_tokens_per_sec": r.predicted_tokens_per_sec, "error": r.error, "mfu": r.mfu,
                  "breakdown": r.breakdown} for r in results]
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        write_json(args.json, rows)
     return 0
 
 

@@ -1,22 +1,21 @@
-"""Model shapes: one dataclass and the named presets.
+"""Configuration in one place: model shapes (a dataclass and the named presets) and training settings.
 
 Every other part of gptmeter (the model, the FLOP model, the cost extrapolation)
 reads a model's shape from a `GPTConfig`, so this file is the single place where
-a preset's numbers live.
+a preset's numbers live. It imports no torch, so command lines can build their
+`--help` from it at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from gpt.errors import GptmeterError
+from gpt.errors import ConfigError
 
 ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "naive")
-
-
-class ConfigError(GptmeterError, ValueError):
-    """A model or training setting that cannot be used; the message names the setting and its allowed values."""
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # compute dtypes under autocast (gpt.trainer.DTYPES maps them)
 
 
 @dataclass
@@ -79,3 +78,46 @@ PRESETS: dict[str, dict] = {
 
 # Presets too large to build on a small machine; the CLIs refuse to instantiate them.
 SHAPE_ONLY_PRESETS = frozenset({"gpt3-175b"})
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_iters: int = 5000  # optimizer steps in the whole run
+    learning_rate: float = 6e-4  # peak, reached after warm-up
+    min_lr: float = 6e-5  # floor of the cosine decay
+    warmup_iters: int = 200
+    weight_decay: float = 0.1  # applied to matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # steps between validation passes
+    eval_iters: int = 20  # validation batches per pass (the same batches every time)
+    checkpoint_interval: int = 250  # steps between checkpoints (one is always written at the end)
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"  # compute dtype under autocast; weights and optimizer stay float32
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate", "beta1", "beta2"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_iters", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+
+
+# Training settings that suit a preset better than the generic ones above.
+PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        batch_size=32, max_iters=600, learning_rate=4e-3, min_lr=4e-4, warmup_iters=50,
+        eval_interval=100, eval_iters=10, checkpoint_interval=100, weight_decay=0.1,
+    ),
+}

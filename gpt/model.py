@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt.config import ConfigError, GPTConfig
+from gpt.config import GPTConfig
+from gpt.errors import ConfigError
 
 # ----------------------------------------------------------------------------- attention
 

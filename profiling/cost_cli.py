@@ -7,13 +7,13 @@ The arithmetic is `profiling.cost`'s; this module reads the command line, finds 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from gpt.cli import positive_int
 from gpt.config import PRESETS
+from gpt.files import dumps_json
 from profiling.cost import add_price_arguments, price_choice, price_device, serving_cost
 from profiling.device_profile import resolve_profile
 from profiling.predict import predict_decode
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     """The cost subcommand. Bad input raises a GptmeterError, which `python -m profiling` prints as one line."""
     if args.scenario is not None:
         result = run_scenario(args.scenario)
-        print(json.dumps(result, indent=2) if args.json else format_scenario(result))
+        print(dumps_json(result, indent=2) if args.json else format_scenario(result))
         return 0
     tokens_per_sec, provenance, measured_device = _throughput(args)
     device = device_spec(args.device) if args.device is not None else None
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "inputs": priced.inputs,
         **asdict(result),
     }
-    print(json.dumps(report, indent=2) if args.json else format_cost(report))
+    print(dumps_json(report, indent=2) if args.json else format_cost(report))
     return 0
 
 

@@ -36,11 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gpt.data import cache_root
 from gpt.errors import GptmeterError
-from gpt.files import atomic_write_text
+from gpt.files import cache_root, writable_folder, write_json
 from profiling import flops, hardware
 from profiling.flops import MEMORY_PASSES, Op
 
@@ -113,9 +110,21 @@ class DeviceProfile:
         if not cold or op.shape[0] > cold["rows"][-1] or op.working_set <= self.matmul["window_bytes"]:
             return warm
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
-        _, _, weight = _bracket([self.matmul["window_bytes"], cold["window_bytes"]], op.working_set)
-        weight = 1.0 if op.working_set >= cold["window_bytes"] else weight
+        weight = self._coldness(op.working_set)
         return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
+
+    def _coldness(self, working_set: int) -> float:
+        """0 at the warm window, 1 at the cold one: how far the measured skinny-matmul slowdown has gone at
+        `working_set` bytes of weights (`window_curve`), or log-linear in bytes when no curve was measured."""
+        warm, cold = self.matmul["window_bytes"], self.matmul["cold"]["window_bytes"]
+        curve = self.matmul.get("window_curve")
+        if working_set >= cold:
+            return 1.0
+        if not curve:
+            return _bracket([warm, cold], working_set)[2]
+        at = lambda size: _size_curve(curve["bytes"], curve["flops_per_sec"], size) / size  # noqa: E731
+        slowdown, full = math.log(at(warm) / at(working_set)), math.log(at(warm) / at(cold))
+        return min(max(slowdown / full, 0.0), 1.0) if full > 0 else 0.0
 
     def per_call_seconds(self, phase: str) -> float:
         return self.overhead["per_call_s"]["training" if phase != "inference" else "inference"]
@@ -174,10 +183,11 @@ def _size_curve(sizes: list[int], seconds: list[float], size: int) -> float:
 # ----------------------------------------------------------------------------- files
 
 
-def save_profile(profile: DeviceProfile, path: str | Path) -> Path:
+def save_profile(profile: DeviceProfile, path: str | Path, named_by: str = "--out") -> Path:
+    """Write `profile` as strict JSON; `named_by` is the flag or variable the path came from, for errors."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(dataclasses.asdict(profile), indent=1) + "\n")
+    writable_folder(path.parent, named_by)
+    write_json(path, dataclasses.asdict(profile))
     return path
 
 
@@ -236,9 +246,13 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
                     dtype: str = "bf16") -> DeviceProfile:
     """The profile a prediction for `device_key` uses: `path` > measured (committed, then cache) > reference.
 
-    `device_key` is a key of profiling.hardware's table ("h100-sxm", ..., "cpu"); None means this machine
-    (its CUDA GPU if it has one, else its CPU). A CPU has no reference profile: calibrate it first.
+    `device_key` is a key of profiling.hardware's table ("h100-sxm", ...); None means this machine (its CUDA
+    GPU if it has one, else its CPU), and "cpu" this machine's CPU at its current thread count: only its
+    own cached profile stands for it, since a CPU has no reference profile and CPUs differ. A GPU class
+    takes a measured profile of that class (committed under profiles/, else cached), else its reference.
     """
+    import torch
+
     dtype = flops.dtype_name(dtype)
     if path is not None:
         profile = load_profile(path)
@@ -246,20 +260,21 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
             raise ProfileError(f"{path} profiles {profile.device} ({profile.device_class}), not {device_key}; a "
                                "profile is never carried to another device class: drop --device or pick its file")
         return profile
-    if device_key is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device_key = hardware.detect_accelerator(device).key
+    if device_key in (None, "cpu"):  # this machine: CPUs differ too much for one CPU's profile to stand for another
+        device = torch.device("cuda" if device_key is None and torch.cuda.is_available() else "cpu")
         here = cached_profile(hardware.device_name(device), dtype)
         if here is not None:
             return here
+        if device.type == "cpu":
+            raise ProfileError(f"no measured {dtype} profile of this CPU ({hardware.device_name(device)}); run: "
+                               f"python -m profiling calibrate --device cpu --dtype {dtype} (a CPU has no datasheet "
+                               "to build a reference from)")
+        device_key = hardware.detect_accelerator(device).key
     if device_key not in hardware.ACCELERATORS:
         raise ProfileError(f"unknown device {device_key!r}; choose one of {', '.join(hardware.ACCELERATORS)}")
     measured = _committed_profiles(device_key, dtype) + _cached_profiles(device_key, dtype)
     if measured:
         return measured[0]
-    if device_key == "cpu":
-        raise ProfileError(f"no measured {dtype} profile of this CPU; run: python -m profiling calibrate "
-                           f"--device cpu --dtype {dtype} (a CPU has no datasheet to build a reference from)")
     return reference_profile(device_key, dtype)
 
 
@@ -377,6 +392,8 @@ def graphed(profile: DeviceProfile) -> DeviceProfile:
 
 
 def software_versions() -> dict[str, str]:
+    import torch
+
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     try:
         import triton
@@ -398,6 +415,7 @@ class Grid:
     head_dims: list[int]
     sizes: list[int]  # elements of the memory-bound operations
     adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
+    cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
 
 
 GRIDS = {
@@ -410,7 +428,7 @@ GRIDS = {
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
     # For tests: a handful of points, a few seconds.
     "quick": Grid(dims=[1, 32, 512], max_flops=5e7, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
-                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)]),
+                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)], cold_bytes=64 * 2**20),
 }
 
 COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights that come from memory
@@ -461,6 +479,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     """
     import contextlib
 
+    import torch
     from tqdm import tqdm
 
     from gpt.config import GPTConfig
@@ -488,8 +507,10 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
                                             tick=tick)
             cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
-            cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.COLD_BYTES,
+            cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
                                           rows=cold_rows, tick=tick)
+            windows = [2**k for k in range(22, grid.cold_bytes.bit_length(), 1)]  # 4 MiB up to the cold window
+            curve = microbench.window_curve(torch_device, dtype, windows)
             attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                                   grid.head_dims, grid.max_flops, tick)
             memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
@@ -519,7 +540,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                + (" (quick grid)" if quick else ""),
         peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
         matmul={"dims": grid.dims, "flops_per_sec": matmul, "window_bytes": microbench.WARM_BYTES,
-                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": microbench.COLD_BYTES}},
+                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": grid.cold_bytes},
+                "window_curve": {"bytes": windows, "flops_per_sec": curve}},
         attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
                    "head_dim": grid.head_dims, "flops_per_sec": attention},
         memory=memory, adamw=adamw, overhead={},
@@ -532,7 +554,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
-    save_profile(profile, cache_path(profile.device, profile.dtype))
+    save_profile(profile, cache_path(profile.device, profile.dtype), "GPTMETER_CACHE_DIR")
     return profile
 
 

@@ -27,9 +27,9 @@ This module depends on `gpt.config` only.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
+from gpt.files import dumps_json
 from gpt.config import PRESETS, GPTConfig
 from gpt.errors import GptmeterError
 
@@ -426,5 +426,5 @@ def add_parser(subparsers) -> object:
 
 def run(args) -> int:
     report = summary(GPTConfig.from_preset(args.preset), args.seq_len)
-    print(json.dumps(report, indent=2) if args.json else format_summary(report))
+    print(dumps_json(report, indent=2) if args.json else format_summary(report))
     return 0

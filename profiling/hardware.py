@@ -15,8 +15,10 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
+    import torch
 
 from gpt.errors import GptmeterError
 from profiling.flops import dtype_name
@@ -134,6 +136,8 @@ def accelerator_for_device_name(device_name: str) -> Accelerator:
 
 def device_name(device: torch.device | str) -> str:
     """What the device calls itself; for a CPU the model name and the threads PyTorch uses (both set its speed)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -151,6 +155,8 @@ def _cpu_model() -> str:
 
 def detect_accelerator(device: torch.device | str) -> Accelerator:
     """Table entry of `device`: the CPU entry for any CPU; raises UnknownDeviceError for a GPU not in the table."""
+    import torch
+
     if torch.device(device).type == "cpu":
         return ACCELERATORS["cpu"]
     return accelerator_for_device_name(device_name(device))

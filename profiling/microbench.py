@@ -26,9 +26,8 @@ from profiling.flops import MEMORY_PASSES, bytes_per_element
 MIN_BATCH_SECONDS = 2e-3
 BATCHES = 5
 # Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
-# large last-level cache) and, for skinny products, of COLD_BYTES (a large model's, which come from memory).
-WARM_BYTES = 32 * 2**20
-COLD_BYTES = 512 * 2**20
+# large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
+WARM_BYTES = 8 * 2**20
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -107,7 +106,7 @@ def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: fl
                 timed_m = _shrink(m, 2 * n * k, max_flops)
                 a = torch.randn(timed_m, k, device=device, dtype=torch_dtype)
                 bias = torch.randn(n, device=device, dtype=torch_dtype)
-                places = max(1, buffer.numel() // (n * k))
+                places = max(1, window // (element * n * k))  # weights that fit in the window, read in turn
                 turn = iter(range(1 << 62))
 
                 def call() -> torch.Tensor:
@@ -119,6 +118,12 @@ def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: fl
             plane.append(cells)
         table.append(plane)
     return table
+
+
+def window_curve(device: torch.device, dtype: str, windows: list[int], size: int = 1024) -> list[float]:
+    """FLOP/s of one skinny product (1 × size) @ (size × size)ᵀ with its weight read from windows of each size:
+    how the time of reading weights grows as a model's weights outgrow each level of cache."""
+    return [matmul_grid(device, dtype, [size], 2 * size * size, window, rows=[1])[0][0][0] for window in windows]
 
 
 # ----------------------------------------------------------------------------- attention

@@ -10,20 +10,30 @@ both the table (hardware.py) and the profiles, so that neither imports the other
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
+from gpt.files import dumps_json
 from profiling import device_profile, hardware
 from profiling.flops import dtype_name
-from profiling.hardware import Ceilings, UnknownDeviceError
+from profiling.hardware import TABLE_DTYPES, Ceilings, UnknownDeviceError
+
+if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
+    import torch
 
 
 def cached_ceilings(name: str, dtype: str = "fp32") -> Ceilings | None:
-    """The ceilings of the device called `name` from its cached calibrated profile, if any."""
+    """The ceilings of the device called `name` from its cached calibrated `dtype` profile, if any, with the
+    fastest matmul of every other dtype calibrated on it (`python -m profiling calibrate --dtype fp16`, ...)."""
     profile = device_profile.cached_profile(name, dtype)
-    return device_profile.as_ceilings(profile) if profile else None
+    if profile is None:
+        return None
+    ceilings = device_profile.as_ceilings(profile)
+    for other in TABLE_DTYPES:
+        extra = device_profile.cached_profile(name, other) if other != profile.dtype else None
+        if extra is not None:
+            ceilings.matmul_flops[other] = device_profile.as_ceilings(extra).matmul_flops[other]
+    return ceilings
 
 
 def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceilings:
@@ -33,6 +43,8 @@ def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceil
     absent it is measured first: the full grid when `refresh`, and on a GPU; on a CPU, the quick grid
     (seconds), until `python -m profiling calibrate` replaces it.
     """
+    import torch
+
     device = torch.device(device)
     dtype = "bf16" if device.type == "cuda" else "fp32"
     ceilings = None if refresh else cached_ceilings(hardware.device_name(device), dtype)
@@ -78,6 +90,8 @@ def device_peaks(
     without a hand-given peak is always measured (or read from the cache), since no
     datasheet covers it. A GPU outside the table needs `peak_flops`.
     """
+    import torch
+
     device = torch.device(device)
     name, dtype = hardware.device_name(device), dtype_name(dtype)
     try:
@@ -178,7 +192,7 @@ def run(args) -> int:
     )
     if args.json:
         table = {entry.key: dataclasses.asdict(entry) for entry in hardware.ACCELERATORS.values()}
-        print(json.dumps({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
+        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
     else:
         print(hardware.table_text() + "\n\n" + _peaks_text(peaks))
     return 0

@@ -82,7 +82,8 @@ def write_plots(run: RunLog, window: int) -> list[Path]:
     train = [record for record in run.steps if record.get("loss") is not None]
     axes.plot([r["step"] for r in train], [r["loss"] for r in train], alpha=0.6, label="train (per step)")
     if run.evals:
-        axes.plot([r["step"] for r in run.evals], [r["val_loss"] for r in run.evals], "o-", label="validation")
+        finite = [r for r in run.evals if r.get("val_loss") is not None]  # null: a non-finite loss
+        axes.plot([r["step"] for r in finite], [r["val_loss"] for r in finite], "o-", label="validation")
     axes.legend()
     written.append(_save(figure, run.run_dir / "loss.png"))
     return written

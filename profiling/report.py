@@ -7,10 +7,10 @@ this module lays them out.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from profiling.rundir import DEFAULT_WINDOW, load_run, summarize
 
 
@@ -133,12 +133,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_cost:
         from profiling.cost_report import cost_page
 
-        page = cost_page(args.run_dir, args.cost_device, args.cost_model, args.profile, plots=not args.no_plots)
+        page = cost_page(run_log.run_dir, args.cost_device, args.cost_model, args.profile, plots=not args.no_plots)
         plots += page.plots
         summary["cost"] = page.results
     summary["plots"] = [str(path) for path in plots]
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps_json(summary, indent=2))
     else:
         print(format_summary(summary))
         if page is not None:

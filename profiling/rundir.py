@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt.errors import GptmeterError
-from gpt.files import atomic_write_text
+from gpt.files import write_json
+from gpt.rundir import newest_run
 from profiling.energy import is_estimate
 
 PROFILE_MARKER = "gptmeter_profile"  # a sample.py --profile-json file holds {"gptmeter_profile": 1, ...}
@@ -110,8 +111,8 @@ def _parse_metrics(path: Path) -> tuple[list[dict], list[dict], dict | None]:
 
 
 def load_run(run_dir: Path | str) -> RunLog:
-    """Read and check a run directory; raises RunDirError with a one-line message."""
-    run_dir = Path(run_dir)
+    """Read and check a run directory (or a folder of numbered runs: its newest); RunDirError in one line."""
+    run_dir = newest_run(Path(run_dir))
     if not run_dir.exists():
         raise RunDirError(f"run directory {run_dir} does not exist; pass the --out-dir of a train.py run")
     if not run_dir.is_dir():
@@ -177,7 +178,8 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         raise RunDirError(f"window must be a positive number of steps, got {window}")
     measured = [record for record in run.steps if not record.get("warmup", False)]
     recent = measured[-window:]
-    best_eval = min(run.evals, key=lambda record: record["val_loss"], default=None)
+    finite_evals = [record for record in run.evals if record.get("val_loss") is not None]  # null: non-finite
+    best_eval = min(finite_evals, key=lambda record: record["val_loss"], default=None)
     counted = [record for record in measured if record.get("flops_per_token") is not None]
     model_flops = sum(record["flops_per_token"] * record["tokens"] for record in counted)
     achieved_flops = model_flops / _sum(counted, "step_time_s") if counted else None
@@ -233,7 +235,7 @@ def _prediction(summary: dict[str, Any] | None, tokens_per_sec: float | None) ->
 
 def write_profile(path: Path, profile: dict[str, Any]) -> None:
     """Write a generation's figures as a profile file (the marker is added here, once)."""
-    atomic_write_text(path, json.dumps({PROFILE_MARKER: PROFILE_VERSION, **profile}, indent=2) + "\n")
+    write_json(path, {PROFILE_MARKER: PROFILE_VERSION, **profile})
 
 
 def read_profile(path: Path) -> dict[str, Any]:

@@ -31,12 +31,12 @@ value given on the command line).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware, predict
@@ -149,6 +149,9 @@ class ServingInputs:
         for name in ("usable_memory_fraction", "tensor_parallel_efficiency"):
             if getattr(self, name) > 1:
                 raise ScaleError(f"{name.replace('_', ' ')} is in (0, 1], got {getattr(self, name)}")
+        if self.peak_to_average < 1:
+            raise ScaleError(f"--peak-to-average is peak over average traffic, at least 1, got {self.peak_to_average}; "
+                             "pass 1 for a fleet sized for the average")
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ def plan_training(config: GPTConfig, profile: DeviceProfile, inputs: TrainingInp
 
 
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training data (Hoffmann et al., 2022)
+SHAPE_FLAGS = ("--layers", "--width", "--heads", "--kv-heads", "--context", "--vocab")  # in ScaleRequest.shape's order
 
 
 def kind_of(source: str) -> str:
@@ -308,6 +312,10 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     """Training and serving of the target model on the target device; every input listed with its kind."""
     if request.model is None and not request.shape.get("n_layer"):
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
+    conflicting = [flag for flag, value in zip(SHAPE_FLAGS, request.shape.values()) if value is not None]
+    if request.model is not None and conflicting:
+        raise ScaleError(f"--model {request.model} fixes the whole shape, so {' '.join(conflicting)} would be "
+                         "ignored; drop them, or drop --model and give the shape: --layers N --width D --heads H")
     config = resolve_model(request.model, None if request.model else request.shape)
     device = device_spec(request.device)
     dtype = flops.dtype_name(request.dtype)
@@ -456,7 +464,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
     traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
     traffic.add_argument("--batch", type=int, help=f"sequences decoded together (default {ServingInputs.batch})")
-    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this (default 1.0)")
+    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
     traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
     traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
     traffic.add_argument("--tensor-parallel-efficiency", type=float,
@@ -488,5 +496,5 @@ def request_from(args: argparse.Namespace) -> ScaleRequest:
 
 def run(args: argparse.Namespace) -> int:
     result = extrapolate(request_from(args))
-    print(json.dumps(result, indent=2) if args.json else format_extrapolation(result))
+    print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -180,3 +180,12 @@ def test_cli_hand_peaks_and_clean_errors(cache_dir, capsys):
     cache_cpu_profile()
     assert main(["hardware", "--device", "cpu", "--dtype", "bf16"]) == 2
     assert capsys.readouterr().err.startswith("python -m profiling hardware: error: no measured bf16")
+
+
+def test_the_view_lists_every_dtype_calibrated_on_the_device(cache_dir):
+    cache_cpu_profile(best_matmul=5e10)
+    half = synthetic_profile()
+    half.device, half.dtype = hardware.device_name("cpu"), "fp16"
+    half.matmul["flops_per_sec"][0][0][0] = 9e10
+    device_profile.save_profile(half, device_profile.cache_path(half.device, "fp16"))
+    assert peaks_module.cached_ceilings(hardware.device_name("cpu"), "fp32").matmul_flops == {"fp32": 5e10, "fp16": 9e10}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt.config import GPTConfig
-from profiling import device_profile, flops, predict
+from profiling import device_profile, flops, hardware, predict
 from profiling.__main__ import main
 from profiling.device_profile import DeviceProfile, ProfileError
 
@@ -153,7 +153,12 @@ def test_measured_beats_reference_and_cpu_is_never_carried_to_a_gpu(tmp_path, mo
     monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(device_profile, "PROFILES_DIR", tmp_path / "none")
     assert device_profile.resolve_profile("h100-sxm", dtype="bf16").kind == "reference"
+    other_cpu = synthetic_profile()  # another CPU's profile in the same cache is not this one's
+    device_profile.save_profile(other_cpu, device_profile.cache_path(other_cpu.device, other_cpu.dtype))
+    with pytest.raises(ProfileError, match="no measured fp32 profile of this CPU"):
+        device_profile.resolve_profile("cpu", dtype="fp32")
     cpu = synthetic_profile()
+    cpu.device = hardware.device_name("cpu")
     device_profile.save_profile(cpu, device_profile.cache_path(cpu.device, cpu.dtype))
     assert device_profile.resolve_profile("cpu", dtype="fp32") == cpu
     assert device_profile.resolve_profile("h100-sxm", dtype="fp32").kind == "reference"  # the CPU's is not used
