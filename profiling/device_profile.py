@@ -419,16 +419,20 @@ class Grid:
 
 
 GRIDS = {
-    # 7³ matmuls + 4³ attention shapes × 3 variants + 6 sizes × 11 memory kinds: about 2 minutes on 2 cores.
+    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 11 memory kinds: 22 s at one
+    # thread on the project's 2-vCPU VM (docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)]),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
-    # For tests: a handful of points, a few seconds.
-    "quick": Grid(dims=[1, 32, 512], max_flops=5e7, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
-                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)], cold_bytes=64 * 2**20),
+    # A handful of points in seconds: for tests, and what train.py and sample.py measure when nothing is cached.
+    # It keeps one 1024³ matmul and a 32 MiB copy, so that the ceilings it shows (a CPU's MFU peak) are those of
+    # shapes and sizes past the caches, not of the small ones.
+    "quick": Grid(dims=[1, 32, 1024], max_flops=2.2e9, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
+                  sizes=[2**8, 2**14, 2**20, 2**23], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)],
+                  cold_bytes=64 * 2**20),
 }
 
 COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights that come from memory

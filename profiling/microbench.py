@@ -27,7 +27,7 @@ MIN_BATCH_SECONDS = 2e-3
 BATCHES = 5
 # Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
 # large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
-WARM_BYTES = 8 * 2**20
+WARM_BYTES = 64 * 2**20
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
