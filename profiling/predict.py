@@ -18,12 +18,12 @@ MFU is model FLOPs (PaLM convention, profiling.flops) over the profile's peak.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from gpt.config import PRESETS, GPTConfig
 from gpt.errors import GptmeterError
+from gpt.files import dumps_json
 from profiling import flops
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.flops import Op
@@ -231,5 +231,5 @@ def run(args: argparse.Namespace) -> int:
     profile = resolve_profile(args.device, args.profile, flops.dtype_name(dtype))
     result = predict(config, args.mode, profile, args.batch, args.seq_len, args.grad_accum, args.prompt_tokens,
                      args.new_tokens)
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_prediction(result))
+    print(dumps_json(result.to_dict(), indent=2) if args.json else format_prediction(result))
     return 0

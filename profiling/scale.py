@@ -258,7 +258,6 @@ def plan_training(config: GPTConfig, profile: DeviceProfile, inputs: TrainingInp
 
 
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training data (Hoffmann et al., 2022)
-SHAPE_FLAGS = ("--layers", "--width", "--heads", "--kv-heads", "--context", "--vocab")  # in ScaleRequest.shape's order
 
 
 def kind_of(source: str) -> str:
@@ -308,11 +307,15 @@ def _confidence(measured: Measurements, target_class: str) -> dict[str, Any]:
     return {"errors": errors, "device": measured.device, "note": note}
 
 
+SHAPE_FLAGS = {"n_layer": "--layers", "n_embd": "--width", "n_head": "--heads", "n_kv_head": "--kv-heads",
+               "block_size": "--context", "vocab_size": "--vocab"}  # ScaleRequest.shape's fields and their flags
+
+
 def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     """Training and serving of the target model on the target device; every input listed with its kind."""
     if request.model is None and not request.shape.get("n_layer"):
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
-    conflicting = [flag for flag, value in zip(SHAPE_FLAGS, request.shape.values()) if value is not None]
+    conflicting = [SHAPE_FLAGS[name] for name, value in request.shape.items() if value is not None]
     if request.model is not None and conflicting:
         raise ScaleError(f"--model {request.model} fixes the whole shape, so {' '.join(conflicting)} would be "
                          "ignored; drop them, or drop --model and give the shape: --layers N --width D --heads H")
