@@ -22,7 +22,9 @@ from gpt.errors import GptmeterError
 from gpt.files import writable_folder
 
 LOCK_NAME = ".lock"
-RUN_FILES = ("ckpt.pt", "meta.json", "config.json", "metrics.jsonl")  # any of them marks a folder as a run
+CONFIG_FILE = "config.json"  # the resolved configuration, written when the run starts (Trainer.write_config)
+METRICS_FILE = "metrics.jsonl"  # one JSON object per step, evaluation and run end (Trainer.log)
+RUN_FILES = ("ckpt.pt", "meta.json", CONFIG_FILE, METRICS_FILE)  # any of them marks a folder as a run
 RUN_PREFIX = "run-"
 _NUMBERED = re.compile(rf"{RUN_PREFIX}(\d+)")
 _TEMPORARY = re.compile(r".+\.\d+\.tmp")

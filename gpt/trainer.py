@@ -25,6 +25,7 @@ from gpt.config import DTYPE_NAMES, GPTConfig, TrainConfig
 from gpt.data import TokenData
 from gpt.files import atomic_write_text, dumps_json, write_json
 from gpt.model import GPT
+from gpt.rundir import CONFIG_FILE, METRICS_FILE
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -244,7 +245,7 @@ class Trainer:
 
     @property
     def metrics_path(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
+        return self.out_dir / METRICS_FILE
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one strict JSON object to metrics.jsonl (a NaN loss is written as null)."""
@@ -275,7 +276,7 @@ class Trainer:
             **self.extra_config,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "config.json", resolved)
+        write_json(self.out_dir / CONFIG_FILE, resolved)
 
     def run(
         self,
