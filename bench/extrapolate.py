@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from gpt.cli import HelpFormatter, fail, positive_int
-from gpt.files import write_json
 from gpt.config import GPTConfig
 from gpt.data import TokenData
 from gpt.errors import GptmeterError
+from gpt.files import write_json
 from gpt.model import GPT
 from gpt.trainer import Trainer, TrainConfig
 from profiling import flops

@@ -16,7 +16,7 @@ from gpt.errors import GptmeterError
 
 SUBCOMMANDS = (
     "profiling.flops",
-    "profiling.peaks",
+    "profiling.hardware_cli",
     "profiling.calibrate",
     "profiling.predict",
     "profiling.report",

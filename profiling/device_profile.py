@@ -478,7 +478,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
 
     On CUDA it runs on that device (its current stream), with TF32 allowed exactly when `dtype` is "tf32",
     and resets the peak-memory statistics afterwards. `quick` measures a few points only (seconds; what
-    `peaks.measured_ceilings` runs when nothing is cached); it is cached too, and says so in `source`, until
+    `measured_ceilings` runs when nothing is cached); it is cached too, and says so in `source`, until
     a full calibration replaces it.
     """
     import contextlib
@@ -530,14 +530,21 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             torch.cuda.reset_peak_memory_stats(torch_device)
     name = hardware.device_name(torch_device)
     best = max(value for plane in matmul for row in plane for value in row)
+    entry = None
     if on_cuda:
-        entry = hardware.detect_accelerator(torch_device)
+        try:
+            entry = hardware.detect_accelerator(torch_device)
+        except hardware.UnknownDeviceError:  # a GPU outside the table still gets its measured profile
+            entry = None
+    if entry is not None and dtype in entry.peak_flops:
         peak, peak_source = entry.peak(dtype), f"datasheet: {entry.source}"
         bandwidth = entry.memory_bandwidth or microbench.copy_bandwidth(memory, dtype)
         device_class = entry.key
     else:
-        peak, peak_source = best, "best measured fp32 matmul of the calibration grid (no datasheet for a CPU)"
-        bandwidth, device_class = microbench.copy_bandwidth(memory, dtype), "cpu"
+        peak = best
+        peak_source = f"best measured {dtype} matmul of the calibration grid (no datasheet {dtype} peak for {name})"
+        bandwidth = microbench.copy_bandwidth(memory, dtype)
+        device_class = "cpu" if not on_cuda else name
     profile = DeviceProfile(
         device=name, device_class=device_class, kind="measured", dtype=dtype, date=now_iso(),
         source=f"python -m profiling calibrate --device {torch_device.type} --dtype {dtype}"
@@ -573,6 +580,38 @@ def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
                              copy_bandwidth=copy_bytes / copy["seconds"][-1], matmul_size=size,
                              copy_bytes=copy_bytes, torch_version=profile.software.get("torch", ""),
                              measured_at=profile.date)
+
+
+def cached_ceilings(name: str, dtype: str = "fp32") -> hardware.Ceilings | None:
+    """The ceilings of the device called `name` from its cached calibrated `dtype` profile, if any, with the
+    fastest matmul of every other dtype calibrated on it (`python -m profiling calibrate --dtype fp16`, ...)."""
+    profile = cached_profile(name, dtype)
+    if profile is None:
+        return None
+    ceilings = as_ceilings(profile)
+    for other in hardware.TABLE_DTYPES:
+        extra = cached_profile(name, other) if other != profile.dtype else None
+        if extra is not None:
+            ceilings.matmul_flops[other] = as_ceilings(extra).matmul_flops[other]
+    return ceilings
+
+
+def measured_ceilings(device: Any, refresh: bool = False) -> hardware.Ceilings:
+    """The ceilings of `device` (a torch device or its name): a view of its calibrated profile.
+
+    The profile of the dtype the tools run (fp32 on a CPU, bf16 on a GPU) is read from the cache. If
+    absent it is measured first: the full grid when `refresh` (`hardware --measure`), and on a GPU; on a
+    CPU, the quick grid (seconds), until `python -m profiling calibrate` replaces it.
+    """
+    import torch
+
+    device = torch.device(device)
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    ceilings = None if refresh else cached_ceilings(hardware.device_name(device), dtype)
+    if ceilings is None:
+        quick = device.type == "cpu" and not refresh
+        ceilings = as_ceilings(calibrate(str(device), dtype, progress=not quick, quick=quick))
+    return ceilings
 
 
 def now_iso() -> str:

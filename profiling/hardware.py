@@ -1,4 +1,4 @@
-"""Accelerator peaks: one datasheet table and device detection.
+"""Accelerator peaks: one datasheet table, device detection, and measured ceilings.
 
 Datasheet peaks are *dense* FLOP/s (NVIDIA prints tensor-core figures "with sparsity",
 twice the dense rate, and marks them with an asterisk: we halve those). "fp32" is the
@@ -6,8 +6,10 @@ plain CUDA-core rate; "tf32" the tensor-core rate PyTorch uses for float32 matmu
 `torch.backends.cuda.matmul.allow_tf32` is on. Bandwidths and memory sizes are decimal
 (1 GB = 1e9 bytes), as datasheets state them.
 
-Measured ceilings (`Ceilings`) are what this machine actually reaches: a view of its calibrated
-device profile, built by profiling/peaks.py on top of this table and profiling/device_profile.py.
+Measured ceilings are what this machine actually reaches: a view of its calibrated device profile
+(profiling/device_profile.py, `python -m profiling calibrate`): the best matmul of its grid and its
+copy bandwidth (bytes read + bytes written). A CPU has no datasheet entry here: its peak is the
+measured matmul ceiling, and is labelled as measured.
 """
 
 from __future__ import annotations
@@ -115,6 +117,10 @@ class UnknownDeviceError(GptmeterError, ValueError):
     """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
 
 
+class HardwareCacheError(GptmeterError, ValueError):
+    """A hardware cache file that cannot be read; the message says how to rebuild it."""
+
+
 def accelerator(key: str) -> Accelerator:
     """Table entry by short key ("h100-sxm", "h200", "a100-80gb", ...)."""
     if key not in ACCELERATORS:
@@ -178,6 +184,89 @@ class Ceilings:
     measured_at: str  # ISO 8601, UTC
 
 
+# ----------------------------------------------------------------------------- the peaks a run is measured against
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Peak FLOP/s and bandwidth for one device and dtype, each with where it came from."""
+
+    device_name: str
+    accelerator: str | None  # table key; None for a GPU outside the table
+    dtype: str
+    flops: float  # the peak MFU is reported against
+    flops_source: str
+    bandwidth: float | None  # bytes/s
+    bandwidth_source: str | None
+    board_power_w: float | None
+    measured: Ceilings | None  # also report MFU against measured_flops when present
+
+    @property
+    def measured_flops(self) -> float | None:
+        return self.measured.matmul_flops.get(self.dtype) if self.measured else None
+
+
+def device_peaks(
+    device: torch.device | str,
+    dtype: object = "bf16",
+    peak_flops: float | None = None,
+    peak_bandwidth: float | None = None,
+    measured: Ceilings | None = None,
+) -> Peaks:
+    """Peaks of `device` for `dtype`: hand-given values first, then the datasheet table, then (CPU) the measurement.
+
+    `measured` is the device's measured ceilings (`device_profile.measured_ceilings`, a view of its
+    calibrated profile); a CPU without a hand-given peak needs them, since no datasheet covers it. A GPU
+    outside the table needs `peak_flops`.
+    """
+    import torch
+
+    device = torch.device(device)
+    name, dtype = device_name(device), dtype_name(dtype)
+    try:
+        entry = detect_accelerator(device)
+    except UnknownDeviceError:
+        if peak_flops is None:
+            raise
+        entry = None
+    is_cpu = entry is not None and entry.key == "cpu"
+    if is_cpu and peak_flops is None and measured is None:
+        raise UnknownDeviceError("a CPU has no datasheet peak: calibrate it (python -m profiling calibrate) or "
+                                 "give its peak by hand (--peak-tflops)")
+
+    if peak_flops is not None:
+        flops, flops_source = peak_flops, "given by hand"
+    elif is_cpu:
+        if dtype not in measured.matmul_flops:
+            raise UnknownDeviceError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
+        flops = measured.matmul_flops[dtype]
+        flops_source = (
+            f"measured {dtype} matmul ceiling, n={measured.matmul_size}, {measured.measured_at} (no datasheet)"
+        )
+    else:
+        flops, flops_source = entry.peak(dtype), f"datasheet: {entry.source}"
+
+    if peak_bandwidth is not None:
+        bandwidth, bandwidth_source = peak_bandwidth, "given by hand"
+    elif entry is not None and entry.memory_bandwidth is not None:
+        bandwidth, bandwidth_source = entry.memory_bandwidth, f"datasheet: {entry.source}"
+    elif measured is not None:
+        bandwidth, bandwidth_source = measured.copy_bandwidth, f"measured copy bandwidth, {measured.measured_at}"
+    else:
+        bandwidth, bandwidth_source = None, None
+    return Peaks(
+        device_name=name,
+        accelerator=entry.key if entry else None,
+        dtype=dtype,
+        flops=flops,
+        flops_source=flops_source,
+        bandwidth=bandwidth,
+        bandwidth_source=bandwidth_source,
+        board_power_w=entry.board_power_w if entry else None,
+        measured=measured,
+    )
+
+
 def mfu(flops_per_token: float, tokens_per_sec: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over a peak (datasheet or measured)."""
     if not peak_flops > 0:
@@ -185,8 +274,10 @@ def mfu(flops_per_token: float, tokens_per_sec: float, peak_flops: float) -> flo
     return flops_per_token * tokens_per_sec / peak_flops
 
 
+# ----------------------------------------------------------------------------- python -m profiling hardware
+
+
 def table_text() -> str:
-    """The table as `python -m profiling hardware` prints it, with every source."""
     header = f"{'key':<16}" + "".join(f"{d + ' TFLOP/s':>14}" for d in TABLE_DTYPES) + f"{'TB/s':>7}{'GB':>6}{'W':>6}"
     rows = [header]
     for entry in _TABLE:
@@ -200,3 +291,23 @@ def table_text() -> str:
     rows += ["", "dense peaks (sparsity figures halved); sources:"]
     rows += [f"  {entry.key}: {entry.source}" for entry in _TABLE]
     return "\n".join(rows)
+
+
+def peaks_text(peaks: Peaks) -> str:
+    lines = [
+        f"device: {peaks.device_name} (table entry: {peaks.accelerator or 'none'})",
+        f"peak {peaks.dtype}: {peaks.flops / 1e12:.4g} TFLOP/s ({peaks.flops_source})",
+    ]
+    if peaks.bandwidth:
+        lines.append(f"peak bandwidth: {peaks.bandwidth / 1e9:,.0f} GB/s ({peaks.bandwidth_source})")
+    ceilings = peaks.measured
+    if ceilings is None:
+        lines.append("measured ceilings: no calibrated profile cached; run with --measure")
+        return "\n".join(lines)
+    lines.append(f"measured ceilings ({ceilings.measured_at}, torch {ceilings.torch_version}):")
+    for dtype, flops in ceilings.matmul_flops.items():
+        lines.append(f"  {dtype} matmul n={ceilings.matmul_size}: {flops / 1e12:.4g} TFLOP/s")
+    lines.append(f"  copy of {ceilings.copy_bytes / 2**20:,.0f} MiB: {ceilings.copy_bandwidth / 1e9:,.1f} GB/s")
+    if peaks.measured_flops and peaks.flops_source.startswith("datasheet"):
+        lines.append(f"  measured / datasheet {peaks.dtype}: {peaks.measured_flops / peaks.flops:.1%}")
+    return "\n".join(lines)

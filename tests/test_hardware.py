@@ -10,7 +10,6 @@ import pytest
 
 from gpt.errors import GptmeterError
 from profiling import device_profile, hardware
-from profiling import peaks as peaks_module
 from profiling.__main__ import main
 from tests.test_predict import synthetic_profile
 
@@ -104,7 +103,7 @@ def test_mfu_by_hand():
 
 def test_gpu_peaks_come_from_the_datasheet(monkeypatch, cache_dir):
     monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA H100 80GB HBM3")
-    peaks = peaks_module.device_peaks("cuda", "bf16")
+    peaks = hardware.device_peaks("cuda", "bf16")
     assert (peaks.accelerator, peaks.flops, peaks.bandwidth) == ("h100-sxm", 989.5e12, 3.35e12)
     assert peaks.flops_source.startswith("datasheet: NVIDIA H100") and peaks.measured is None
 
@@ -112,18 +111,20 @@ def test_gpu_peaks_come_from_the_datasheet(monkeypatch, cache_dir):
 def test_unknown_gpu_needs_peaks_by_hand(monkeypatch, cache_dir):
     monkeypatch.setattr(hardware, "device_name", lambda device: "NVIDIA B200")
     with pytest.raises(hardware.UnknownDeviceError):
-        peaks_module.device_peaks("cuda", "bf16")
-    peaks = peaks_module.device_peaks("cuda", "bf16", peak_flops=2.25e15, peak_bandwidth=8e12)
+        hardware.device_peaks("cuda", "bf16")
+    peaks = hardware.device_peaks("cuda", "bf16", peak_flops=2.25e15, peak_bandwidth=8e12)
     assert (peaks.accelerator, peaks.flops, peaks.bandwidth) == (None, 2.25e15, 8e12)
     assert peaks.flops_source == "given by hand"
 
 
 def test_cpu_peak_is_the_measured_ceiling_and_says_so(cache_dir):
     cache_cpu_profile(best_matmul=4.2e10)
-    peaks = peaks_module.device_peaks("cpu", "fp32")
+    peaks = hardware.device_peaks("cpu", "fp32", measured=device_profile.measured_ceilings("cpu"))
     assert (peaks.accelerator, peaks.flops, peaks.measured_flops) == ("cpu", 4.2e10, 4.2e10)
     assert "measured" in peaks.flops_source and "no datasheet" in peaks.flops_source
     assert peaks.bandwidth == pytest.approx(1.2e10) and peaks.bandwidth_source.startswith("measured")
+    with pytest.raises(GptmeterError, match="calibrate"):  # a CPU with neither a measurement nor a hand peak
+        hardware.device_peaks("cpu", "fp32")
     assert peaks.measured.matmul_size == 4096  # M of the fastest grid point (index 2 of 1, 64, 4096)
 
 
@@ -137,8 +138,8 @@ def test_ceilings_are_read_from_the_profile_not_measured_again(cache_dir, monkey
         raise AssertionError("calibrated although a cached profile exists")
 
     monkeypatch.setattr(device_profile, "calibrate", must_not_measure)
-    assert peaks_module.measured_ceilings("cpu") == device_profile.as_ceilings(profile)
-    assert peaks_module.cached_ceilings("another device") is None
+    assert device_profile.measured_ceilings("cpu") == device_profile.as_ceilings(profile)
+    assert device_profile.cached_ceilings("another device") is None
 
 
 def test_without_a_profile_the_cpu_is_calibrated_on_the_quick_grid_once(cache_dir, monkeypatch):
@@ -149,15 +150,15 @@ def test_without_a_profile_the_cpu_is_calibrated_on_the_quick_grid_once(cache_di
         return cache_cpu_profile()
 
     monkeypatch.setattr(device_profile, "calibrate", fake_calibrate)
-    first = peaks_module.measured_ceilings("cpu")
-    assert peaks_module.measured_ceilings("cpu") == first and calls == [("cpu", "fp32", True)]
-    peaks_module.measured_ceilings("cpu", refresh=True)  # --measure: the full grid
+    first = device_profile.measured_ceilings("cpu")
+    assert device_profile.measured_ceilings("cpu") == first and calls == [("cpu", "fp32", True)]
+    device_profile.measured_ceilings("cpu", refresh=True)  # --measure: the full grid
     assert calls[-1] == ("cpu", "fp32", False)
 
 
 @pytest.mark.gpu
 def test_cuda_ceilings_are_below_the_datasheet():
-    peaks = peaks_module.device_peaks("cuda", "bf16", measure=True)
+    peaks = hardware.device_peaks("cuda", "bf16", measured=device_profile.measured_ceilings("cuda", refresh=True))
     assert 0.2 * peaks.flops < peaks.measured_flops <= 1.05 * peaks.flops
     assert 0.2 * peaks.bandwidth < peaks.measured.copy_bandwidth <= 1.05 * peaks.bandwidth
 
@@ -188,4 +189,4 @@ def test_the_view_lists_every_dtype_calibrated_on_the_device(cache_dir):
     half.device, half.dtype = hardware.device_name("cpu"), "fp16"
     half.matmul["flops_per_sec"][0][0][0] = 9e10
     device_profile.save_profile(half, device_profile.cache_path(half.device, "fp16"))
-    assert peaks_module.cached_ceilings(hardware.device_name("cpu"), "fp32").matmul_flops == {"fp32": 5e10, "fp16": 9e10}
+    assert device_profile.cached_ceilings(hardware.device_name("cpu"), "fp32").matmul_flops == {"fp32": 5e10, "fp16": 9e10}
