@@ -20,20 +20,23 @@ from typing import TYPE_CHECKING
 
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    INIT_HELP,
     HelpFormatter,
     VOCAB_SIZE_HELP,
+    add_shape_arguments,
     fail,
     model_vocab_size,
     non_negative_float,
     positive_float,
     positive_int,
     probability,
+    require_random_init,
     resolve_device,
     resolve_dtype,
+    shape_overrides,
 )
 from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.errors import ConfigError, GptmeterError
-from gpt.files import write_json
 from gpt.memory import generation_bytes, require_fits
 from gpt.rundir import newest_run
 from gpt.tokenizer import TOKENIZERS, Tokenizer, get_tokenizer
@@ -52,10 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("model")
     source.add_argument("--out-dir", default="out/tiny",
                         help="run directory holding ckpt.pt, or a folder of numbered runs (its newest is used)")
-    source.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
-                        help="random = an untrained --preset (for throughput measurement, no checkpoint needed)")
+    source.add_argument("--init", metavar="random|PATH",
+                        help=f"{INIT_HELP} instead of the checkpoint in --out-dir; random = an untrained model of "
+                        "--preset's shape with the overrides below (for timing, no checkpoint needed)")
     source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                         help="model shape for --init random")
+    add_shape_arguments(source)
     source.add_argument("--vocab-size", type=positive_int, help="for --init random: " + VOCAB_SIZE_HELP)
     source.add_argument("--tokenizer", choices=TOKENIZERS,
                         help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own")
@@ -90,12 +95,16 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
     from gpt.model import GPT, resolve_attention
 
     attention = resolve_attention(args.attention, device)
-    if args.init == "random":
+    if args.init is not None:
+        require_random_init(args.init)
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         vocab_size = model_vocab_size(args.vocab_size, tokenizer.vocab_size)
-        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention)
+        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention, **shape_overrides(args))
         torch.manual_seed(args.seed)
         return GPT(config), tokenizer
+    if shape_overrides(args):
+        raise ConfigError("--layers, --width, --heads, --kv-heads and --block-size shape a model for --init random; "
+                         "a checkpoint keeps its own shape")
     payload = load_checkpoint(newest_run(Path(args.out_dir)), map_location="cpu")
     tokenizer = get_tokenizer(payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
@@ -168,6 +177,7 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
 
     from gpt.trainer import DTYPES
     from profiling.live import GenerationProfiler, describe_generation
+    from profiling.rundir import write_profile
 
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
@@ -198,7 +208,7 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:
-        write_json(args.profile_json, profile)
+        write_profile(args.profile_json, profile)
     return 0
 
 

@@ -18,8 +18,11 @@ from pathlib import Path
 
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    INIT_HELP,
+    RANDOM_INIT,
     HelpFormatter,
     VOCAB_SIZE_HELP,
+    add_shape_arguments,
     explicit_flags,
     fail,
     model_vocab_size,
@@ -27,8 +30,10 @@ from gpt.cli import (
     non_negative_int,
     positive_float,
     positive_int,
+    require_random_init,
     resolve_device,
     resolve_dtype,
+    shape_overrides,
 )
 from gpt.config import (
     ATTENTION_BACKENDS,
@@ -52,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
+    model.add_argument("--init", default=RANDOM_INIT, metavar="random|PATH",
+                       help=f"starting weights: {INIT_HELP}")
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
-                       help="model shape (gpt/config.py)")
-    model.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+                       help="model shape (gpt/config.py); the flags below override parts of it")
+    add_shape_arguments(model)
     model.add_argument("--vocab-size", type=positive_int, help=VOCAB_SIZE_HELP)
     model.add_argument("--dropout", type=non_negative_float,
                        help="dropout probability (default 0; may change on --resume)")
@@ -110,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("device", "dtype", "compile")]
-FIXED_ON_RESUME = {"preset": "preset", "block_size": "block size", "vocab_size": "vocabulary size",
+FIXED_ON_RESUME = {"preset": "preset", "layers": "layer count", "width": "width", "heads": "head count",
+                   "kv_heads": "key/value head count", "block_size": "block size", "vocab_size": "vocabulary size",
                    "tokenizer": "tokenizer"}  # flag destination -> what it sets; a resumed model keeps the saved ones
 
 
@@ -124,9 +132,7 @@ def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None,
 
 def model_config_from(args: argparse.Namespace, tokenizer_vocab: int, attention: str) -> GPTConfig:
     overrides = {"vocab_size": model_vocab_size(args.vocab_size, tokenizer_vocab), "dropout": args.dropout or 0.0,
-                 "attention": attention}
-    if args.block_size:
-        overrides["block_size"] = args.block_size
+                 "attention": attention, **shape_overrides(args)}
     return GPTConfig.from_preset(args.preset, **overrides)
 
 
@@ -134,7 +140,8 @@ def resumed_model_config(args: argparse.Namespace, given: set[str], saved: dict,
     """The saved model, with --dropout and --attention applied; a shape, tokenizer or vocabulary flag that
     differs from the saved value is an error naming it."""
     model = saved["model_config"]
-    saved_values = {"preset": saved["run_info"].get("preset"), "block_size": model["block_size"],
+    saved_values = {"preset": saved["run_info"].get("preset"), "layers": model["n_layer"], "width": model["n_embd"],
+                    "heads": model["n_head"], "kv_heads": model["n_kv_head"], "block_size": model["block_size"],
                     "vocab_size": model["vocab_size"], "tokenizer": saved["tokenizer"]}
     for name, what in FIXED_ON_RESUME.items():
         if name in given and getattr(args, name) != saved_values[name]:
@@ -184,7 +191,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     from gpt.memory import require_fits, training_bytes
     from gpt.model import resolve_attention
     from gpt.trainer import Trainer, TrainingStopped
-    from profiling.live import TrainingProfiler
+    from profiling.live import TrainingProfiler, describe_prediction
 
     attention = resolve_attention(args.attention, device)
     saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
@@ -193,6 +200,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
         args.preset = saved["run_info"].get("preset", args.preset)
         tokenizer = get_tokenizer(saved["tokenizer"])
     else:
+        require_random_init(args.init)
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         model_config = model_config_from(args, tokenizer.vocab_size, attention)
     train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
@@ -215,7 +223,8 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
         f"run directory {out_dir}",
         file=sys.stderr,
     )
-    profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops, args.board_watts)
+    profiler = TrainingProfiler(model_config, device, dtype, train_config.batch_size, train_config.grad_accum,
+                                args.peak_tflops, args.board_watts)
     progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
                     dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
@@ -243,7 +252,9 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
         mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
-        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu}"
+        predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
+                                        summary["prediction_note"])
+        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"
     print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0

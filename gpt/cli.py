@@ -72,6 +72,38 @@ VOCAB_SIZE_HELP = ("model vocabulary, at least the tokenizer's (extra rows are n
                    "50257 gives GPT-2's exact shape, 50304 a tensor-core-friendly one (default: the tokenizer's)")
 
 
+RANDOM_INIT = "random"
+INIT_HELP = "random, or a Hugging Face GPT-2 folder"
+# --flag -> GPTConfig field; each overrides the preset's value for a model built from scratch (--init random)
+SHAPE_FLAGS = {"layers": "n_layer", "width": "n_embd", "heads": "n_head", "kv_heads": "n_kv_head",
+               "block_size": "block_size"}
+
+
+def add_shape_arguments(group: argparse._ArgumentGroup) -> None:
+    """--layers --width --heads --kv-heads --block-size: a preset's shape, overridden for --init random."""
+    group.add_argument("--layers", type=positive_int, help="transformer blocks (default: the preset's)")
+    group.add_argument("--width", type=positive_int, help="model width n_embd, a multiple of --heads "
+                       "(default: the preset's)")
+    group.add_argument("--heads", type=positive_int, help="query heads (default: the preset's)")
+    group.add_argument("--kv-heads", type=positive_int, help="key/value heads, dividing --heads; fewer than "
+                       "--heads is grouped-query attention (default: --heads)")
+    group.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+
+
+def shape_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The GPTConfig fields the shape flags set (those given)."""
+    overrides = {field: getattr(args, flag) for flag, field in SHAPE_FLAGS.items() if getattr(args, flag) is not None}
+    if "n_head" in overrides and "n_kv_head" not in overrides:
+        overrides["n_kv_head"] = overrides["n_head"]  # new heads, plain multi-head unless --kv-heads says otherwise
+    return overrides
+
+
+def require_random_init(init: str) -> None:
+    """Until Hugging Face GPT-2 weights can be loaded, --init accepts only "random"."""
+    if init != RANDOM_INIT:
+        raise ConfigError(f"--init {init}: loading a Hugging Face GPT-2 folder is not supported yet; use --init random")
+
+
 def model_vocab_size(requested: int | None, tokenizer_vocab: int) -> int:
     """The model's vocabulary: the tokenizer's, or a larger padded size asked for with --vocab-size."""
     if requested is not None and requested < tokenizer_vocab:

@@ -52,7 +52,7 @@ class Accelerator:
         name = dtype_name(dtype)
         if name not in self.peak_flops:
             have = ", ".join(self.peak_flops) or "none"
-            raise ValueError(
+            raise UnknownDeviceError(
                 f"no datasheet {name} peak for {self.name} (table has: {have}); "
                 "choose another dtype or pass the peak by hand (--peak-tflops)"
             )
@@ -127,13 +127,17 @@ class HardwareCacheError(GptmeterError, ValueError):
 
 
 class UnknownDeviceError(GptmeterError, ValueError):
-    """A device that is not in the table; the message says how to pass its peaks by hand."""
+    """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
+
+
+class HardwareCacheError(GptmeterError, ValueError):
+    """A hardware cache file that cannot be read; the message says how to rebuild it."""
 
 
 def accelerator(key: str) -> Accelerator:
     """Table entry by short key ("h100-sxm", "h200", "a100-80gb", ...)."""
     if key not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {key!r}; choose one of {', '.join(ACCELERATORS)}")
+        raise UnknownDeviceError(f"unknown accelerator {key!r}; choose one of {', '.join(ACCELERATORS)}")
     return ACCELERATORS[key]
 
 
@@ -369,7 +373,7 @@ def device_peaks(
         flops, flops_source = peak_flops, "given by hand"
     elif is_cpu:
         if dtype not in measured.matmul_flops:
-            raise ValueError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
+            raise UnknownDeviceError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
         flops = measured.matmul_flops[dtype]
         flops_source = (
             f"measured {dtype} matmul ceiling, n={measured.matmul_size}, {measured.measured_at} (no datasheet)"

@@ -14,7 +14,7 @@ import sample
 import train
 from gpt.files import PathError
 from gpt.rundir import LOCK_NAME, OutDirError, RunLock, claim_run_dir, new_numbered_run, newest_run
-from profiling.report import load_run
+from profiling.rundir import load_run
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--block-size", "32", "--batch-size", "2", "--eval-iters", "1", "--max-iters", "2", "--no-progress"]

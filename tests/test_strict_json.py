@@ -7,7 +7,7 @@ import pytest
 
 from gpt.files import dumps_json, write_json
 from profiling.__main__ import main as profiling_main
-from profiling.report import summarize_run
+from profiling.rundir import summarize_run
 from tests.test_report import write_run
 
 
