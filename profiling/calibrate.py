@@ -44,7 +44,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from gpt.cli import resolve_device
+    from gpt.files import check_output_file, writable_cache_root
 
+    check_output_file(args.out, "--out")  # before minutes of measuring, not after
+    if not args.quick:
+        writable_cache_root()
     device = resolve_device(args.device)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     profile = calibrate(str(device), dtype, progress=True, quick=args.quick)

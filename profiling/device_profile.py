@@ -36,11 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gpt.data import cache_root
 from gpt.errors import GptmeterError
-from gpt.files import write_json
+from gpt.files import cache_root, write_json
 from profiling import flops, hardware
 from profiling.flops import MEMORY_PASSES, Op
 
@@ -234,6 +231,8 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
                                "profile is never carried to another device class: drop --device or pick its file")
         return profile
     if device_key is None:
+        import torch  # here, so that the command lines' --help loads no torch
+
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device_key = hardware.detect_accelerator(device).key
         here = cached_profile(hardware.device_name(device), dtype)
@@ -364,6 +363,8 @@ def graphed(profile: DeviceProfile) -> DeviceProfile:
 
 
 def software_versions() -> dict[str, str]:
+    import torch
+
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     try:
         import triton
@@ -445,6 +446,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     """
     import contextlib
 
+    import torch
     from tqdm import tqdm
 
     from gpt.config import GPTConfig
