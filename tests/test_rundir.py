@@ -37,6 +37,9 @@ def test_default_folders_are_numbered_and_readers_take_the_newest(tmp_path):
     fake_run(second)
     assert newest_run(parent) == second
     assert newest_run(second) == second and newest_run(tmp_path / "none") == tmp_path / "none"
+    fake_run(parent)  # a run of the layout before numbered folders, directly in out/tiny: older than run-NNN
+    assert newest_run(parent) == second
+    assert newest_run(fake_run(tmp_path / "flat")) == tmp_path / "flat"
 
 
 def test_a_folder_holding_a_run_is_refused_and_left_intact(tmp_path):
