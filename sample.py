@@ -32,6 +32,7 @@ from gpt.cli import (
     probability,
     resolve_device,
     resolve_dtype,
+    use_device,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.files import atomic_write_text
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                     help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="weights' dtype for inference; auto = bfloat16 on GPUs with native bf16 (compute "
+                     "capability >= 8.0), float16 on older GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = resolve_device(args.device)
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         model, tokenizer = load_model(args, device)
         prompt_ids = encode_prompt(read_prompt(args), tokenizer, model.config.block_size)

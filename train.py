@@ -29,6 +29,7 @@ from gpt.cli import (
     positive_int,
     resolve_device,
     resolve_dtype,
+    use_device,
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.data import DataError, load_data
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt.pt")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                     help="autocast compute dtype; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="autocast compute dtype; auto = bfloat16 on GPUs with native bf16 (compute capability "
+                     ">= 8.0), float16 with loss scaling on older GPUs, float32 on CPU")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
@@ -116,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = resolve_device(args.device)
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         out_dir = Path(args.out_dir or DEFAULT_OUT_DIR.format(preset=args.preset))
         saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["tokens_per_sec"] is None:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
-        mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
+        mfu = f", MFU {summary['mfu']:.1%} of {summary['peak_precision']} peak" if summary["mfu"] is not None else ""
         speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu}"
     print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)

@@ -16,19 +16,27 @@ import torch
 from gpt.config import GPTConfig
 from profiling import flops
 from profiling.energy import open_energy_reader
-from profiling.hardware import Peaks, UnknownDeviceError, device_peaks, measured_ceilings
-from profiling.meter import StepMeter
+from profiling.hardware import Peaks, UnknownDeviceError, device_peaks, measured_ceilings, run_precision
+from profiling.meter import StepMeter, reset_peak_memory
 from profiling.scale import PROFILE_MARKER, PROFILE_VERSION
 
 
 def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
-    """Datasheet (or given) peaks, with the measured ceilings cached beside them; None (with a warning) if unknown."""
+    """Peaks for the maths the run uses (see hardware.run_precision): datasheet or given, with the measured
+    ceilings cached beside them; None (with a warning) if unknown.
+
+    Measuring the ceilings allocates benchmark buffers, so the peak-memory count restarts afterwards:
+    the peak a profiler reports belongs to its run.
+    """
     try:
         measured_ceilings(device)  # measured once per device, then read from the cache
-        return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+        peak_flops = peak_tflops * 1e12 if peak_tflops else None
+        return device_peaks(device, run_precision(device, dtype), peak_flops=peak_flops)
     except (UnknownDeviceError, ValueError) as error:
         print(f"{program}: warning: no utilisation figures: {error}", file=sys.stderr)
         return None
+    finally:
+        reset_peak_memory(device)
 
 
 def _board_watts(peaks: Peaks | None, given: float | None) -> float | None:
@@ -38,10 +46,11 @@ def _board_watts(peaks: Peaks | None, given: float | None) -> float | None:
 
 def _peak_fields(peaks: Peaks | None) -> dict[str, Any]:
     if peaks is None:
-        return {"device": None, "peak_flops_source": None, "peak_bandwidth_source": None}
+        return {"device": None, "peak_precision": None, "peak_flops_source": None, "peak_bandwidth_source": None}
     return {
         "device": peaks.device_name,
         "accelerator": peaks.accelerator,
+        "peak_precision": peaks.dtype,  # the maths MFU is measured against: bf16, fp16, tf32 or fp32
         "peak_flops_source": peaks.flops_source,
         "peak_bandwidth_source": peaks.bandwidth_source,
     }
@@ -155,8 +164,11 @@ def describe_generation(profile: dict[str, Any]) -> str:
     def percent(value: float | None) -> str:
         return f"{value:.1%}" if value is not None else "n/a"
 
+    mfu = percent(profile["prefill_mfu"])
+    if profile["prefill_mfu"] is not None:
+        mfu += f" of {profile['peak_precision']} peak"
     line = (f"prefill: {profile['prompt_tokens'] * profile['batch']:,} tokens at "
-            f"{profile['prefill_tokens_per_sec']:,.1f} tokens/s (MFU {percent(profile['prefill_mfu'])})")
+            f"{profile['prefill_tokens_per_sec']:,.1f} tokens/s (MFU {mfu})")
     if profile["decode_tokens_per_sec"] is not None:
         line += (f"; decode: {(profile['new_tokens'] - 1) * profile['batch']:,} tokens at "
                  f"{profile['decode_tokens_per_sec']:,.1f} tokens/s (bandwidth "
