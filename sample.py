@@ -39,6 +39,7 @@ from gpt.files import atomic_write_text
 from gpt.model import GPT, resolve_attention
 from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
 from gpt.trainer import DTYPES
+from gpt.warmup import plan_warmup, warm_up
 from profiling.live import GenerationProfiler, describe_generation
 
 
@@ -132,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         fail("sample.py", str(error))
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
-    model.generate(idx, 2, temperature=0)  # warm-up: first-call allocations and kernel selection stay untimed
+    warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
+                         every_key=model.config.attention == "triton")
+    warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for row in out.tolist():
             sys.stdout.write(tokenizer.decode(row) + "\n" + "-" * 40 + "\n")
-    profile = profiler.profile(model.config.to_dict())
+    profile = profiler.profile(model.config.to_dict(), warmup)
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:

@@ -99,6 +99,20 @@ def _length_bucket(length: int) -> int:
     return triton.next_power_of_2(max(length, 16))
 
 
+def _specialisation(value: int) -> str:
+    """How Triton specialises an integer argument: a constant 1, divisible by 16, or neither."""
+    return "1" if value == 1 else "16" if value % 16 == 0 else "-"
+
+
+def launch_key(seq_q: int, seq_k: int) -> tuple[int, int, str, str]:
+    """The part of a forward launch's keys that its sequence lengths set: the autotuning bucket of each
+    and Triton's specialisation of each. A launch whose key was not seen before (the tensors' strides
+    aside) compiles a kernel, and with a new bucket also autotunes: seconds on a GPU. Decoding meets a
+    new key every few steps as the key length grows; timed runs warm them up first (gpt/warmup.py).
+    """
+    return _length_bucket(seq_q), _length_bucket(seq_k), _specialisation(seq_q), _specialisation(seq_k)
+
+
 _TUNING_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL"]
 _PRUNE = {"early_config_prune": _prune_configs}
 

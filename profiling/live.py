@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gpt.config import GPTConfig
+from gpt.warmup import WarmupPlan
 from profiling import flops
 from profiling.energy import open_energy_reader
 from profiling.hardware import Peaks, UnknownDeviceError, device_peaks, measured_ceilings, run_precision
@@ -132,8 +133,11 @@ class GenerationProfiler:
         self.prefill.flush()
         self.decode.flush()
 
-    def profile(self, model_config: dict[str, Any]) -> dict[str, Any]:
-        """The profile JSON of this generation (schema in docs/cost.md), read by `python -m profiling scale`."""
+    def profile(self, model_config: dict[str, Any], warmup: WarmupPlan | None = None) -> dict[str, Any]:
+        """The profile JSON of this generation (schema in docs/cost.md), read by `python -m profiling scale`.
+
+        `warmup`, the untimed warm-up that ran before, says which steps (none) were left out and why.
+        """
         prefill, decode = self.prefill.summary(), self.decode.summary()
         return {
             PROFILE_MARKER: PROFILE_VERSION,
@@ -150,6 +154,7 @@ class GenerationProfiler:
             "joules_per_token": decode["joules_per_token"],
             "energy_source": decode["energy_source"],
             "peak_memory_bytes": decode["peak_memory_bytes"],
+            **(warmup.profile_fields() if warmup else {}),
             "model": model_config,
         }
 
