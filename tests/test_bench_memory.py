@@ -6,6 +6,7 @@ import torch
 
 from bench import _memory
 from bench import attention as bench
+from gpt import memory
 from gpt.config import GPTConfig
 from profiling import flops
 
@@ -13,8 +14,8 @@ from profiling import flops
 def test_free_memory_is_the_cases_device(monkeypatch):
     asked = []
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: asked.append(device) or (3 * 2**30, 40 * 2**30))
-    assert _memory.free_bytes(torch.device("cuda", 1)) == 3 * 2**30 and asked == [torch.device("cuda", 1)]
-    assert _memory.free_bytes(torch.device("cpu")) > 0  # MemAvailable on this Linux machine
+    reason = _memory.skip_reason("case", 3 * 2**30, torch.device("cuda", 1))
+    assert asked == [torch.device("cuda", 1)] and "cuda:1 has 3.0 GiB free" in reason
 
 
 def test_skip_reason_keeps_headroom_and_says_why(monkeypatch):
@@ -35,6 +36,7 @@ def test_training_estimate_by_hand():
     by_hand = 16 * params + 48 * 34 * tokens * 1600 + 3 * tokens * 50257 * 4
     assert _memory.training_bytes(config, 8, "bf16") == by_hand
     assert 40e9 < by_hand < 60e9  # the A100-40GB case does not fit; an 80 GB GPU holds it
+    assert by_hand > memory.training_bytes(config, 8)  # above gpt.memory's lower bound
     assert _memory.training_bytes(config, 8, "fp32") > by_hand  # float32 activations are twice as large
 
 
@@ -48,3 +50,12 @@ def test_attention_bench_skips_a_shape_that_does_not_fit(monkeypatch, capsys):
     table = bench.markdown_table([record], {"device": "x", "date": "d", "torch": "t", "triton": "t", "command": "c",
                                             "timer": "w"})
     assert "Not measured:" in table and record["status"] in table
+
+
+def test_extrapolation_bench_skips_cases_that_do_not_fit(monkeypatch):
+    from bench import extrapolate
+
+    monkeypatch.setattr(_memory, "free_bytes", lambda device: 2**30)
+    big, small = GPTConfig.from_preset("gpt2-xl"), GPTConfig.from_preset("tiny")
+    assert extrapolate.case_skip_reason("gpt2-xl", big, 8).startswith("skipped gpt2-xl training at batch 8: needs")
+    assert extrapolate.case_skip_reason("tiny", small, 1) is None

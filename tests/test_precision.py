@@ -90,7 +90,9 @@ def test_profilers_take_the_peak_of_the_maths_that_ran(monkeypatch, tf32_switch,
 
 def test_the_generation_line_names_the_peak():
     profile = {"prompt_tokens": 10, "batch": 1, "prefill_tokens_per_sec": 1e3, "prefill_mfu": 0.41,
-               "peak_precision": "tf32", "decode_tokens_per_sec": None, "joules_per_token": None, "device": "x"}
+               "peak_precision": "tf32", "decode_tokens_per_sec": None, "joules_per_token": None, "device": "x",
+               "decode_predicted_tokens_per_sec": None, "prefill_predicted_tokens_per_sec": None,
+               "prefill_prediction_error": None, "prediction_note": None}
     assert "MFU 41.0% of tf32 peak" in live.describe_generation(profile)
 
 
