@@ -14,9 +14,11 @@ measured matmul ceiling, and is labelled as measured.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -315,6 +317,23 @@ def tf32_matmuls_enabled() -> bool:
         return matmul.fp32_precision == "tf32"
     except AttributeError:
         return bool(matmul.allow_tf32)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """CUDA float32 matmuls with TF32 on or off inside the block, restored after, through the same switch
+    that `tf32_matmuls_enabled` reads (the new one where torch has it, so no mixed-API error is raised)."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    name, value = (("fp32_precision", "tf32" if enabled else "ieee") if hasattr(matmul, "fp32_precision")
+                   else ("allow_tf32", enabled))
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
 
 
 def run_precision(device: torch.device | str, dtype: object) -> str:

@@ -42,6 +42,15 @@ def test_tf32_is_read_from_either_switch(tf32_switch):
     assert hardware.tf32_matmuls_enabled()
 
 
+@pytest.mark.parametrize("before", [False, True])
+def test_tf32_matmuls_sets_and_restores_whatever_switch_was_used(tf32_switch, before):
+    torch.set_float32_matmul_precision("high" if before else "highest")  # the new-style switch, as calibrate meets it
+    for inside in (False, True):
+        with hardware.tf32_matmuls(inside):
+            assert hardware.tf32_matmuls_enabled() is inside
+        assert hardware.tf32_matmuls_enabled() is before
+
+
 @pytest.mark.parametrize(
     "device, gpu, dtype, tf32, expected",
     [
