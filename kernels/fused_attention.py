@@ -254,28 +254,39 @@ def _backward_delta_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_om, stri
 
 
 @triton.jit
-def _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                      keys, rows, key_offset, seq_q, qk_scale, lo, hi,
+def _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size,
+                      stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+                      keys, rows, dims, key_offset, seq_q, qk_scale, lo, hi,
                       BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate one key block's dK, dV over query tiles [lo, hi) of one query head (transposed: keys × queries)."""
-    for start_m in range(lo, hi, BLOCK_M):
+    """Accumulate one key block's dK, dV over query tiles [lo, hi) of every query head sharing it.
+
+    One flat loop over (head, tile) pairs rather than a loop over heads around a loop over
+    tiles: nested loops keep more values live and cost registers."""
+    tiles = tl.maximum(tl.cdiv(hi - lo, BLOCK_M), 0)
+    for step in range(0, tiles * group_size):
+        head = (first_head + step // tiles).to(tl.int64)
+        start_m = lo + (step % tiles) * BLOCK_M
+        q_rows = start_m + rows
+        q_ptrs = Q + batch * stride_qb + head * stride_qh + q_rows[None, :] * stride_qm + dims[:, None] * stride_qd
+        do_ptrs = DO + batch * stride_dob + head * stride_doh + q_rows[:, None] * stride_dom + dims[None, :] * stride_dod
+        row_base = (batch * num_heads + head) * seq_q
         if MASKED:
-            row_in_range = (start_m + rows) < seq_q
-            q_t = tl.load(q_ptrs + start_m * stride_qm, mask=row_in_range[None, :], other=0.0)
-            grad_out = tl.load(do_ptrs + start_m * stride_dom, mask=row_in_range[:, None], other=0.0)
-            lse = tl.load(lse_ptrs + start_m, mask=row_in_range, other=0.0)
-            delta = tl.load(delta_ptrs + start_m, mask=row_in_range, other=0.0)
+            row_in_range = q_rows < seq_q
+            q_t = tl.load(q_ptrs, mask=row_in_range[None, :], other=0.0)
+            grad_out = tl.load(do_ptrs, mask=row_in_range[:, None], other=0.0)
+            lse = tl.load(LSE + row_base + q_rows, mask=row_in_range, other=0.0)
+            delta = tl.load(Delta + row_base + q_rows, mask=row_in_range, other=0.0)
         else:
-            q_t = tl.load(q_ptrs + start_m * stride_qm)
-            grad_out = tl.load(do_ptrs + start_m * stride_dom)
-            lse = tl.load(lse_ptrs + start_m)
-            delta = tl.load(delta_ptrs + start_m)
+            q_t = tl.load(q_ptrs)
+            grad_out = tl.load(do_ptrs)
+            lse = tl.load(LSE + row_base + q_rows)
+            delta = tl.load(Delta + row_base + q_rows)
         scores_t = tl.dot(k, q_t, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
         probs_t = tl.exp2(scores_t - lse[None, :] * _LOG2E)
         if MASKED:
             visible = row_in_range[None, :]
             if CAUSAL:
-                visible = visible & (keys[:, None] <= (start_m + rows)[None, :] + key_offset)
+                visible = visible & (keys[:, None] <= q_rows[None, :] + key_offset)
             probs_t = tl.where(visible, probs_t, 0.0)
         dv = tl.dot(probs_t.to(grad_out.dtype), grad_out, dv, input_precision=DOT_PRECISION)
         dprobs_t = tl.dot(v, tl.trans(grad_out), input_precision=DOT_PRECISION)
@@ -327,22 +338,17 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
         first = 0
         unmasked_start = 0
 
-    for member in range(group_size):
-        head = (kv_head * group_size + member).to(tl.int64)
-        row_base = (batch * num_heads + head) * seq_q
-        q_ptrs = Q + batch * stride_qb + head * stride_qh + rows[None, :] * stride_qm + dims[:, None] * stride_qd
-        do_ptrs = DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dom + dims[None, :] * stride_dod
-        lse_ptrs = LSE + row_base + rows
-        delta_ptrs = Delta + row_base + rows
-        dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                   keys, rows, key_offset, seq_q, qk_scale, first, unmasked_start,
-                                   BLOCK_M, CAUSAL, True, DOT_PRECISION)
-        dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                   keys, rows, key_offset, seq_q, qk_scale, unmasked_start, full_tiles_end,
-                                   BLOCK_M, CAUSAL, False, DOT_PRECISION)
-        dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                   keys, rows, key_offset, seq_q, qk_scale, full_tiles_end, seq_q,
-                                   BLOCK_M, CAUSAL, True, DOT_PRECISION)
+    first_head = kv_head * group_size
+    strides = (stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod)
+    dk, dv = _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size, *strides,
+                               keys, rows, dims, key_offset, seq_q, qk_scale, first, unmasked_start,
+                               BLOCK_M, CAUSAL, True, DOT_PRECISION)
+    dk, dv = _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size, *strides,
+                               keys, rows, dims, key_offset, seq_q, qk_scale, unmasked_start, full_tiles_end,
+                               BLOCK_M, CAUSAL, False, DOT_PRECISION)
+    dk, dv = _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size, *strides,
+                               keys, rows, dims, key_offset, seq_q, qk_scale, full_tiles_end, seq_q,
+                               BLOCK_M, CAUSAL, True, DOT_PRECISION)
 
     out_offsets = (batch * num_kv_heads + kv_head) * seq_k * HEAD_DIM + keys[:, None] * HEAD_DIM + dims[None, :]
     tl.store(DK + out_offsets, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_in_range[:, None])
