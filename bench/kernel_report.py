@@ -17,8 +17,9 @@ memory than one block may have. Exit status 1 when any tile fails.
 The launch is specialised as the model launches the kernels: q, k, v are
 (batch, heads, seq, head_dim) views of (batch, seq, heads, head_dim) tensors (every
 stride a multiple of 16 elements, head_dim stride 1), 4096 tokens, causal, 16 query
-heads sharing 4 key/value heads (grouped-query: the dK/dV kernel's loop over a
-group's heads is compiled in; with one head per group Triton would specialise it away);
+heads sharing 4 key/value heads (grouped-query: the dK/dV kernel's loop over a group's
+heads is compiled in; --kv-heads 16 compiles multi-head attention, which Triton
+specialises to one head per group);
 on sm_90 the forward gets K and V as TMA tensor descriptors, as its launcher passes them
 on Hopper. Compiling is CPU-heavy (seconds per tile); --jobs compiles tiles in parallel.
 The specialisation uses Triton internals (checked with Triton 3.9).
@@ -105,10 +106,10 @@ def _attention_module():
     return fused_attention
 
 
-def launch_arguments(head_dim: int, dtype: torch.dtype, block_n: int, tma: bool) -> dict:
+def launch_arguments(head_dim: int, dtype: torch.dtype, block_n: int, tma: bool, kv_heads: int) -> dict:
     """Every argument of the three kernels, as the model would pass them (see the module docstring);
     with `tma`, K and V are the forward's tensor descriptors, as its launcher makes them on Hopper."""
-    heads, kv_heads, seq = LAUNCH["heads"], LAUNCH["kv_heads"], LAUNCH["seq"]
+    heads, seq = LAUNCH["heads"], LAUNCH["seq"]
     # Only the dtype and the 16-byte alignment of a tensor matter to the compiler: small
     # stand-ins carry them. Strides: (batch, seq, heads, head_dim) storage seen as
     # (batch, heads, seq, head_dim).
@@ -174,14 +175,16 @@ def _count(pattern: str, log: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def report_tile(kernel: str, arch: str, dtype: str, head_dim: int, tile: tuning.Tile) -> TileReport:
+def report_tile(kernel: str, arch: str, dtype: str, head_dim: int, tile: tuning.Tile,
+                kv_heads: int = LAUNCH["kv_heads"]) -> TileReport:
     from triton.backends.compiler import GPUTarget
 
     block_m, block_n, warps, stages = tile
     module = _attention_module()
     # As the launcher decides (fused_attention._tma_eligible) for the model's aligned tensors.
     tma = kernel == "forward" and CAPABILITY[arch] >= 90 and module.TensorDescriptor is not None
-    arguments = launch_arguments(head_dim, DTYPES[dtype], block_n, tma) | {"BLOCK_M": block_m, "BLOCK_N": block_n}
+    arguments = launch_arguments(head_dim, DTYPES[dtype], block_n, tma, kv_heads) | {"BLOCK_M": block_m,
+                                                                                     "BLOCK_N": block_n}
     compiled = triton.compile(compile_source(getattr(module, KERNEL_FUNCTIONS[kernel]).fn, arguments),
                               target=GPUTarget("cuda", CAPABILITY[arch], 32),
                               options={"num_warps": warps, "num_stages": stages})
@@ -204,8 +207,8 @@ def _report_tile(job: tuple) -> TileReport:
     return report_tile(*job)
 
 
-def jobs(archs, dtypes, head_dims, kernels) -> list[tuple]:
-    return [(kernel, arch, dtype, head_dim, tile)
+def jobs(archs, dtypes, head_dims, kernels, kv_heads: int) -> list[tuple]:
+    return [(kernel, arch, dtype, head_dim, tile, kv_heads)
             for arch in archs for dtype in dtypes for head_dim in head_dims for kernel in kernels
             for tile in tuning.tiles(kernel, arch, head_dim)]
 
@@ -238,6 +241,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="channels per head")
     parser.add_argument("--kernels", nargs="+", choices=tuning.KERNELS, default=list(tuning.KERNELS),
                         help="forward, dQ and/or dK/dV kernel")
+    parser.add_argument("--kv-heads", type=int, choices=(1, 2, 4, 8, 16), default=LAUNCH["kv_heads"],
+                        help=f"key/value heads shared by the launch's {LAUNCH['heads']} query heads: "
+                             f"{LAUNCH['heads']} is multi-head attention (one head per group, which Triton "
+                             "specialises), fewer is grouped-query")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="tiles compiled at once, one process each (each takes a CPU core and ~0.5 GB)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -253,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     _attention_module()
     # Triton 3.9 warns when this is unset; 1 is its current default, the one the kernels run with.
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    work = jobs(args.arch, args.dtypes, args.head_dims, args.kernels)
+    work = jobs(args.arch, args.dtypes, args.head_dims, args.kernels, args.kv_heads)
+    launch = LAUNCH | {"kv_heads": args.kv_heads}
     if args.jobs == 1:
         rows = [_report_tile(job) for job in work]
     else:
@@ -266,13 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "triton": triton.__version__,
             "ptxas": {arch: get_ptxas(CAPABILITY[arch]).version for arch in args.arch},
-            "launch": LAUNCH, "failed": failed,
+            "launch": launch, "failed": failed,
             "tiles": [dataclasses.asdict(row) | {"ok": row.ok, "problems": row.problems} for row in rows],
         }, indent=1))
     else:
         print(HEADER)
         print("\n".join(format_row(row) for row in rows))
-        print(f"\n{len(rows)} tiles, {failed} failed (triton {triton.__version__}; launch: {LAUNCH})")
+        print(f"\n{len(rows)} tiles, {failed} failed (triton {triton.__version__}; launch: {launch})")
     return 1 if failed else 0
 
 
