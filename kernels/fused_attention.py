@@ -40,6 +40,7 @@ FlopCounterMode).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 
@@ -48,6 +49,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
+
+from kernels import tuning
+
+try:  # host-side tensor descriptors, for TMA loads on Hopper (Triton 3.4 and later)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - older Triton: the pointer path only
+    TensorDescriptor = None
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,20 +70,30 @@ _LN2 = tl.constexpr(0.6931471805599453)  # ln(x) = log2(x) · ln 2
 
 # --------------------------------------------------------------------------- tuning
 #
-# The tuning key holds the sequence lengths rounded up to a power of two (plus head
-# dim, causality and, added by Triton itself, the dtypes), so a training run tunes
-# once per shape family, not once per length. Under the interpreter a single small
-# configuration keeps CPU tests fast; its unequal block sizes exercise tail masks.
+# The tiles live in kernels/tuning.py, per GPU generation and head dim. The tuning key
+# holds the sequence lengths rounded up to a power of two (plus head dim, causality
+# and, added by Triton itself, the dtypes), so a training run tunes once per shape
+# family, not once per length. Under the interpreter a single small configuration
+# keeps CPU tests fast; its unequal block sizes exercise tail masks.
 
 
-def _configs(gpu: list[tuple[int, int, int, int]], interpreted: tuple[int, int]) -> list[triton.Config]:
+def _tma_boxes(named_args: dict) -> None:
+    """A TMA descriptor copies one box per load: make it this configuration's key tile."""
+    for name in ("K", "V"):
+        if TensorDescriptor is not None and isinstance(named_args[name], TensorDescriptor):
+            named_args[name].block_shape = [1, 1, named_args["BLOCK_N"], named_args["HEAD_DIM"]]
+
+
+def _configs(kernel: str, interpreted: tuple[int, int]) -> list[triton.Config]:
     if INTERPRETED:
         block_m, block_n = interpreted
-        return [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
-        for m, n, warps, stages in gpu
-    ]
+        configs = [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=1, num_stages=1)]
+    else:
+        configs = tuning.configs(kernel)
+    if kernel == "forward":
+        for config in configs:
+            config.pre_hook = _tma_boxes
+    return configs
 
 
 # float32 inputs take Triton's exact, non-tensor-core dot path: minutes to compile at
@@ -83,11 +101,15 @@ def _configs(gpu: list[tuple[int, int, int, int]], interpreted: tuple[int, int])
 _FLOAT32_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)
 
 
-def _prune_configs(configs, named_args, **kwargs):
-    """Drop tiles much longer than the sequences (e.g. 128 query rows for one decoding query);
-    float32 gets its single tile."""
-    if named_args["Q"].dtype == torch.float32 and not INTERPRETED:
-        return [_FLOAT32_CONFIG]
+def _prune_configs(kernel: str, configs, named_args, **kwargs):
+    """Keep the GPU's and head dim's tiles (kernels/tuning.py), then drop tiles much longer
+    than the sequences (e.g. 128 query rows for one decoding query); float32 gets its single tile."""
+    q = named_args["Q"]
+    if not INTERPRETED:
+        if q.dtype == torch.float32:
+            return [_FLOAT32_CONFIG]
+        allowed = tuning.tiles(kernel, tuning.arch_of(torch.cuda.get_device_capability(q.device)), kwargs["HEAD_DIM"])
+        configs = [c for c in configs if tuning.tile_of(c) in allowed]
     fitting = [
         c for c in configs
         if c.kwargs["BLOCK_M"] <= named_args["seq_q_bucket"] and c.kwargs["BLOCK_N"] <= named_args["seq_k_bucket"]
@@ -113,45 +135,40 @@ def launch_key(seq_q: int, seq_k: int) -> tuple[int, int, str, str]:
     return _length_bucket(seq_q), _length_bucket(seq_k), _specialisation(seq_q), _specialisation(seq_k)
 
 
-_TUNING_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL"]
-_PRUNE = {"early_config_prune": _prune_configs}
+_TUNING_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL"]  # a new value of any of them autotunes again
 
-# (BLOCK_M, BLOCK_N, warps, stages). Forward and dQ: BLOCK_M queries × BLOCK_N keys.
-_FORWARD_CONFIGS = _configs(
-    [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4),
-     (32, 64, 4, 2), (16, 64, 4, 2)],
-    interpreted=(32, 16),
-)
-_DQ_CONFIGS = _configs(
-    [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 4), (32, 64, 4, 2), (16, 64, 4, 2)],
-    interpreted=(32, 16),
-)
-# dK/dV: BLOCK_N keys per program, streamed over BLOCK_M queries (smaller, as in FA2).
-_DKDV_CONFIGS = _configs(
-    [(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 3), (16, 128, 4, 4), (16, 64, 4, 2)],
-    interpreted=(16, 32),
-)
+
+def _autotune(kernel: str, interpreted: tuple[int, int]):
+    return triton.autotune(configs=_configs(kernel, interpreted), key=_TUNING_KEY,
+                           prune_configs_by={"early_config_prune": functools.partial(_prune_configs, kernel)})
 
 
 # --------------------------------------------------------------------------- forward
 
 
 @triton.jit
-def _forward_key_tiles(acc, row_sum, row_max, q, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, cols,
-                       key_offset, seq_k, qk_scale, lo, hi,
-                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Fold key tiles [lo, hi) into the online softmax of one query block."""
+def _forward_key_tiles(acc, row_sum, row_max, q, k_source, v_source, stride_kn, stride_vn, batch, kv_head, rows,
+                       cols, key_offset, seq_k, qk_scale, lo, hi,
+                       BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                       DOT_PRECISION: tl.constexpr, TMA: tl.constexpr):
+    """Fold key tiles [lo, hi) into the online softmax of one query block.
+
+    k_source, v_source: pointer tiles of this head's first keys and values, or with TMA the
+    tensor descriptors of all of K and V (batch, kv_heads, seq_k, head_dim)."""
     for start_n in range(lo, hi, BLOCK_N):
-        if MASKED:
-            key_in_range = (start_n + cols) < seq_k
-            k_t = tl.load(k_ptrs + start_n * stride_kn, mask=key_in_range[None, :], other=0.0)
-            v = tl.load(v_ptrs + start_n * stride_vn, mask=key_in_range[:, None], other=0.0)
+        if TMA:  # the copy engine moves the tile to shared memory; rows past seq_k arrive as zeros
+            box = [batch.to(tl.int32), kv_head.to(tl.int32), start_n, 0]
+            k_t = k_source.load(box).reshape(BLOCK_N, HEAD_DIM).T
+            v = v_source.load(box).reshape(BLOCK_N, HEAD_DIM)
+        elif MASKED:
+            k_t = tl.load(k_source + start_n * stride_kn, mask=((start_n + cols) < seq_k)[None, :], other=0.0)
+            v = tl.load(v_source + start_n * stride_vn, mask=((start_n + cols) < seq_k)[:, None], other=0.0)
         else:
-            k_t = tl.load(k_ptrs + start_n * stride_kn)
-            v = tl.load(v_ptrs + start_n * stride_vn)
+            k_t = tl.load(k_source + start_n * stride_kn)
+            v = tl.load(v_source + start_n * stride_vn)
         scores = tl.dot(q, k_t, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
-            visible = key_in_range[None, :]
+            visible = ((start_n + cols) < seq_k)[None, :]
             if CAUSAL:
                 visible = visible & ((start_n + cols)[None, :] <= rows[:, None] + key_offset)
             scores = tl.where(visible, scores, float("-inf"))
@@ -213,7 +230,7 @@ def _key_ranges(start_m, seq_q, seq_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constex
     return key_offset, unmasked_end, end
 
 
-@triton.autotune(configs=_FORWARD_CONFIGS, key=_TUNING_KEY, prune_configs_by=_PRUNE)
+@_autotune("forward", interpreted=(32, 16))
 @triton.jit
 def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
                     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -221,7 +238,7 @@ def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
                     stride_vb, stride_vh, stride_vn, stride_vd,
                     stride_ob, stride_oh, stride_om, stride_od,
                     num_heads, group_size, seq_q, seq_k, seq_q_bucket, seq_k_bucket,
-                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, TMA: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     start_m, batch, head, kv_head = _query_block(seq_q, num_heads, group_size, BLOCK_M)
 
@@ -231,8 +248,11 @@ def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
     row_in_range = rows < seq_q
 
     q_ptrs = Q + batch * stride_qb + head * stride_qh + rows[:, None] * stride_qm + dims[None, :] * stride_qd
-    k_ptrs = K + batch * stride_kb + kv_head * stride_kh + cols[None, :] * stride_kn + dims[:, None] * stride_kd
-    v_ptrs = V + batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vn + dims[None, :] * stride_vd
+    if TMA:  # K and V are tensor descriptors (see _forward)
+        k_source, v_source = K, V
+    else:
+        k_source = K + batch * stride_kb + kv_head * stride_kh + cols[None, :] * stride_kn + dims[:, None] * stride_kd
+        v_source = V + batch * stride_vb + kv_head * stride_vh + cols[:, None] * stride_vn + dims[None, :] * stride_vd
     q = tl.load(q_ptrs, mask=row_in_range[:, None], other=0.0)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -242,11 +262,11 @@ def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
 
     key_offset, unmasked_end, end = _key_ranges(start_m, seq_q, seq_k, CAUSAL, BLOCK_M, BLOCK_N)
     acc, row_sum, row_max = _forward_key_tiles(
-        acc, row_sum, row_max, q, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, cols, key_offset, seq_k,
-        qk_scale, 0, unmasked_end, BLOCK_N, CAUSAL, False, DOT_PRECISION)
+        acc, row_sum, row_max, q, k_source, v_source, stride_kn, stride_vn, batch, kv_head, rows, cols, key_offset,
+        seq_k, qk_scale, 0, unmasked_end, BLOCK_N, HEAD_DIM, CAUSAL, False, DOT_PRECISION, TMA)
     acc, row_sum, row_max = _forward_key_tiles(
-        acc, row_sum, row_max, q, k_ptrs, v_ptrs, stride_kn, stride_vn, rows, cols, key_offset, seq_k,
-        qk_scale, unmasked_end, end, BLOCK_N, CAUSAL, True, DOT_PRECISION)
+        acc, row_sum, row_max, q, k_source, v_source, stride_kn, stride_vn, batch, kv_head, rows, cols, key_offset,
+        seq_k, qk_scale, unmasked_end, end, BLOCK_N, HEAD_DIM, CAUSAL, True, DOT_PRECISION, TMA)
 
     sees_no_key = row_sum == 0.0
     row_sum = tl.where(sees_no_key, 1.0, row_sum)  # such rows have acc == 0: their output is 0
@@ -281,28 +301,40 @@ def _backward_delta_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_om, stri
 
 
 @triton.jit
-def _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                      keys, rows, key_offset, seq_q, qk_scale, lo, hi,
+def _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size,
+                      stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
+                      keys, rows, dims, key_offset, seq_q, qk_scale, lo, hi,
                       BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate one key block's dK, dV over query tiles [lo, hi) of one query head (transposed: keys × queries)."""
-    for start_m in range(lo, hi, BLOCK_M):
+    """Accumulate one key block's dK, dV over query tiles [lo, hi) of every query head sharing it.
+
+    One flat loop over (head, tile) pairs rather than a loop over heads around a loop over
+    tiles: nested loops keep more values live and cost registers."""
+    tiles = tl.maximum(tl.cdiv(hi - lo, BLOCK_M), 0)
+    for step in range(0, tiles * group_size):
+        head = (first_head + step // tiles).to(tl.int64)
+        start_m = lo + (step % tiles) * BLOCK_M
+        q_rows = start_m + rows
+        q_ptrs = Q + batch * stride_qb + head * stride_qh + q_rows[None, :] * stride_qm + dims[:, None] * stride_qd
+        do_ptrs = (DO + batch * stride_dob + head * stride_doh + q_rows[:, None] * stride_dom
+                   + dims[None, :] * stride_dod)
+        row_base = (batch * num_heads + head) * seq_q
         if MASKED:
-            row_in_range = (start_m + rows) < seq_q
-            q_t = tl.load(q_ptrs + start_m * stride_qm, mask=row_in_range[None, :], other=0.0)
-            grad_out = tl.load(do_ptrs + start_m * stride_dom, mask=row_in_range[:, None], other=0.0)
-            lse = tl.load(lse_ptrs + start_m, mask=row_in_range, other=0.0)
-            delta = tl.load(delta_ptrs + start_m, mask=row_in_range, other=0.0)
+            row_in_range = q_rows < seq_q
+            q_t = tl.load(q_ptrs, mask=row_in_range[None, :], other=0.0)
+            grad_out = tl.load(do_ptrs, mask=row_in_range[:, None], other=0.0)
+            lse = tl.load(LSE + row_base + q_rows, mask=row_in_range, other=0.0)
+            delta = tl.load(Delta + row_base + q_rows, mask=row_in_range, other=0.0)
         else:
-            q_t = tl.load(q_ptrs + start_m * stride_qm)
-            grad_out = tl.load(do_ptrs + start_m * stride_dom)
-            lse = tl.load(lse_ptrs + start_m)
-            delta = tl.load(delta_ptrs + start_m)
+            q_t = tl.load(q_ptrs)
+            grad_out = tl.load(do_ptrs)
+            lse = tl.load(LSE + row_base + q_rows)
+            delta = tl.load(Delta + row_base + q_rows)
         scores_t = tl.dot(k, q_t, input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M), log2 units
         probs_t = tl.exp2(scores_t - lse[None, :] * _LOG2E)
         if MASKED:
             visible = row_in_range[None, :]
             if CAUSAL:
-                visible = visible & (keys[:, None] <= (start_m + rows)[None, :] + key_offset)
+                visible = visible & (keys[:, None] <= q_rows[None, :] + key_offset)
             probs_t = tl.where(visible, probs_t, 0.0)
         dv = tl.dot(probs_t.to(grad_out.dtype), grad_out, dv, input_precision=DOT_PRECISION)
         dprobs_t = tl.dot(v, tl.trans(grad_out), input_precision=DOT_PRECISION)
@@ -311,7 +343,7 @@ def _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, strid
     return dk, dv
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_TUNING_KEY, prune_configs_by=_PRUNE)
+@_autotune("dkdv", interpreted=(16, 32))
 @triton.jit
 def _backward_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
                           stride_qb, stride_qh, stride_qm, stride_qd,
@@ -354,22 +386,17 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
         first = 0
         unmasked_start = 0
 
-    for member in range(group_size):
-        head = (kv_head * group_size + member).to(tl.int64)
-        row_base = (batch * num_heads + head) * seq_q
-        q_ptrs = Q + batch * stride_qb + head * stride_qh + rows[None, :] * stride_qm + dims[:, None] * stride_qd
-        do_ptrs = DO + batch * stride_dob + head * stride_doh + rows[:, None] * stride_dom + dims[None, :] * stride_dod
-        lse_ptrs = LSE + row_base + rows
-        delta_ptrs = Delta + row_base + rows
-        dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                   keys, rows, key_offset, seq_q, qk_scale, first, unmasked_start,
-                                   BLOCK_M, CAUSAL, True, DOT_PRECISION)
-        dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                   keys, rows, key_offset, seq_q, qk_scale, unmasked_start, full_tiles_end,
-                                   BLOCK_M, CAUSAL, False, DOT_PRECISION)
-        dk, dv = _dkdv_query_tiles(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptrs, delta_ptrs, stride_qm, stride_dom,
-                                   keys, rows, key_offset, seq_q, qk_scale, full_tiles_end, seq_q,
-                                   BLOCK_M, CAUSAL, True, DOT_PRECISION)
+    first_head = kv_head * group_size
+    strides = (stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod)
+    dk, dv = _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size, *strides,
+                               keys, rows, dims, key_offset, seq_q, qk_scale, first, unmasked_start,
+                               BLOCK_M, CAUSAL, True, DOT_PRECISION)
+    dk, dv = _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size, *strides,
+                               keys, rows, dims, key_offset, seq_q, qk_scale, unmasked_start, full_tiles_end,
+                               BLOCK_M, CAUSAL, False, DOT_PRECISION)
+    dk, dv = _dkdv_query_tiles(dk, dv, k, v, Q, DO, LSE, Delta, batch, first_head, num_heads, group_size, *strides,
+                               keys, rows, dims, key_offset, seq_q, qk_scale, full_tiles_end, seq_q,
+                               BLOCK_M, CAUSAL, True, DOT_PRECISION)
 
     out_offsets = (batch * num_kv_heads + kv_head) * seq_k * HEAD_DIM + keys[:, None] * HEAD_DIM + dims[None, :]
     tl.store(DK + out_offsets, (dk * sm_scale).to(DK.dtype.element_ty), mask=key_in_range[:, None])
@@ -402,7 +429,7 @@ def _dq_key_tiles(dq, q, grad_out, lse, delta, k_ptrs, v_ptrs, stride_kn, stride
     return dq
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_TUNING_KEY, prune_configs_by=_PRUNE)
+@_autotune("dq", interpreted=(32, 16))
 @triton.jit
 def _backward_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
                         stride_qb, stride_qh, stride_qm, stride_qd,
@@ -471,6 +498,22 @@ def _unit_stride_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _tma_eligible(k: Tensor, v: Tensor) -> bool:
+    """K and V go through TMA on Hopper and later, when Triton has tensor descriptors and
+    the tensors meet TMA's rules (16-byte aligned base and strides, 16-bit dtype)."""
+    if INTERPRETED or TensorDescriptor is None or k.device.type != "cuda" or k.numel() == 0:
+        return False
+    if torch.cuda.get_device_capability(k.device)[0] < 9 or k.dtype == torch.float32:
+        return False
+    return all(t.data_ptr() % 16 == 0 and all(stride * t.element_size() % 16 == 0 for stride in t.stride()[:-1])
+               for t in (k, v))
+
+
+def _tma_descriptor(t: Tensor) -> TensorDescriptor:
+    """The whole (batch, kv_heads, seq, head_dim) tensor; _tma_boxes sets the box per configuration."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), block_shape=[1, 1, 1, 1])
+
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, sm_scale: float) -> tuple[Tensor, Tensor]:
     q, k, v = (_unit_stride_last(t) for t in (q, k, v))
     batch, heads, seq_q, head_dim = q.shape
@@ -479,11 +522,13 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, sm_scale: float) -> 
     lse = _allocate((batch, heads, seq_q), q, torch.float32)
     if out.numel() == 0:
         return out, lse
+    tma = _tma_eligible(k, v)
+    k_source, v_source = (_tma_descriptor(k), _tma_descriptor(v)) if tma else (k, v)
     with _device_guard(q.device):
         _forward_kernel[_flat_grid(seq_q, "BLOCK_M", batch * heads)](
-            q, k, v, out, lse, sm_scale, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            q, k_source, v_source, out, lse, sm_scale, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             heads, heads // k.shape[1], seq_q, seq_k, _length_bucket(seq_q), _length_bucket(seq_k),
-            HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q))
+            HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q), TMA=tma)
     return out, lse
 
 

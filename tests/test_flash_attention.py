@@ -9,11 +9,7 @@ precision, plus a tiny absolute floor for cases where that error is ~0.
 from __future__ import annotations
 
 import importlib
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +97,25 @@ def test_matches_float64_reference(case):
         blind_rows = seq_q - seq_k  # query i sees keys j <= i - blind_rows: none for i < blind_rows
         assert torch.all(out[:, :, :blind_rows] == 0) and torch.all(dq[:, :, :blind_rows] == 0)
         assert out[:, :, blind_rows:].abs().sum() > 0
+
+
+TMA_CASES = ("len17-gqa", "len113-d128", "q<k-decode", "q>k-masked-rows", "q>k-full", "len577")
+
+
+@pytest.mark.parametrize("name", TMA_CASES)
+def test_tma_forward_matches_float64_reference(monkeypatch, name):
+    """The Hopper path, K and V loaded through TMA tensor descriptors (tails zero-filled by
+    the copy, not masked), run in the interpreter as the GPU would run it on sm_90."""
+    original, descriptors = flash_module._tma_descriptor, []
+    monkeypatch.setattr(flash_module, "_tma_eligible", lambda k, v: True)
+    monkeypatch.setattr(flash_module, "_tma_descriptor", lambda t: descriptors.append(original(t)) or descriptors[-1])
+    *shape, causal, dtype = CASES[name]
+    q, k, v, grad_out = random_inputs(*shape, dtype, seed=3)
+    if name == "len17-gqa":  # the model's layout: (B, T, H, D) memory seen as (B, H, T, D)
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    assert_close_to_oracle(q, k, v, grad_out, causal)
+    assert len(descriptors) == 2  # K and V: the TMA path ran
+    assert all(d.block_shape == [1, 1, 16, shape[-1]] for d in descriptors)  # boxes set to the interpreter's tile
 
 
 def test_non_contiguous_inputs_and_grad():
@@ -234,43 +249,6 @@ def test_tiny_gpt_trains_and_decodes_the_same_with_triton_and_naive_attention():
         decoded = {name: model.eval().generate(prompt, 4, temperature=0.0)
                    for name, model in (("naive", naive), ("triton", triton_model))}
     assert torch.equal(decoded["triton"], decoded["naive"])
-
-
-# Compiles the kernels for an H100 (sm_90) without a GPU, through Triton's real code
-# generator and ptxas, which the interpreter skips: catches what only breaks on GPUs.
-_COMPILE_FOR_H100 = """
-import importlib
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-module = importlib.import_module("kernels.fused_attention")
-for kernel in (module._forward_kernel, module._backward_dkdv_kernel, module._backward_dq_kernel):
-    config = kernel.configs[0]
-    constants = dict(HEAD_DIM=64, CAUSAL=True, DOT_PRECISION="tf32", **config.kwargs)
-    signature = {}
-    for name in kernel.fn.arg_names:
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name in ("LSE", "Delta"):
-            signature[name] = "*fp32"
-        elif name[0].isupper():
-            signature[name] = "*bf16"
-        else:
-            signature[name] = "fp32" if name == "sm_scale" else "i32"
-    positions = {(kernel.fn.arg_names.index(name),): value for name, value in constants.items()}
-    triton.compile(ASTSource(kernel.fn, signature, positions), target=GPUTarget("cuda", 90, 32),
-                   options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-"""
-
-
-@pytest.mark.slow
-def test_kernels_compile_for_h100_bf16():
-    pytest.importorskip("triton.backends.nvidia")
-    environment = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_H100], env=environment, capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- GPU only
