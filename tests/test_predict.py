@@ -3,10 +3,8 @@ reference profiles, and (slow) a quick calibration against the model's own train
 """
 
 import json
-import time
 
 import pytest
-import torch
 
 from gpt.config import GPTConfig
 from profiling import device_profile, flops, hardware, predict
