@@ -48,10 +48,12 @@ def numbered_runs(folder: Path) -> list[Path]:
 
 
 def newest_run(folder: Path) -> Path:
-    """What a reader given `folder` should read: the folder itself if it holds a run, else its newest run-N."""
+    """What a reader given `folder` should read: its newest run-N that holds a run, else the folder itself.
+
+    Numbered runs win over run files directly in `folder`: those are an older run of the layout before
+    numbered folders (out/tiny itself), and the numbered ones were written after it.
+    """
     folder = Path(folder)
-    if holds_run(folder):
-        return folder
     runs = [path for path in numbered_runs(folder) if holds_run(path)]
     return runs[-1] if runs else folder
 

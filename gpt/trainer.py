@@ -173,11 +173,12 @@ class Trainer:
         """The stop for a diverged run, naming the checkpoint that is kept and a flag value to try next."""
         lower = f"--learning-rate {self.config.learning_rate / 10:.3g}"
         if self.saved_step is None:
-            kept = f"no checkpoint was written (none had finite weights and validation loss). Start again with {lower}"
+            kept = (f"no checkpoint was written (none had finite weights and validation loss). Start again with "
+                    f"python train.py --out-dir {self.out_dir} --overwrite {lower}")
         else:
             kept = (f"the checkpoint of step {self.saved_step} (finite weights and validation loss) is kept in "
                     f"{self.out_dir}. Continue with: python train.py --resume --out-dir {self.out_dir} {lower}")
-        return TrainingStopped(f"the run diverged: {what}; {kept}, a higher --warmup-iters or --dtype float32",
+        return TrainingStopped(f"the run diverged: {what}; {kept} (or raise --warmup-iters, or use --dtype float32)",
                                exit_code=3)
 
     def check_healthy(self) -> None:

@@ -46,14 +46,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from gpt.cli import resolve_device
-    from gpt.files import writable_folder
+    from gpt.files import check_output_file, writable_cache_root
 
+    check_output_file(args.out, "--out")  # before minutes of measuring, not after
+    if not args.quick:
+        writable_cache_root()
     device = resolve_device(args.device)
-    if args.out:
-        writable_folder(Path(args.out).parent, "--out")  # before minutes of measuring, not after
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     profile = calibrate(str(device), dtype, progress=True, quick=args.quick)
     print(describe(profile))
