@@ -227,6 +227,15 @@ def implied_mfu(flops: float, n_devices: int, days: float, peak_flops_per_sec: f
     return flops / (n_devices * days * SECONDS_PER_DAY * peak_flops_per_sec)
 
 
+def kind_of(source: str) -> str:
+    """measured, assumed or reference, from an input's source label."""
+    if source.startswith("measured"):
+        return "measured"
+    if source.startswith(("assumed", "given on the command line")):
+        return "assumed"
+    return "reference"
+
+
 # --------------------------------------------------------------------------- command line
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from gpt.cli import positive_int
 from gpt.config import PRESETS
 from gpt.files import dumps_json
-from profiling.cost import add_price_arguments, price_choice, price_device, serving_cost
+from profiling.cost import add_price_arguments, kind_of, price_choice, price_device, serving_cost
 from profiling.device_profile import resolve_profile
 from profiling.predict import predict_decode
 from profiling.prices import PriceError, require_positive
@@ -52,10 +52,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _throughput(args: argparse.Namespace) -> tuple[float, str, str | None]:
-    """(tokens/s per device, provenance, device name recorded with the measurement)."""
+def _throughput(args: argparse.Namespace) -> tuple[float, str, str, str | None]:
+    """(tokens/s per device, its kind, provenance, device name recorded with the measurement)."""
     if args.tokens_per_sec is not None:
-        return require_positive("tokens_per_sec", args.tokens_per_sec), "assumed (--tokens-per-sec)", None
+        return require_positive("tokens_per_sec", args.tokens_per_sec), "assumed", "assumed (--tokens-per-sec)", None
     if args.model is not None:
         return _predicted(args)
     if not args.sources:
@@ -64,10 +64,10 @@ def _throughput(args: argparse.Namespace) -> tuple[float, str, str | None]:
     measured = read_measurements(args.sources)
     if measured.tokens_per_sec is None:
         raise PriceError(f"no tokens/s in {', '.join(map(str, args.sources))}; pass --tokens-per-sec")
-    return measured.tokens_per_sec.value, measured.tokens_per_sec.source, measured.device
+    return measured.tokens_per_sec.value, "measured", measured.tokens_per_sec.source, measured.device
 
 
-def _predicted(args: argparse.Namespace) -> tuple[float, str, str | None]:
+def _predicted(args: argparse.Namespace) -> tuple[float, str, str, str | None]:
     """Decode tokens/s of one device for --model, predicted on --device's profile (all of the model on it, as a
     tensor-parallel replica with perfect scaling would give each of its devices)."""
     if args.device is None:
@@ -77,8 +77,8 @@ def _predicted(args: argparse.Namespace) -> tuple[float, str, str | None]:
     profile = resolve_profile(device_spec(args.device).key, None, args.dtype)
     prediction = predict_decode(config, args.batch, 1, new_tokens, profile)
     summary = prediction.profile
-    return prediction.tokens_per_sec, (
-        f"predicted: {args.model} decoding {new_tokens} tokens at batch {args.batch} on the {summary['kind']} "
+    return prediction.tokens_per_sec, f"predicted on a {summary['kind']} profile", (
+        f"{args.model} decoding {new_tokens} tokens at batch {args.batch} on the {summary['kind']} "
         f"profile of {summary['device']} ({summary['date'][:10]})"), None
 
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_scenario(args.scenario)
         print(dumps_json(result, indent=2) if args.json else format_scenario(result))
         return 0
-    tokens_per_sec, provenance, measured_device = _throughput(args)
+    tokens_per_sec, kind, provenance, measured_device = _throughput(args)
     device = device_spec(args.device) if args.device is not None else None
     priced = price_device(price_choice(args), args.device, device.board_power_w if device else None)
     result = serving_cost(priced.device_hour, tokens_per_sec, priced.kw_per_device, args.tokens_per_query,
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "device": args.device or measured_device,
         "measured_on": measured_device,
-        "tokens_per_sec_per_device": {"value": tokens_per_sec, "source": provenance},
+        "tokens_per_sec_per_device": {"value": tokens_per_sec, "source": provenance, "kind": kind},
         "device_hour": priced.device_hour.to_dict(),
-        "inputs": priced.inputs,
+        "inputs": {name: entry | {"kind": kind_of(entry["source"])} for name, entry in priced.inputs.items()},
         **asdict(result),
     }
     print(dumps_json(report, indent=2) if args.json else format_cost(report))
@@ -109,13 +109,18 @@ def _energy(template: str, value: float | None) -> str:
     return "" if value is None else template.format(value)
 
 
+def _labelled(entry: dict[str, Any]) -> str:
+    """An input's source, led by its kind unless the source already says it."""
+    return entry["source"] if entry["source"].startswith(entry["kind"]) else f"{entry['kind']}: {entry['source']}"
+
+
 def format_cost(report: dict[str, Any]) -> str:
     hour = report["device_hour"]
     rows = [
         ("priced device", report["device"] or "not named"),
         ("throughput measured on", report["measured_on"] or "not measured (predicted or given by hand)"),
         ("tokens/s per device", f"{report['tokens_per_sec_per_device']['value']:,.1f} "
-                                f"({report['tokens_per_sec_per_device']['source']})"),
+                                f"({_labelled(report['tokens_per_sec_per_device'])})"),
         (f"device-hour ({hour['basis']})", f"${hour['total_usd']:.4f} = " + " + ".join(
             f"{part} ${usd:.4f}" for part, usd in hour["parts"].items())),
         ("per million tokens", f"${report['usd_per_million_tokens']:,.4f}"
@@ -127,7 +132,7 @@ def format_cost(report: dict[str, Any]) -> str:
         rows.append(("per day", f"${report['usd_per_day']:,.2f}, {report['device_hours_per_day']:,.1f} device-hours"
                                 + _energy(", {:,.1f} kWh", report["kwh_per_day"])
                                 + _energy(", {:,.1f} kg CO2", report["kg_co2_per_day"])))
-    rows += [(f"  {name}", f"{entry['value']:g} {entry['unit']}  [{entry['source']}]".replace("  [", " [", 1))
+    rows += [(f"  {name}", f"{entry['value']:g} {entry['unit']}  [{_labelled(entry)}]".replace("  [", " [", 1))
              for name, entry in report["inputs"].items()]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -54,8 +54,6 @@ def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile
         profile = cached_profile(device_name(device), dtype)
     except GptmeterError as error:  # a damaged cache file must not stop the run
         return None, f"{how} ({error})"
-    if profile is not None and profile.source.endswith("(quick grid)"):  # the few points measured for the peaks
-        return None, f"{how} (only the quick grid behind the peak figures is cached)"
     return (profile, None) if profile is not None else (None, how)
 
 

@@ -260,15 +260,6 @@ def plan_training(config: GPTConfig, profile: DeviceProfile, inputs: TrainingInp
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training data (Hoffmann et al., 2022)
 
 
-def kind_of(source: str) -> str:
-    """measured, assumed or reference, from an input's source label."""
-    if source.startswith("measured"):
-        return "measured"
-    if source.startswith(("assumed", "given on the command line")):
-        return "assumed"
-    return "reference"
-
-
 @dataclass(frozen=True)
 class ScaleRequest:
     """What `scale` is asked: a target model on a target device, and every input the user chose (None = default)."""
@@ -357,7 +348,7 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     )
     inputs |= priced.inputs
     for entry in inputs.values():
-        entry["kind"] = kind_of(entry["source"])
+        entry["kind"] = cost.kind_of(entry["source"])
     plan = plan_serving(config, device, profile, serving, priced)
     training, step = plan_training(config, profile, training_inputs, priced)
     return {

@@ -170,7 +170,9 @@ def test_cost_prices_a_predicted_throughput(cli):
     result = json.loads(out)
     expected = predict.predict_decode(GPT2, 8, 1, 100, reference_profile("h100-sxm", "bf16")).tokens_per_sec
     assert status == 0 and result["tokens_per_sec_per_device"]["value"] == pytest.approx(expected, rel=1e-12)
-    assert result["tokens_per_sec_per_device"]["source"].startswith("predicted: gpt2 decoding 100 tokens at batch 8")
+    assert result["tokens_per_sec_per_device"]["kind"] == "predicted on a reference profile"
+    assert result["tokens_per_sec_per_device"]["source"].startswith("gpt2 decoding 100 tokens at batch 8")
+    assert {entry["kind"] for entry in result["inputs"].values()} == {"reference", "assumed"}
     assert result["usd_per_million_tokens"] == pytest.approx(2.49 / 3600 / expected * 1e6)
 
 
