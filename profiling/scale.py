@@ -6,15 +6,11 @@ committed or calibrated, else its *reference* profile (datasheet × cited publis
 Nothing measured on another device class is carried over: a `--from` run or profile file made on
 this CPU contributes only the predictor's own error there, shown as a confidence figure.
 
-Serving, per model replica of `tp` devices of one server (tensor parallel):
-
-    memory   weights (params × bytes per serving dtype) + KV cache (batch × context × KV bytes per token)
-             must fit in tp × device memory × usable_memory_fraction; tp is the smallest power of two that fits
-    prefill  predict_prefill(batch, prompt) on one device's profile / (tp × tensor-parallel efficiency)
-    decode   predict_decode(batch, prompt, output tokens): the mean step over the whole generation, the same way
-             divided over the tp devices (the all-reduces between them are not modelled: the efficiency
-             input, assumed 1.0 by default, is where to account for them)
-    a batch of queries takes prefill + output_tokens × decode step; replicas = ⌈peak queries/s / replica queries/s⌉
+Serving (the planner; docs/cost.md has the formulas): a replica is `tp` devices of one server (powers of two).
+For each `tp` the largest batch whose weights + KV cache (at --weights-dtype / --kv-dtype) fit, and whose time to
+first token and per-user decode speed meet --ttft-s and --min-user-tokens-per-sec, with continuous batching's
+prefill work on the same devices and two ring all-reduces per layer over the server's interconnect; then the `tp`
+needing the fewest devices for the peak traffic. Five uncertain inputs give a band and a tornado by re-running it.
 
 Training: predict_train(micro-batch × context, gradient accumulation) on the profile gives the MFU of the
 target model on the target device (optimizer update included, unsharded); total model FLOPs (3 × forward,
