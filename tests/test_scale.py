@@ -247,3 +247,11 @@ def test_cost_page_of_a_run(tmp_path):
     pricing = page.results["usd_per_day_by_pricing"]
     assert set(pricing["tco"]) == {"hardware", "energy", "operations"} and len(pricing["cloud"]) == 1
     assert all(usd > 0 for breakdown in pricing.values() for usd in breakdown.values())
+
+
+def test_scale_plot_draws_the_tornado(cli, tmp_path):
+    status, out, _ = cli("scale", "--model", "gpt2", "--device", "h100-sxm", "--plot", str(tmp_path / "pics"), "--json")
+    result = json.loads(out)
+    assert status == 0 and result["plots"] == [str(tmp_path / "pics" / "tornado.png")]
+    assert (tmp_path / "pics" / "tornado.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(scale.band_inputs(scale.ServingInputs()))
