@@ -123,6 +123,8 @@ def write_tornado_plot(serving: dict[str, Any], out_dir: Path) -> Path:
     figure, axes = _new_axes("What moves cost per day (one input at a time)", "")
     for row, entry in enumerate(entries):
         for key, color in (("low_usd_per_day", "tab:blue"), ("high_usd_per_day", "tab:red")):
+            if entry[key] is None:  # no plan meets the targets with this input at this end
+                continue
             axes.barh(row, entry[key] - central, left=central, color=color,
                       label=key.split("_")[0] + " input value" if row == 0 else None)
     axes.axvline(central, color="black", linewidth=1)

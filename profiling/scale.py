@@ -374,19 +374,32 @@ def uncertainty(config: GPTConfig, device: Accelerator, profile: DeviceProfile, 
     def plan(**changes: float) -> ServingPlan:
         return plan_serving(config, device, profile, replace(central, **changes), priced)
 
+    def plan_or_none(**changes: float) -> ServingPlan | None:
+        try:
+            return plan(**changes)
+        except ScaleError:  # the ends together can miss a target that each alone meets
+            return None
+
+    def usd(**changes: float) -> float | None:
+        """Cost per day, or None where no plan meets the latency targets and memory at that value."""
+        found = plan_or_none(**changes)
+        return found.usd_per_day if found else None
+
     base = plan()
     tornado, cheap, dear = [], {}, {}
     for name, (low, high, source) in band_inputs(central).items():
-        at_low, at_high = plan(**{name: low}), plan(**{name: high})
+        at_low, at_high = usd(**{name: low}), usd(**{name: high})
         tornado.append({"input": name, "low": low, "central": getattr(central, name), "high": high,
-                        "source": source, "low_usd_per_day": at_low.usd_per_day,
-                        "high_usd_per_day": at_high.usd_per_day})
-        cheap[name], dear[name] = (low, high) if at_low.usd_per_day <= at_high.usd_per_day else (high, low)
-    tornado.sort(key=lambda entry: -abs(entry["high_usd_per_day"] - entry["low_usd_per_day"]))
-    low, high = plan(**cheap), plan(**dear)
+                        "source": source, "low_usd_per_day": at_low, "high_usd_per_day": at_high})
+        ends = [(cost_, value) for cost_, value in ((at_low, low), (at_high, high)) if cost_ is not None]
+        ends += [(base.usd_per_day, getattr(central, name))]  # an end with no plan is left at the central value
+        cheap[name], dear[name] = min(ends)[1], max(ends)[1]
+    tornado.sort(key=lambda entry: -abs((entry["high_usd_per_day"] or base.usd_per_day)
+                                        - (entry["low_usd_per_day"] or base.usd_per_day)))
+    low, high = plan_or_none(**cheap), plan_or_none(**dear)
 
-    def band(name: str) -> dict[str, float]:
-        return {"low": getattr(low, name), "central": getattr(base, name), "high": getattr(high, name)}
+    def band(name: str) -> dict[str, float | None]:
+        return {"low": getattr(low, name, None), "central": getattr(base, name), "high": getattr(high, name, None)}
 
     return {"usd_per_day": band("usd_per_day"), "wh_per_query": band("wh_per_query"),
             "devices_band": band("devices"), "tornado": tornado}

@@ -25,6 +25,10 @@ def _where(phase: dict[str, Any]) -> str:
                      if seconds / total >= 0.005)
 
 
+def _number(value: float | None) -> str:
+    return "no plan" if value is None else f"{value:,.4g}"
+
+
 def format_extrapolation(result: dict[str, Any]) -> str:
     model, device, serving, training = result["model"], result["device"], result["serving"], result["training"]
     profile, confidence = result["profile"], result["confidence"]
@@ -54,11 +58,11 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         f"  cost           ${serving['usd_per_day']['central']:,.0f}/day = ${serving['usd_per_query']:.5f}/query = "
         f"${serving['usd_per_million_tokens']:,.3f} per million generated tokens",
         "  band           " + "; ".join(
-            f"{name} {band['low']:,.4g} / {band['central']:,.4g} / {band['high']:,.4g}" for name, band in
+            f"{name} {_number(band['low'])} / {_number(band['central'])} / {_number(band['high'])}" for name, band in
             (("usd/day", serving["usd_per_day"]), ("devices", serving["devices_band"]),
              ("Wh/query", serving["wh_per_query"]))) + " (low / central / high)",
         "  tornado        " + "; ".join(
-            f"{entry['input']} ${entry['low_usd_per_day']:,.0f}..${entry['high_usd_per_day']:,.0f}"
+            f"{entry['input']} ${_number(entry['low_usd_per_day'])}..${_number(entry['high_usd_per_day'])}"
             for entry in serving["tornado"]),
         "  breakdown/day  " + ", ".join(f"{k} ${v:,.0f}" for k, v in serving["cost_breakdown_usd_per_day"].items()),
         f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "

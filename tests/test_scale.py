@@ -255,3 +255,14 @@ def test_scale_plot_draws_the_tornado(cli, tmp_path):
     assert status == 0 and result["plots"] == [str(tmp_path / "pics" / "tornado.png")]
     assert (tmp_path / "pics" / "tornado.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {entry["input"] for entry in result["serving"]["tornado"]} == set(scale.band_inputs(scale.ServingInputs()))
+
+
+def test_an_input_end_with_no_plan_is_reported_as_none_not_an_error():
+    planner = scale.Planner(GPT3, scale.device_spec("h100-sxm"), H100, scale.ServingInputs(output_tokens=300))
+    fastest = planner.point(8, 1).user_tokens_per_sec
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", tokens_per_query=300,
+                                 min_user_tokens_per_sec=0.95 * fastest)  # met at batch 1, not if steps were 25% slower
+    serving = scale.extrapolate(request)["serving"]
+    slower = next(entry for entry in serving["tornado"] if entry["input"] == "step_time_factor")
+    assert serving["batch"] >= 1 and slower["high_usd_per_day"] is None and slower["low_usd_per_day"] is not None
+    assert serving["usd_per_day"]["low"] <= serving["usd_per_day"]["central"]
