@@ -25,8 +25,8 @@ def _where(phase: dict[str, Any]) -> str:
                      if seconds / total >= 0.005)
 
 
-def _number(value: float | None) -> str:
-    return "no plan" if value is None else f"{value:,.4g}"
+def _number(value: float | None, form: str = "{:,.4g}") -> str:
+    return "no plan" if value is None else form.format(value)
 
 
 def format_extrapolation(result: dict[str, Any]) -> str:
@@ -62,7 +62,8 @@ def format_extrapolation(result: dict[str, Any]) -> str:
             (("usd/day", serving["usd_per_day"]), ("devices", serving["devices_band"]),
              ("Wh/query", serving["wh_per_query"]))) + " (low / central / high)",
         "  tornado        " + "; ".join(
-            f"{entry['input']} ${_number(entry['low_usd_per_day'])}..${_number(entry['high_usd_per_day'])}"
+            f"{entry['input']} {_number(entry['low_usd_per_day'], '${:,.0f}')}.."
+            f"{_number(entry['high_usd_per_day'], '${:,.0f}')}"
             for entry in serving["tornado"]),
         "  breakdown/day  " + ", ".join(f"{k} ${v:,.0f}" for k, v in serving["cost_breakdown_usd_per_day"].items()),
         f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "
