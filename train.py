@@ -35,6 +35,7 @@ from gpt.cli import (
     resolve_device,
     resolve_dtype,
     shape_overrides,
+    use_device,
 )
 from gpt.config import (
     ATTENTION_BACKENDS,
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                     help="autocast compute dtype; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="autocast compute dtype; auto = bfloat16 on GPUs with native bf16 (compute capability "
+                     ">= 8.0), float16 with loss scaling on older GPUs, float32 on CPU")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = None
     try:
         device = resolve_device(args.device)
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         lock, note = claim_run_dir(Path(args.out_dir) if args.out_dir else None,
                                    Path(DEFAULT_OUT_DIR.format(preset=args.preset)), args.resume, args.overwrite)
@@ -251,7 +254,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     if summary["tokens_per_sec"] is None:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
-        mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
+        mfu = f", MFU {summary['mfu']:.1%} of {summary['peak_precision']} peak" if summary["mfu"] is not None else ""
         predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
                                         summary["prediction_note"])
         speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"
