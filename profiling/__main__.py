@@ -21,7 +21,7 @@ SUBCOMMANDS = (
     "profiling.predict",
     "profiling.report",
     "profiling.cost_cli",
-    "profiling.scale",
+    "profiling.scale_cli",
     "profiling.scenarios",
 )
 

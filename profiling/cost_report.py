@@ -18,6 +18,7 @@ from typing import Any
 
 from profiling import scale
 from profiling.cost import PriceChoice
+from profiling.scale_cli import format_extrapolation
 
 MODEL_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b")
 TRAFFIC_QUERIES_PER_DAY = (1e5, 1e6, 1e7, 1e8, 1e9)
@@ -50,7 +51,7 @@ def cost_page(run_dir: Path, device_key: str = "h100-sxm", model: str = "gpt3-17
 
 
 def _table(results: dict[str, Any]) -> str:
-    lines = ["cost at scale (estimate; inputs and their sources below)", scale.format_extrapolation(
+    lines = ["cost at scale (estimate; inputs and their sources below)", format_extrapolation(
         results["headline"]), "", "devices needed vs queries per day"]
     lines += [f"  {queries:>12,.0f}  {devices:>8,}" for queries, devices in results["devices_vs_queries_per_day"].items()]
     lines.append("serving cost per day, rented vs owned")

@@ -166,6 +166,32 @@ _TABLE = (
 ACCELERATORS: dict[str, Accelerator] = {accelerator.key: accelerator for accelerator in _TABLE}
 
 
+@dataclass(frozen=True)
+class Interconnect:
+    """The link a tensor-parallel group of one server all-reduces over: bytes/s per device in one direction
+    (datasheets quote the bidirectional total, twice this)."""
+
+    bytes_per_s: float
+    source: str
+
+
+_PCIE4 = Interconnect(32e9, "PCIe Gen4 x16: 64 GB/s bidirectional (PCI-SIG PCIe 4.0 specification); "
+                      "the card's datasheet lists PCIe Gen4")
+_PCIE5 = Interconnect(64e9, "PCIe Gen5 x16: 128 GB/s bidirectional (datasheet); NVLink bridges join 2 or 4 "
+                      "cards only, so an 8-device group all-reduces over PCIe")
+INTERCONNECTS: dict[str, Interconnect] = {
+    "h100-sxm": Interconnect(450e9, f"NVLink 4: 900 GB/s bidirectional per GPU; {_H100_SOURCE}"),
+    "h200": Interconnect(450e9, f"NVLink 4: 900 GB/s bidirectional per GPU; {_H200_SOURCE}"),
+    "a100-80gb": Interconnect(300e9, f"NVLink 3: 600 GB/s bidirectional per GPU; {_A100_SOURCE}"),
+    "a100-40gb": Interconnect(300e9, f"NVLink 3: 600 GB/s bidirectional per GPU; {_A100_SOURCE}"),
+    "v100-sxm2-32gb": Interconnect(150e9, f"NVLink 2: 300 GB/s bidirectional per GPU; {_V100_SOURCE}"),
+    "v100-sxm2-16gb": Interconnect(150e9, f"NVLink 2: 300 GB/s bidirectional per GPU; {_V100_SOURCE}"),
+    "h100-pcie": _PCIE5, "h200-nvl": _PCIE5,
+    "a100-pcie-80gb": _PCIE4, "a100-pcie-40gb": _PCIE4, "l40s": _PCIE4, "l4": _PCIE4, "a10g": _PCIE4,
+    "rtx-4090": _PCIE4,
+}
+
+
 class UnknownDeviceError(GptmeterError, ValueError):
     """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
 

@@ -115,6 +115,26 @@ def write_prediction_plot(run_dir: Path, summary: dict[str, Any]) -> Path | None
     return _save(figure, run_dir / "prediction.png")
 
 
+def write_tornado_plot(serving: dict[str, Any], out_dir: Path) -> Path:
+    """One bar per uncertain input: cost per day with that input alone at its low and at its high value,
+    around the central plan, largest effect on top (serving["tornado"], sorted by scale.uncertainty)."""
+    entries = serving["tornado"][::-1]
+    central = serving["usd_per_day"]["central"]
+    figure, axes = _new_axes("What moves cost per day (one input at a time)", "")
+    for row, entry in enumerate(entries):
+        for key, color in (("low_usd_per_day", "tab:blue"), ("high_usd_per_day", "tab:red")):
+            if entry[key] is None:  # no plan meets the targets with this input at this end
+                continue
+            axes.barh(row, entry[key] - central, left=central, color=color,
+                      label=key.split("_")[0] + " input value" if row == 0 else None)
+    axes.axvline(central, color="black", linewidth=1)
+    axes.set_yticks(range(len(entries)), [entry["input"] for entry in entries])
+    axes.set_xlabel("USD per day")
+    axes.legend()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out_dir / "tornado.png")
+
+
 def _save(figure: Figure, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     return path

@@ -136,6 +136,20 @@ def predict_decode(config: GPTConfig, batch: int, prompt_tokens: int, new_tokens
     return _prediction("decode", per_token, batch, model_flops, profile)
 
 
+def predict_decode_step(config: GPTConfig, batch: int, context: int, profile: DeviceProfile) -> Prediction:
+    """One decode step (a token for each of `batch` sequences) attending to `context` cached tokens.
+
+    Decode time is linear in the context, so the step at the mean context is the mean step of a generation;
+    the serving planner uses this one step instead of pricing every token of it."""
+    _check(config, batch=batch, context=context)
+    _check_context(config, context)
+    fixed = profile.overhead["fixed_s"]
+    ops = flops.decode_operations(config, batch, context, profile.dtype)
+    seconds = price(ops, profile, training=False)
+    seconds["overhead"] += fixed["forward"] + fixed["token"]
+    return _prediction("decode", seconds, batch, batch * flops.decode_flops_per_token(config, context), profile)
+
+
 # ----------------------------------------------------------------------------- python -m profiling predict
 
 

@@ -6,15 +6,11 @@ committed or calibrated, else its *reference* profile (datasheet × cited publis
 Nothing measured on another device class is carried over: a `--from` run or profile file made on
 this CPU contributes only the predictor's own error there, shown as a confidence figure.
 
-Serving, per model replica of `tp` devices of one server (tensor parallel):
-
-    memory   weights (params × bytes per serving dtype) + KV cache (batch × context × KV bytes per token)
-             must fit in tp × device memory × usable_memory_fraction; tp is the smallest power of two that fits
-    prefill  predict_prefill(batch, prompt) on one device's profile / (tp × tensor-parallel efficiency)
-    decode   predict_decode(batch, prompt, output tokens): the mean step over the whole generation, the same way
-             divided over the tp devices (the all-reduces between them are not modelled: the efficiency
-             input, assumed 1.0 by default, is where to account for them)
-    a batch of queries takes prefill + output_tokens × decode step; replicas = ⌈peak queries/s / replica queries/s⌉
+Serving (the planner; docs/cost.md has the formulas): a replica is `tp` devices of one server (powers of two).
+For each `tp` the largest batch whose weights + KV cache (at --weights-dtype / --kv-dtype) fit, and whose time to
+first token and per-user decode speed meet --ttft-s and --min-user-tokens-per-sec, with continuous batching's
+prefill work on the same devices and two ring all-reduces per layer over the server's interconnect; then the `tp`
+needing the fewest devices for the peak traffic. Five uncertain inputs give a band and a tornado by re-running it.
 
 Training: predict_train(micro-batch × context, gradient accumulation) on the profile gives the MFU of the
 target model on the target device (optimizer update included, unsharded); total model FLOPs (3 × forward,
@@ -30,13 +26,11 @@ value given on the command line).
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpt.files import dumps_json
 from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware, predict
@@ -99,59 +93,49 @@ def roofline(flops: float, bytes_read: float, peak_flops: float, bandwidth: floa
     return Roofline(max(compute_s, memory_s), compute_s, memory_s)
 
 
-@dataclass(frozen=True)
-class MemoryFit:
-    tensor_parallel: int
-    weight_bytes: float
-    kv_cache_bytes: float
-    usable_bytes_per_device: float
-
-
-def fit_replica(weight_bytes: float, kv_cache_bytes: float, memory_bytes: float, devices_per_server: int,
-                usable_memory_fraction: float, what: str) -> MemoryFit:
-    """The smallest power-of-two tensor-parallel group of one server that holds the weights and the KV cache."""
-    usable = memory_bytes * usable_memory_fraction
-    need = weight_bytes + kv_cache_bytes
-    tp = 1
-    while tp <= devices_per_server:
-        if need <= tp * usable:
-            return MemoryFit(tp, weight_bytes, kv_cache_bytes, usable)
-        tp *= 2
-    raise ScaleError(
-        f"{what} needs {need / 1e9:,.1f} GB (weights {weight_bytes / 1e9:,.1f} GB + KV cache "
-        f"{kv_cache_bytes / 1e9:,.1f} GB) but one server of {devices_per_server} devices offers "
-        f"{devices_per_server * usable / 1e9:,.1f} GB usable; lower --batch or the context, "
-        "use a smaller --dtype, or pick a device with more memory"
-    )
-
-
 # --------------------------------------------------------------------------- serving and training plans
+
+
+SERVING_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}  # stored bytes per element
+# MLCommons MLPerf Inference v4.0, Llama-2-70B server scenario: time to first token at most 2 s and time per
+# output token at most 200 ms (5 tokens/s per user), 2024.
+LATENCY_SOURCE = "MLPerf Inference v4.0 Llama-2-70B server constraints (TTFT 2 s, TPOT 200 ms), MLCommons 2024"
+MAX_BATCH = 4096  # the search's ceiling: sequences one replica decodes together
 
 
 @dataclass(frozen=True)
 class ServingInputs:
-    batch: int = 32  # concurrent sequences per replica
     prompt_tokens: int = 0  # tokens read per query before generating
     output_tokens: int = 700  # tokens generated per query ("--tokens-per-query")
     queries_per_day: float = 1e8
     peak_to_average: float = 1.0  # fleet sized for peak = average × this
-    dtype: str = "bf16"  # weights, KV cache and matmuls
+    dtype: str = "bf16"  # the matmuls: the profile the steps are priced on
+    weights_dtype: str = "bf16"  # stored weights: memory only (the step is priced at `dtype`)
+    kv_dtype: str = "bf16"  # stored KV cache: memory only
+    ttft_s: float = 2.0  # time to first token at most this (LATENCY_SOURCE)
+    min_user_tokens_per_sec: float = 5.0  # each user's decode speed at least this (LATENCY_SOURCE)
     devices_per_server: int = 8
     usable_memory_fraction: float = 0.9  # the rest: activations, workspace, fragmentation
-    tensor_parallel_efficiency: float = 1.0  # replica speed-up over one device / tp
+    allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce inside a server (assumption)
+    step_time_factor: float = 1.0  # predicted times × this: the predictor's uncertainty in the band
+    price_factor: float = 1.0  # device-hour price × this: the price's uncertainty in the band
 
     def __post_init__(self) -> None:
-        for name in ("batch", "output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
-                     "usable_memory_fraction", "tensor_parallel_efficiency"):
+        for name in ("output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
+                     "usable_memory_fraction", "ttft_s", "min_user_tokens_per_sec", "step_time_factor",
+                     "price_factor"):
             require_positive(name.replace("output_tokens", "tokens_per_query"), getattr(self, name))
-        if self.prompt_tokens < 0:
-            raise ScaleError(f"prompt tokens must not be negative, got {self.prompt_tokens}")
-        for name in ("usable_memory_fraction", "tensor_parallel_efficiency"):
-            if getattr(self, name) > 1:
-                raise ScaleError(f"{name.replace('_', ' ')} is in (0, 1], got {getattr(self, name)}")
+        if self.prompt_tokens < 0 or self.allreduce_latency_s < 0:
+            raise ScaleError("prompt tokens and the all-reduce latency must not be negative")
+        if self.usable_memory_fraction > 1:
+            raise ScaleError(f"usable memory fraction is in (0, 1], got {self.usable_memory_fraction}")
         if self.peak_to_average < 1:
             raise ScaleError(f"--peak-to-average is peak over average traffic, at least 1, got {self.peak_to_average}; "
                              "pass 1 for a fleet sized for the average")
+        for name in ("weights_dtype", "kv_dtype"):
+            if getattr(self, name) not in SERVING_BYTES:
+                raise ScaleError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
+                                 f"{', '.join(SERVING_BYTES)}")
 
 
 @dataclass(frozen=True)
@@ -163,25 +147,136 @@ class Phase:
     mfu: float  # of the replica's tp devices
 
 
-def _on_replica(prediction: Prediction | None, tp: int, efficiency: float) -> Phase:
+def allreduce_seconds(config: GPTConfig, tokens: int, tp: int, link_bytes_per_s: float, latency_s: float,
+                      activation_bytes: float) -> float:
+    """Two ring all-reduces per layer (after attention, after the MLP) of tokens × width activations:
+    each moves 2(tp−1)/tp of the tensor over every device's link, plus a fixed latency."""
+    if tp == 1:
+        return 0.0
+    per_allreduce = 2 * (tp - 1) / tp * tokens * config.n_embd * activation_bytes / link_bytes_per_s + latency_s
+    return 2 * config.n_layer * per_allreduce
+
+
+def _on_replica(prediction: Prediction | None, tp: int, factor: float, allreduce_s: float) -> Phase:
     if prediction is None:
         return Phase(0.0, {}, 0.0)
-    scale = 1 / (tp * efficiency)
-    return Phase(prediction.step_seconds * scale, {k: v * scale for k, v in prediction.breakdown.items()},
-                 prediction.mfu * efficiency)
+    scale = factor / tp
+    breakdown = {k: v * scale for k, v in prediction.breakdown.items()} | {"all_reduce": allreduce_s}
+    seconds = sum(breakdown.values())
+    return Phase(seconds, breakdown, prediction.mfu * prediction.step_seconds / (tp * seconds))
+
+
+@dataclass(frozen=True)
+class ReplicaPoint:
+    """One replica of `tp` devices decoding `batch` sequences under continuous batching.
+
+    Every decode iteration (one token for each sequence) also prefills the prompts of the batch / output_tokens
+    queries that arrive to replace the finished ones, on the same devices. A new query waits at most one
+    iteration, then its prompt is prefilled: time to first token = prefill of one prompt + one iteration."""
+
+    tensor_parallel: int
+    batch: int
+    decode_step: Phase
+    prefill: Phase  # one prompt
+    iteration_s: float
+    ttft_s: float
+    user_tokens_per_sec: float
+    queries_per_sec: float
+
+
+class Planner:
+    """Replica points of one model on one device, their memory limit, and the best batch per tp."""
+
+    def __init__(self, config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs):
+        self.config, self.device, self.profile, self.inputs = config, device, profile, inputs
+        self.context = inputs.prompt_tokens + inputs.output_tokens
+        if self.context > config.block_size:
+            raise ScaleError(f"a query of {self.context} tokens exceeds the model's context of {config.block_size}; "
+                             "lower --prompt-tokens or --tokens-per-query")
+        self.weight_bytes = flops.param_count(config) * SERVING_BYTES[inputs.weights_dtype]
+        self.kv_bytes_per_token = (flops.kv_cache_bytes_per_token(config, "bf16") / 2 * SERVING_BYTES[inputs.kv_dtype])
+        link = hardware.INTERCONNECTS.get(device.key)
+        self.link_bytes_per_s = link.bytes_per_s if link else None
+        self._steps: dict[int, Prediction] = {}
+        # Decode time is linear in the context: the step at the mean context is the generation's mean step.
+        self.mean_context = max(inputs.prompt_tokens, 1) + inputs.output_tokens // 2
+        self.prefill_one = (predict.predict_prefill(config, 1, inputs.prompt_tokens, profile)
+                            if inputs.prompt_tokens else None)
+
+    def max_batch(self, tp: int) -> int:
+        usable = tp * self.device.memory_bytes * self.inputs.usable_memory_fraction
+        return max(0, int((usable - self.weight_bytes) // (self.context * self.kv_bytes_per_token)))
+
+    def tensor_parallel_degrees(self) -> list[int]:
+        """Powers of two within a server; beyond 1 only where the hardware table has the server's link."""
+        degrees, tp = [], 1
+        while tp <= self.inputs.devices_per_server and (tp == 1 or self.link_bytes_per_s):
+            degrees.append(tp)
+            tp *= 2
+        return degrees
+
+    def point(self, tp: int, batch: int) -> ReplicaPoint:
+        inputs, factor = self.inputs, self.inputs.step_time_factor
+        if batch not in self._steps:
+            self._steps[batch] = predict.predict_decode_step(self.config, batch, self.mean_context, self.profile)
+        elem = flops.bytes_per_element(self.profile.dtype)
+
+        def comm(tokens: int) -> float:
+            return allreduce_seconds(self.config, tokens, tp, self.link_bytes_per_s or 1.0,
+                                     inputs.allreduce_latency_s, elem) * factor
+
+        step = _on_replica(self._steps[batch], tp, factor, comm(batch))
+        prefill = _on_replica(self.prefill_one, tp, factor, comm(inputs.prompt_tokens))
+        iteration = step.seconds + batch / inputs.output_tokens * prefill.seconds
+        return ReplicaPoint(tp, batch, step, prefill, iteration, prefill.seconds + iteration, 1 / iteration,
+                            batch / (inputs.output_tokens * iteration))
+
+    def meets(self, point: ReplicaPoint) -> str | None:
+        """The latency target `point` misses, or None."""
+        if point.ttft_s > self.inputs.ttft_s:
+            return "ttft"
+        if point.user_tokens_per_sec < self.inputs.min_user_tokens_per_sec:
+            return "user_tokens_per_sec"
+        return None
+
+    def best(self, tp: int) -> tuple[ReplicaPoint, str] | tuple[None, str]:
+        """The largest batch on `tp` devices meeting both latency targets and memory, and the limit that bound it.
+
+        Iteration time grows with the batch, so the feasible batches are 1..b*: a binary search finds b*."""
+        ceiling = min(self.max_batch(tp), MAX_BATCH)
+        if ceiling < 1:
+            return None, "memory"
+        first = self.point(tp, 1)
+        if (missed := self.meets(first)) is not None:
+            return None, missed
+        low, high = 1, ceiling
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.meets(self.point(tp, middle)) is None:
+                low = middle
+            else:
+                high = middle - 1
+        if low == ceiling:
+            return self.point(tp, low), "memory" if ceiling < MAX_BATCH else "max_batch"
+        return self.point(tp, low), self.meets(self.point(tp, low + 1)) or "memory"
 
 
 @dataclass(frozen=True)
 class ServingPlan:
     tensor_parallel: int
+    batch: int
+    limited_by: str  # memory, ttft, user_tokens_per_sec or max_batch: what stopped the batch growing
+    ttft_s: float
+    user_tokens_per_sec: float
     weight_gb: float
     kv_cache_gb: float
-    prefill: Phase  # one batch of prompts
-    decode_step: Phase  # one token for every sequence of the batch, mean over the generation
-    replica_tokens_per_sec: float  # generated tokens/s of one replica during decoding
+    prefill: Phase  # one prompt
+    decode_step: Phase  # one token for every sequence of the batch, at the generation's mean context
+    replica_tokens_per_sec: float  # generated tokens/s of one replica, prefill work included
     replica_queries_per_sec: float
     replicas: int
     devices: int
+    utilisation: float  # average traffic over the fleet's capacity
     usd_per_day: float
     usd_per_query: float
     usd_per_million_tokens: float  # per million generated tokens
@@ -189,52 +284,125 @@ class ServingPlan:
     wh_per_query: float
     kg_co2_per_day: float
     cost_breakdown_usd_per_day: dict[str, float] = field(default_factory=dict)
+    candidates: dict[int, str] = field(default_factory=dict)  # tp -> "batch B, D devices" or why it was refused
+
+
+def _no_plan(planner: Planner, refusals: dict[int, str]) -> ScaleError:
+    inputs = planner.inputs
+    if all(reason == "memory" for reason in refusals.values()):
+        return ScaleError(
+            f"the weights ({planner.weight_bytes / 1e9:,.1f} GB in {inputs.weights_dtype}) and one query's KV cache fit "
+            f"no server: {max(refusals)} {planner.device.key} devices offer "
+            f"{max(refusals) * planner.device.memory_bytes * inputs.usable_memory_fraction / 1e9:,.1f} GB usable; "
+            "use --weights-dtype int8/int4, a device with more memory, or more --devices-per-server")
+    tp = max(tp for tp, reason in refusals.items() if reason != "memory")
+    point = planner.point(tp, 1)
+    if refusals[tp] == "ttft":
+        return ScaleError(f"even at batch 1 on {tp} devices the time to first token is {point.ttft_s:.3g} s, over "
+                          f"--ttft-s {inputs.ttft_s:g}; raise --ttft-s, lower --prompt-tokens or pick a faster device")
+    return ScaleError(f"even at batch 1 on {tp} devices a user gets {point.user_tokens_per_sec:.3g} tokens/s, under "
+                      f"--min-user-tokens-per-sec {inputs.min_user_tokens_per_sec:g}; lower it, or pick a faster device")
 
 
 def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs,
                  priced: cost.PricedDevice) -> ServingPlan:
-    context = inputs.prompt_tokens + inputs.output_tokens
-    if context > config.block_size:
-        raise ScaleError(f"a query of {context} tokens exceeds the model's context of {config.block_size}; "
-                         "lower --prompt-tokens or --tokens-per-query")
-    resident_weights = flops.param_count(config) * flops.bytes_per_element(inputs.dtype)
-    kv_per_token = flops.kv_cache_bytes_per_token(config, inputs.dtype)
-    fit = fit_replica(resident_weights, inputs.batch * context * kv_per_token, device.memory_bytes,
-                      inputs.devices_per_server, inputs.usable_memory_fraction,
-                      f"one replica in {inputs.dtype} at batch {inputs.batch} × {context} tokens")
-    tp, efficiency = fit.tensor_parallel, inputs.tensor_parallel_efficiency
-    prompt = inputs.prompt_tokens
-    prefill = _on_replica(predict.predict_prefill(config, inputs.batch, prompt, profile) if prompt else None,
-                          tp, efficiency)
-    # A query without a prompt starts from one token (sample.py's end-of-text), as the predictor needs one.
-    step = _on_replica(predict.predict_decode(config, inputs.batch, max(prompt, 1), inputs.output_tokens, profile),
-                       tp, efficiency)
-    batch_seconds = prefill.seconds + inputs.output_tokens * step.seconds
-    replica_qps = inputs.batch / batch_seconds
+    """Choose tp and batch (the fewest devices for the peak traffic; the smaller tp on a tie), then size the fleet."""
+    planner = Planner(config, device, profile, inputs)
     peak_qps = inputs.queries_per_day / cost.SECONDS_PER_DAY * inputs.peak_to_average
-    replicas = math.ceil(peak_qps / replica_qps)
-    devices = replicas * tp
+    chosen, refusals, candidates = None, {}, {}
+    for tp in planner.tensor_parallel_degrees():
+        point, limit = planner.best(tp)
+        if point is None:
+            refusals[tp] = limit
+            candidates[tp] = f"refused: {limit} at batch 1"
+            continue
+        devices = math.ceil(peak_qps / point.queries_per_sec) * tp
+        candidates[tp] = f"batch {point.batch} ({limit}), {devices} devices"
+        if chosen is None or devices < chosen[2]:
+            chosen = (point, limit, devices)
+    if chosen is None:
+        raise _no_plan(planner, refusals)
+    point, limit, devices = chosen
+    tp = point.tensor_parallel
     hour = priced.device_hour
-    usd_per_day = cost.fleet_usd_per_day(devices, hour)
+    usd_per_day = cost.fleet_usd_per_day(devices, hour) * inputs.price_factor
     kwh_per_day = cost.energy_kwh(priced.kw_per_device, devices * cost.SECONDS_PER_DAY)
+    capacity = devices // tp * point.queries_per_sec
     return ServingPlan(
         tensor_parallel=tp,
-        weight_gb=resident_weights / 1e9,
-        kv_cache_gb=fit.kv_cache_bytes / 1e9,
-        prefill=prefill,
-        decode_step=step,
-        replica_tokens_per_sec=inputs.batch / step.seconds,
-        replica_queries_per_sec=replica_qps,
-        replicas=replicas,
+        batch=point.batch,
+        limited_by=limit,
+        ttft_s=point.ttft_s,
+        user_tokens_per_sec=point.user_tokens_per_sec,
+        weight_gb=planner.weight_bytes / 1e9,
+        kv_cache_gb=point.batch * planner.context * planner.kv_bytes_per_token / 1e9,
+        prefill=point.prefill,
+        decode_step=point.decode_step,
+        replica_tokens_per_sec=point.batch / point.iteration_s,
+        replica_queries_per_sec=point.queries_per_sec,
+        replicas=devices // tp,
         devices=devices,
+        utilisation=inputs.queries_per_day / cost.SECONDS_PER_DAY / capacity,
         usd_per_day=usd_per_day,
         usd_per_query=usd_per_day / inputs.queries_per_day,
         usd_per_million_tokens=usd_per_day / (inputs.queries_per_day * inputs.output_tokens) * 1e6,
         kwh_per_day=kwh_per_day,
         wh_per_query=kwh_per_day * 1000 / inputs.queries_per_day,
         kg_co2_per_day=kwh_per_day * priced.grid_kg_co2_per_kwh,
-        cost_breakdown_usd_per_day={part: devices * 24 * usd for part, usd in hour.parts().items()},
+        cost_breakdown_usd_per_day={part: devices * 24 * usd * inputs.price_factor
+                                    for part, usd in hour.parts().items()},
+        candidates=candidates,
     )
+
+
+# Each uncertain input of the plan: its low and high value (the central one is the plan's own) and why.
+def band_inputs(central: ServingInputs) -> dict[str, tuple[float, float, str]]:
+    return {
+        "step_time_factor": (0.8, 1.25, "assumption: predicted step times within -20%/+25%"),
+        "price_factor": (0.6, 1.5, "assumption: device-hour price from committed-use discounts to on-demand premiums"),
+        "peak_to_average": (1.0, max(2.0, 2 * central.peak_to_average),
+                            "assumption: a fleet sized for the average to one sized for twice the peak"),
+        "allreduce_latency_s": (5e-6, 30e-6, "assumption: NCCL intra-server all-reduce latency"),
+        "usable_memory_fraction": (0.8, 0.95, "assumption: memory left for activations and fragmentation"),
+    }
+
+
+def uncertainty(config: GPTConfig, device: Accelerator, profile: DeviceProfile, central: ServingInputs,
+                priced: cost.PricedDevice) -> dict[str, Any]:
+    """The tornado (each input alone at its low and high value, the plan re-run) and the band: the plan with
+    every input at whichever end lowered cost, and at whichever end raised it."""
+    def plan(**changes: float) -> ServingPlan:
+        return plan_serving(config, device, profile, replace(central, **changes), priced)
+
+    def plan_or_none(**changes: float) -> ServingPlan | None:
+        try:
+            return plan(**changes)
+        except ScaleError:  # the ends together can miss a target that each alone meets
+            return None
+
+    def usd(**changes: float) -> float | None:
+        """Cost per day, or None where no plan meets the latency targets and memory at that value."""
+        found = plan_or_none(**changes)
+        return found.usd_per_day if found else None
+
+    base = plan()
+    tornado, cheap, dear = [], {}, {}
+    for name, (low, high, source) in band_inputs(central).items():
+        at_low, at_high = usd(**{name: low}), usd(**{name: high})
+        tornado.append({"input": name, "low": low, "central": getattr(central, name), "high": high,
+                        "source": source, "low_usd_per_day": at_low, "high_usd_per_day": at_high})
+        ends = [(cost_, value) for cost_, value in ((at_low, low), (at_high, high)) if cost_ is not None]
+        ends += [(base.usd_per_day, getattr(central, name))]  # an end with no plan is left at the central value
+        cheap[name], dear[name] = min(ends)[1], max(ends)[1]
+    tornado.sort(key=lambda entry: -abs((entry["high_usd_per_day"] or base.usd_per_day)
+                                        - (entry["low_usd_per_day"] or base.usd_per_day)))
+    low, high = plan_or_none(**cheap), plan_or_none(**dear)
+
+    def band(name: str) -> dict[str, float | None]:
+        return {"low": getattr(low, name, None), "central": getattr(base, name), "high": getattr(high, name, None)}
+
+    return {"usd_per_day": band("usd_per_day"), "wh_per_query": band("wh_per_query"),
+            "devices_band": band("devices"), "tornado": tornado}
 
 
 @dataclass(frozen=True)
@@ -270,14 +438,17 @@ class ScaleRequest:
     dtype: str = "bf16"
     device_profile: Path | None = None  # a calibrate --out file of the target device class
     sources: tuple[Path, ...] = ()  # train.py run directories and sample.py profile files: confidence only
-    batch: int | None = None
+    weights_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    ttft_s: float | None = None
+    min_user_tokens_per_sec: float | None = None
     prompt_tokens: int | None = None
     tokens_per_query: int | None = None
     queries_per_day: float | None = None
     peak_to_average: float | None = None
     devices_per_server: int | None = None
     usable_memory_fraction: float | None = None
-    tensor_parallel_efficiency: float | None = None
+    allreduce_latency_s: float | None = None
     train_tokens: float | None = None
     train_devices: int | None = None
     train_micro_batch: int | None = None
@@ -330,16 +501,25 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
         return inputs[name]["value"]
 
     serving = ServingInputs(
-        batch=int(given("batch", ServingInputs.batch, "sequences")),
         prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
         output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
         queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
         peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
         dtype=dtype,
+        weights_dtype=request.weights_dtype,
+        kv_dtype=request.kv_dtype,
+        ttft_s=given("ttft_s", ServingInputs.ttft_s, "s"),
+        min_user_tokens_per_sec=given("min_user_tokens_per_sec", ServingInputs.min_user_tokens_per_sec, "tokens/s"),
         devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
         usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
-        tensor_parallel_efficiency=given("tensor_parallel_efficiency", ServingInputs.tensor_parallel_efficiency),
+        allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
     )
+    for name in ("ttft_s", "min_user_tokens_per_sec"):
+        if getattr(request, name) is None:
+            inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    link = hardware.INTERCONNECTS.get(device.key)
+    if link is not None:
+        inputs["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
     training_inputs = TrainingInputs(
         tokens=given("train_tokens", CHINCHILLA_TOKENS_PER_PARAM * params, "tokens"),
         n_devices=int(given("train_devices", 1024, "devices")),
@@ -350,6 +530,7 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     for entry in inputs.values():
         entry["kind"] = cost.kind_of(entry["source"])
     plan = plan_serving(config, device, profile, serving, priced)
+    band = uncertainty(config, device, profile, serving, priced)
     training, step = plan_training(config, profile, training_inputs, priced)
     return {
         "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
@@ -363,132 +544,5 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
         "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
         "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
-        "serving": asdict(plan),
+        "serving": asdict(plan) | band,
     }
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:,.2f} ms"
-
-
-def _where(phase: dict[str, Any]) -> str:
-    """"matmul 80%, attention 12%, ..." of a predicted phase."""
-    total = phase["seconds"]
-    return ", ".join(f"{part} {seconds / total:.0%}" for part, seconds in phase["breakdown"].items()
-                     if seconds / total >= 0.005)
-
-
-def format_extrapolation(result: dict[str, Any]) -> str:
-    model, device, serving, training = result["model"], result["device"], result["serving"], result["training"]
-    profile, confidence = result["profile"], result["confidence"]
-    decode, prefill = serving["decode_step"], serving["prefill"]
-    lines = [
-        f"{model['name']} ({model['params'] / 1e9:,.2f}B params, {model['n_layer']} layers, width {model['n_embd']}) "
-        f"on {device['name']} ({device['dtype']}, {device['peak_flops'] / 1e12:,.0f} TFLOP/s, "
-        f"{device['memory_bandwidth_bytes_per_s'] / 1e12:,.2f} TB/s, {device['memory_bytes'] / 1e9:,.0f} GB)",
-        f"step times predicted on the {profile['kind']} profile of {profile['device']} ({profile['date'][:10]})",
-        "",
-        "serving",
-        f"  replica        {serving['tensor_parallel']} devices (weights {serving['weight_gb']:,.1f} GB + KV cache "
-        f"{serving['kv_cache_gb']:,.1f} GB)",
-        f"  decode step    {_ms(decode['seconds'])} for the batch (mean over the generation), MFU "
-        f"{decode['mfu']:.1%}; {serving['replica_tokens_per_sec']:,.0f} tokens/s per replica",
-        f"                 where it goes: {_where(decode)}",
-    ]
-    if prefill["seconds"]:
-        lines += [f"  prefill        {_ms(prefill['seconds'])} per batch of prompts, MFU {prefill['mfu']:.1%}",
-                  f"                 where it goes: {_where(prefill)}"]
-    step = training["step"]
-    lines += [
-        f"  fleet          {serving['replicas']:,} replicas = {serving['devices']:,} devices",
-        f"  cost           ${serving['usd_per_day']:,.0f}/day = ${serving['usd_per_query']:.5f}/query = "
-        f"${serving['usd_per_million_tokens']:,.3f} per million generated tokens",
-        "  breakdown/day  " + ", ".join(f"{k} ${v:,.0f}" for k, v in serving["cost_breakdown_usd_per_day"].items()),
-        f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']:.3f} Wh/query, "
-        f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
-        "",
-        "training",
-        f"  predicted MFU  {training['predicted_mfu']:.1%} (one device's optimizer step: {_ms(step['step_seconds'])}; "
-        f"where it goes: {_where({'seconds': step['step_seconds'], 'breakdown': step['breakdown']})})",
-        f"  {training['flops']:.3e} FLOPs = {training['device_hours']:,.0f} device-hours = "
-        f"{training['days']:,.1f} days on {training['n_devices']:,} devices; ${training['usd']:,.0f}, "
-        f"{training['kwh'] / 1000:,.0f} MWh",
-        "",
-        "confidence: " + confidence["note"],
-    ]
-    lines += [f"  {phase:<8} {entry['error']:+.1%}  [{entry['source']}]" for phase, entry in confidence["errors"].items()]
-    lines += ["", "inputs (kind: measured, reference or assumed)"]
-    width = max(len(name) for name in result["inputs"])
-    lines += [f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12} {entry['unit']:<9} {entry['source']}"
-              if isinstance(entry["value"], str) else
-              f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12g} {entry['unit']:<9} {entry['source']}"
-              for name, entry in result["inputs"].items()]
-    return "\n".join(lines)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "scale",
-        help="a large model on a fleet: training and serving cost from step times predicted on the target device",
-        description="Predict the training step, prefill and decode times of a target model on a target device "
-        "(its measured profile if one exists, else its reference profile: datasheet x published efficiencies), "
-        "and turn them into training time and cost, and a serving fleet: devices per replica, tokens/s, fleet "
-        "size, cost per day, per query and per million tokens, energy. Every input is labelled measured, "
-        "reference or assumed. --from a run measured here adds the predictor's own error on this device as a "
-        "confidence figure; nothing measured on one device class is carried to another.",
-    )
-    target = parser.add_argument_group("target model (a preset, or an explicit shape)")
-    target.add_argument("--model", metavar="PRESET", help=f"one of {', '.join(PRESETS)}")
-    target.add_argument("--layers", type=int, help="transformer blocks")
-    target.add_argument("--width", type=int, help="model width n_embd")
-    target.add_argument("--heads", type=int, help="query heads")
-    target.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads)")
-    target.add_argument("--context", type=int, help="context length, tokens (default 1024)")
-    target.add_argument("--vocab", type=int, help="vocabulary size (default 50257)")
-    parser.add_argument("--device", required=True, metavar="KEY", help="target device key of the hardware table")
-    parser.add_argument("--dtype", default="bf16", help="serving and training dtype: weights, KV cache, profile (bf16)")
-    parser.add_argument("--profile", dest="device_profile", type=Path, metavar="FILE",
-                        help="device profile of the target device class (python -m profiling calibrate --out); "
-                        "default: a measured one committed or cached, else the reference profile")
-    parser.add_argument("--from", dest="sources", action="append", type=Path, default=[], metavar="PATH",
-                        help="train.py run directory and/or sample.py --profile-json file; may repeat. Only the "
-                        "predictor's error there is read, as a confidence figure")
-    traffic = parser.add_argument_group("serving")
-    traffic.add_argument("--queries-per-day", type=float, help=f"default {ServingInputs.queries_per_day:g}")
-    traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
-    traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
-    traffic.add_argument("--batch", type=int, help=f"sequences decoded together (default {ServingInputs.batch})")
-    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
-    traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
-    traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
-    traffic.add_argument("--tensor-parallel-efficiency", type=float,
-                         help="a replica's speed-up over one device / its devices, in (0, 1] (default 1.0: "
-                         "communication not modelled)")
-    train = parser.add_argument_group("training")
-    train.add_argument("--train-tokens", type=float, help="training tokens (default 20 × params, Chinchilla)")
-    train.add_argument("--train-devices", type=int, help="devices training together (default 1024)")
-    train.add_argument("--train-micro-batch", type=int,
-                       help=f"sequences of the full context per device per micro-step (default {TrainingInputs.micro_batch})")
-    train.add_argument("--train-grad-accum", type=int,
-                       help=f"micro-steps per optimizer update (default {TrainingInputs.grad_accum})")
-    cost.add_price_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return parser
-
-
-def request_from(args: argparse.Namespace) -> ScaleRequest:
-    """The command line's answers as a typed request."""
-    shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
-             "block_size": args.context, "vocab_size": args.vocab}
-    chosen = {name: getattr(args, name) for name in (
-        "model", "dtype", "device_profile", "batch", "prompt_tokens", "tokens_per_query", "queries_per_day",
-        "peak_to_average", "devices_per_server", "usable_memory_fraction", "tensor_parallel_efficiency",
-        "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
-    return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
-                        prices=cost.price_choice(args), **chosen)
-
-
-def run(args: argparse.Namespace) -> int:
-    result = extrapolate(request_from(args))
-    print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
-    return 0

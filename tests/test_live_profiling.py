@@ -66,7 +66,7 @@ def test_sample_profile_and_run_feed_cost_and_scale(trained_run, tmp_path, capsy
     errors = result["confidence"]["errors"]
     assert set(errors) <= {"training", "prefill", "decode"}
     assert all(entry["source"].startswith("measured (from ") for entry in errors.values())
-    assert result["serving"]["usd_per_day"] > 0
+    assert result["serving"]["usd_per_day"]["central"] > 0
     assert profiling_main(["cost", "--from", str(profile_path), "--usd-per-device-hour", "1", "--json"]) == 0
     priced = json.loads(capsys.readouterr().out)["tokens_per_sec_per_device"]
     assert priced == {"value": profile["decode_tokens_per_sec"], "kind": "measured",

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from gpt.config import GPTConfig
-from profiling import flops, predict, rundir, scale
+from gpt.errors import GptmeterError
+from profiling import cost, flops, predict, rundir, scale
 from profiling.device_profile import reference_profile
 
 GPT2 = GPTConfig.from_preset("gpt2")
@@ -36,19 +37,81 @@ def test_roofline_divides_each_roof_by_its_efficiency():
     assert (line.compute_s, line.memory_s, line.seconds, line.bound) == (4.0, 4.0, 4.0, "compute")
 
 
-def test_memory_fit_picks_the_smallest_power_of_two_group():
-    weights = flops.param_count(GPT3) * 2  # bf16
-    kv = 32 * 700 * flops.kv_cache_bytes_per_token(GPT3, "bf16")
-    fit = scale.fit_replica(weights, kv, 80e9, 8, 0.9, "gpt3")
-    assert fit.tensor_parallel == 8  # 455 GB: more than 4 × 72 GB, less than 8 × 72 GB
-    assert scale.fit_replica(weights, 0, 141e9, 8, 0.9, "gpt3").tensor_parallel == 4  # 349 GB on H200s
+H100 = reference_profile("h100-sxm", "bf16")
 
 
-def test_a_model_that_fits_on_no_server_is_a_clear_error():
-    weights = flops.param_count(GPT3) * 4  # fp32: 698 GB
-    with pytest.raises(scale.ScaleError, match=r"needs 737\.\d GB \(weights 698\.\d GB .* offers 576\.0 GB usable; lower --batch"):
-        scale.fit_replica(weights, 128 * 2048 * flops.kv_cache_bytes_per_token(GPT3, "fp32") / 64, 80e9, 8, 0.9,
-                          "gpt3 in fp32")
+def _plan(config=GPT3, device="h100-sxm", prices=cost.PriceChoice(), **inputs):
+    priced = cost.price_device(prices, device, scale.device_spec(device).board_power_w)
+    return scale.plan_serving(config, scale.device_spec(device), reference_profile(device, "bf16"),
+                              scale.ServingInputs(**inputs), priced)
+
+
+def test_the_chosen_batch_fits_and_the_next_one_does_not_meet_the_limit_named():
+    plan = _plan(prompt_tokens=500, output_tokens=500, queries_per_day=1e8)
+    usable = plan.tensor_parallel * 80e9 * 0.9
+    kv_per_token = flops.kv_cache_bytes_per_token(GPT3, "bf16")  # bf16 KV: 2 bytes × 2 × layers × kv width
+    assert plan.weight_gb * 1e9 + plan.batch * 1000 * kv_per_token <= usable  # the KV cache of the batch fits
+    if plan.limited_by == "memory":
+        assert plan.weight_gb * 1e9 + (plan.batch + 1) * 1000 * kv_per_token > usable
+    assert plan.ttft_s <= 2.0 and plan.user_tokens_per_sec >= 5.0
+    assert plan.tensor_parallel == 8  # 349 GB of bf16 weights: more than 4 × 72 GB usable
+    assert plan.candidates[4] == "refused: memory at batch 1"
+    int8 = _plan(prompt_tokens=500, output_tokens=500, weights_dtype="int8")  # 175 GB of weights fit on 4
+    assert int8.candidates[4].startswith("batch ") and int8.batch > plan.batch
+
+
+def test_the_decode_step_is_the_predictors_step_shared_over_tp_plus_the_hand_counted_all_reduces():
+    plan = _plan(prompt_tokens=0, output_tokens=200, queries_per_day=1e7)
+    tp, batch = plan.tensor_parallel, plan.batch
+    one_device = predict.predict_decode_step(GPT3, batch, 1 + 100, H100)
+    # 2 ring all-reduces per layer of batch × 12288 bf16 values over 450 GB/s, 2(tp-1)/tp of it each, + 10 µs
+    allreduce = 2 * 96 * (2 * (tp - 1) / tp * batch * 12288 * 2 / 450e9 + 10e-6)
+    assert plan.decode_step.seconds == pytest.approx(one_device.step_seconds / tp + allreduce, rel=1e-12)
+    assert plan.replica_queries_per_sec == pytest.approx(batch / (200 * plan.decode_step.seconds))
+
+
+def test_more_queries_never_mean_fewer_devices():
+    devices = [_plan(prompt_tokens=200, output_tokens=300, queries_per_day=q).devices
+               for q in (1e5, 1e6, 3e6, 1e7, 3e7, 1e8)]
+    assert devices == sorted(devices) and devices[-1] > devices[0]
+
+
+def test_a_stricter_latency_target_never_gives_a_larger_batch():
+    by_speed = [_plan(prompt_tokens=200, output_tokens=300, min_user_tokens_per_sec=y).batch
+                for y in (1, 5, 10, 20, 30)]
+    assert by_speed == sorted(by_speed, reverse=True) and by_speed[-1] < by_speed[0]
+    by_ttft = [_plan(config=GPT2, device="a100-80gb", prompt_tokens=900, output_tokens=100, ttft_s=t).batch
+               for t in (1.0, 0.1, 0.03, 0.01)]
+    assert by_ttft == sorted(by_ttft, reverse=True)
+
+
+def test_bad_inputs_name_the_limit_that_failed():
+    with pytest.raises(scale.ScaleError, match=r"fit no server: 8 l4 devices offer 172.8 GB usable; use --weights-dtype"):
+        _plan(device="l4", prices=cost.PriceChoice(usd_per_device_hour=1.0))  # 349 GB of weights against 8 × 24 GB
+    with pytest.raises(scale.ScaleError, match=r"tokens/s, under --min-user-tokens-per-sec 10000"):
+        _plan(min_user_tokens_per_sec=10_000)
+    with pytest.raises(scale.ScaleError, match=r"time to first token is .* over --ttft-s 0.001"):
+        _plan(prompt_tokens=1000, output_tokens=100, ttft_s=0.001)
+    for bad in (0, -5):
+        with pytest.raises(GptmeterError, match="queries_per_day"):
+            _plan(queries_per_day=bad)
+
+
+def test_the_band_is_ordered_and_the_tornado_is_the_plan_rerun_with_one_input_changed():
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", queries_per_day=1e8, prompt_tokens=300,
+                                 tokens_per_query=300)
+    serving = scale.extrapolate(request)["serving"]
+    for name in ("usd_per_day", "wh_per_query", "devices_band"):
+        band = serving[name]
+        assert band["low"] <= band["central"] <= band["high"], name
+    assert serving["usd_per_day"]["central"] == pytest.approx(serving["devices"] * 24 * 2.49)
+    effects = [abs(e["high_usd_per_day"] - e["low_usd_per_day"]) for e in serving["tornado"]]
+    assert effects == sorted(effects, reverse=True)
+    for entry in serving["tornado"]:
+        rerun = _plan(prompt_tokens=300, output_tokens=300, queries_per_day=1e8, **{entry["input"]: entry["high"]})
+        assert entry["high_usd_per_day"] == pytest.approx(rerun.usd_per_day)
+    price = next(e for e in serving["tornado"] if e["input"] == "price_factor")
+    assert price["low_usd_per_day"] == pytest.approx(0.6 * serving["usd_per_day"]["central"])
 
 
 def _profile(path, **fields):
@@ -65,20 +128,10 @@ def test_scale_prices_the_predicted_steps_and_labels_every_input(tmp_path):
     h100 = reference_profile("h100-sxm", "bf16")
     assert result["profile"]["kind"] == "reference" and result["inputs"]["device_profile"]["kind"] == "reference"
     assert result["measured"] == []  # nothing measured on the CPU is an input for the H100
-    assert {"batch", "queries_per_day", "tensor_parallel_efficiency"} <= set(result["assumed"])
-    assert {"usd_per_device_hour", "board_power_w", "device_profile"} <= set(result["reference"])
-    # The decode step: the predictor's mean step for the whole model on one H100, shared by the 8 of a replica.
+    assert {"queries_per_day", "allreduce_latency_s"} <= set(result["assumed"])
+    assert {"usd_per_device_hour", "board_power_w", "device_profile", "ttft_s"} <= set(result["reference"])
     serving = result["serving"]
-    assert serving["tensor_parallel"] == 8
-    one_device = predict.predict_decode(GPT3, 32, 1, 700, h100)
-    assert serving["decode_step"]["seconds"] == pytest.approx(one_device.step_seconds / 8, rel=1e-12)
-    assert sum(serving["decode_step"]["breakdown"].values()) == pytest.approx(serving["decode_step"]["seconds"])
-    qps = 1e8 / 86_400
-    assert serving["replica_queries_per_sec"] == pytest.approx(32 / (700 * serving["decode_step"]["seconds"]))
-    assert serving["replicas"] == math.ceil(qps / serving["replica_queries_per_sec"])
-    assert serving["devices"] == 8 * serving["replicas"]
-    assert serving["usd_per_day"] == pytest.approx(serving["devices"] * 24 * 2.49)
-    assert serving["usd_per_query"] == pytest.approx(serving["usd_per_day"] / 1e8)
+    assert serving["tensor_parallel"] == 8 and serving["limited_by"] in ("memory", "ttft", "user_tokens_per_sec")
     # Training: model FLOPs over the profile's peak at the MFU predicted for one device's step.
     step = predict.predict_train(GPT3, 1, GPT3.block_size, 16, h100)
     expected_seconds = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak_flops * step.mfu)
@@ -136,7 +189,7 @@ def cli(capsys):
     (["scale", "--model", "gpt2", "--device", "h100-sxm", "--queries-per-day", "0"], "queries_per_day must be"),
     (["scale", "--model", "gpt2", "--device", "h100-sxm", "--tokens-per-query", "-5"], "tokens_per_query must be"),
     (["scale", "--model", "gpt2", "--device", "h100-sxm", "--usd-per-device-hour", "-1"], "usd_per_device_hour"),
-    (["scale", "--model", "gpt3-175b", "--device", "l4", "--usd-per-device-hour", "1"], "offers 172.8 GB usable"),
+    (["scale", "--model", "gpt3-175b", "--device", "l4", "--usd-per-device-hour", "1"], "offer 172.8 GB usable"),
     (["cost", "--tokens-per-sec", "0", "--usd-per-device-hour", "2"], "tokens_per_sec must be a positive number"),
     (["cost", "--scenario", "nope"], "unknown scenario 'nope'; known: semianalysis-2023"),
     (["cost", "--device", "h100-sxm"], "give a throughput"),
@@ -196,3 +249,22 @@ def test_cost_page_of_a_run(tmp_path):
     pricing = page.results["usd_per_day_by_pricing"]
     assert set(pricing["tco"]) == {"hardware", "energy", "operations"} and len(pricing["cloud"]) == 1
     assert all(usd > 0 for breakdown in pricing.values() for usd in breakdown.values())
+
+
+def test_scale_plot_draws_the_tornado(cli, tmp_path):
+    status, out, _ = cli("scale", "--model", "gpt2", "--device", "h100-sxm", "--plot", str(tmp_path / "pics"), "--json")
+    result = json.loads(out)
+    assert status == 0 and result["plots"] == [str(tmp_path / "pics" / "tornado.png")]
+    assert (tmp_path / "pics" / "tornado.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(scale.band_inputs(scale.ServingInputs()))
+
+
+def test_an_input_end_with_no_plan_is_reported_as_none_not_an_error():
+    planner = scale.Planner(GPT3, scale.device_spec("h100-sxm"), H100, scale.ServingInputs(output_tokens=300))
+    fastest = planner.point(8, 1).user_tokens_per_sec
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", tokens_per_query=300,
+                                 min_user_tokens_per_sec=0.95 * fastest)  # met at batch 1, not if steps were 25% slower
+    serving = scale.extrapolate(request)["serving"]
+    slower = next(entry for entry in serving["tornado"] if entry["input"] == "step_time_factor")
+    assert serving["batch"] >= 1 and slower["high_usd_per_day"] is None and slower["low_usd_per_day"] is not None
+    assert serving["usd_per_day"]["low"] <= serving["usd_per_day"]["central"]

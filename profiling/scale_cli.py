@@ -1,0 +1,172 @@
+"""`python -m profiling scale`: the command line and text output of `profiling.scale`, and its --plot pictures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from gpt.config import PRESETS
+from gpt.files import dumps_json
+from profiling import cost
+from profiling.plots import write_tornado_plot
+from profiling.scale import (LATENCY_SOURCE, SERVING_BYTES, ScaleRequest, ServingInputs, TrainingInputs,
+                             extrapolate)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f} ms"
+
+
+def _where(phase: dict[str, Any]) -> str:
+    """"matmul 80%, attention 12%, ..." of a predicted phase."""
+    total = phase["seconds"]
+    return ", ".join(f"{part} {seconds / total:.0%}" for part, seconds in phase["breakdown"].items()
+                     if seconds / total >= 0.005)
+
+
+def _number(value: float | None, form: str = "{:,.4g}") -> str:
+    return "no plan" if value is None else form.format(value)
+
+
+def format_extrapolation(result: dict[str, Any]) -> str:
+    model, device, serving, training = result["model"], result["device"], result["serving"], result["training"]
+    profile, confidence = result["profile"], result["confidence"]
+    decode, prefill = serving["decode_step"], serving["prefill"]
+    lines = [
+        f"{model['name']} ({model['params'] / 1e9:,.2f}B params, {model['n_layer']} layers, width {model['n_embd']}) "
+        f"on {device['name']} ({device['dtype']}, {device['peak_flops'] / 1e12:,.0f} TFLOP/s, "
+        f"{device['memory_bandwidth_bytes_per_s'] / 1e12:,.2f} TB/s, {device['memory_bytes'] / 1e9:,.0f} GB)",
+        f"step times predicted on the {profile['kind']} profile of {profile['device']} ({profile['date'][:10]})",
+        "",
+        "serving",
+        f"  replica        {serving['tensor_parallel']} devices, batch {serving['batch']} (limited by "
+        f"{serving['limited_by']}); weights {serving['weight_gb']:,.1f} GB + KV cache {serving['kv_cache_gb']:,.1f} GB",
+        "  chosen from    " + "; ".join(f"tp {tp}: {why}" for tp, why in serving["candidates"].items()),
+        f"  latency        first token {serving['ttft_s']:.3g} s, {serving['user_tokens_per_sec']:,.1f} tokens/s "
+        f"per user; fleet utilisation {serving['utilisation']:.0%}",
+        f"  decode step    {_ms(decode['seconds'])} for the batch (mean over the generation), MFU "
+        f"{decode['mfu']:.1%}; {serving['replica_tokens_per_sec']:,.0f} tokens/s per replica, prefill included",
+        f"                 where it goes: {_where(decode)}",
+    ]
+    if prefill["seconds"]:
+        lines += [f"  prefill        {_ms(prefill['seconds'])} per prompt, MFU {prefill['mfu']:.1%}",
+                  f"                 where it goes: {_where(prefill)}"]
+    step = training["step"]
+    lines += [
+        f"  fleet          {serving['replicas']:,} replicas = {serving['devices']:,} devices",
+        f"  cost           ${serving['usd_per_day']['central']:,.0f}/day = ${serving['usd_per_query']:.5f}/query = "
+        f"${serving['usd_per_million_tokens']:,.3f} per million generated tokens",
+        "  band           " + "; ".join(
+            f"{name} {_number(band['low'])} / {_number(band['central'])} / {_number(band['high'])}" for name, band in
+            (("usd/day", serving["usd_per_day"]), ("devices", serving["devices_band"]),
+             ("Wh/query", serving["wh_per_query"]))) + " (low / central / high)",
+        "  tornado        " + "; ".join(
+            f"{entry['input']} {_number(entry['low_usd_per_day'], '${:,.0f}')}.."
+            f"{_number(entry['high_usd_per_day'], '${:,.0f}')}"
+            for entry in serving["tornado"]),
+        "  breakdown/day  " + ", ".join(f"{k} ${v:,.0f}" for k, v in serving["cost_breakdown_usd_per_day"].items()),
+        f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "
+        f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
+        "",
+        "training",
+        f"  predicted MFU  {training['predicted_mfu']:.1%} (one device's optimizer step: {_ms(step['step_seconds'])}; "
+        f"where it goes: {_where({'seconds': step['step_seconds'], 'breakdown': step['breakdown']})})",
+        f"  {training['flops']:.3e} FLOPs = {training['device_hours']:,.0f} device-hours = "
+        f"{training['days']:,.1f} days on {training['n_devices']:,} devices; ${training['usd']:,.0f}, "
+        f"{training['kwh'] / 1000:,.0f} MWh",
+        "",
+        "confidence: " + confidence["note"],
+    ]
+    lines += [f"  {phase:<8} {entry['error']:+.1%}  [{entry['source']}]" for phase, entry in confidence["errors"].items()]
+    lines += ["", "inputs (kind: measured, reference or assumed)"]
+    width = max(len(name) for name in result["inputs"])
+    lines += [f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12} {entry['unit']:<9} {entry['source']}"
+              if isinstance(entry["value"], str) else
+              f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12g} {entry['unit']:<9} {entry['source']}"
+              for name, entry in result["inputs"].items()]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "scale",
+        help="a large model on a fleet: training and serving cost from step times predicted on the target device",
+        description="Predict the training step, prefill and decode times of a target model on a target device "
+        "(its measured profile if one exists, else its reference profile: datasheet x published efficiencies), "
+        "and turn them into training time and cost, and a serving fleet: the tensor-parallel degree and the largest "
+        "batch meeting the latency targets and memory, tokens/s, fleet "
+        "size, cost per day (a low/central/high band and a tornado), per query and per million tokens, energy. "
+        "Every input is labelled measured, "
+        "reference or assumed. --from a run measured here adds the predictor's own error on this device as a "
+        "confidence figure; nothing measured on one device class is carried to another.",
+    )
+    target = parser.add_argument_group("target model (a preset, or an explicit shape)")
+    target.add_argument("--model", metavar="PRESET", help=f"one of {', '.join(PRESETS)}")
+    target.add_argument("--layers", type=int, help="transformer blocks")
+    target.add_argument("--width", type=int, help="model width n_embd")
+    target.add_argument("--heads", type=int, help="query heads")
+    target.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads)")
+    target.add_argument("--context", type=int, help="context length, tokens (default 1024)")
+    target.add_argument("--vocab", type=int, help="vocabulary size (default 50257)")
+    parser.add_argument("--device", required=True, metavar="KEY", help="target device key of the hardware table")
+    parser.add_argument("--dtype", default="bf16", help="serving and training dtype: weights, KV cache, profile (bf16)")
+    parser.add_argument("--profile", dest="device_profile", type=Path, metavar="FILE",
+                        help="device profile of the target device class (python -m profiling calibrate --out); "
+                        "default: a measured one committed or cached, else the reference profile")
+    parser.add_argument("--from", dest="sources", action="append", type=Path, default=[], metavar="PATH",
+                        help="train.py run directory and/or sample.py --profile-json file; may repeat. Only the "
+                        "predictor's error there is read, as a confidence figure")
+    traffic = parser.add_argument_group("serving")
+    traffic.add_argument("--queries-per-day", type=float, help=f"default {ServingInputs.queries_per_day:g}")
+    traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
+    traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
+    traffic.add_argument("--ttft-s", type=float,
+                         help=f"time to first token at most this, seconds (default {ServingInputs.ttft_s:g}: {LATENCY_SOURCE})")
+    traffic.add_argument("--min-user-tokens-per-sec", type=float,
+                         help=f"each user's decode speed at least this, tokens/s (default "
+                         f"{ServingInputs.min_user_tokens_per_sec:g}: {LATENCY_SOURCE})")
+    traffic.add_argument("--weights-dtype", default="bf16", choices=list(SERVING_BYTES),
+                         help="stored weights: sets memory, hence the batch; steps stay priced at --dtype (bf16)")
+    traffic.add_argument("--kv-dtype", default="bf16", choices=list(SERVING_BYTES),
+                         help="stored KV cache: sets memory, hence the batch (bf16)")
+    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
+    traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
+    traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
+    traffic.add_argument("--allreduce-latency-s", type=float,
+                         help=f"fixed cost of one all-reduce inside a server, seconds (default "
+                         f"{ServingInputs.allreduce_latency_s:g}, assumption)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--train-tokens", type=float, help="training tokens (default 20 × params, Chinchilla)")
+    train.add_argument("--train-devices", type=int, help="devices training together (default 1024)")
+    train.add_argument("--train-micro-batch", type=int,
+                       help=f"sequences of the full context per device per micro-step (default {TrainingInputs.micro_batch})")
+    train.add_argument("--train-grad-accum", type=int,
+                       help=f"micro-steps per optimizer update (default {TrainingInputs.grad_accum})")
+    cost.add_price_arguments(parser)
+    parser.add_argument("--plot", type=Path, metavar="DIR",
+                        help="also draw the tornado chart (cost per day, each uncertain input alone at its low and "
+                        "high) as DIR/tornado.png")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def request_from(args: argparse.Namespace) -> ScaleRequest:
+    """The command line's answers as a typed request."""
+    shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
+             "block_size": args.context, "vocab_size": args.vocab}
+    chosen = {name: getattr(args, name) for name in (
+        "model", "dtype", "device_profile", "weights_dtype", "kv_dtype", "ttft_s", "min_user_tokens_per_sec",
+        "prompt_tokens", "tokens_per_query", "queries_per_day",
+        "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s",
+        "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
+    return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
+                        prices=cost.price_choice(args), **chosen)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = extrapolate(request_from(args))
+    if args.plot is not None:
+        result["plots"] = [str(write_tornado_plot(result["serving"], args.plot))]
+    print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
+    return 0
