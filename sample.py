@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                      help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the one-token decode step (CUDA graphs on GPUs); compiled during the "
+                     "untimed warm-up, which then takes tens of seconds")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
                      help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "
@@ -129,23 +132,26 @@ def main(argv: list[str] | None = None) -> int:
         fail("sample.py", str(error))
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
-    model.generate(idx, 2, temperature=0)  # warm-up: first-call allocations and kernel selection stay untimed
+    # warm-up: first-call allocations, kernel selection and compilation stay untimed
+    model.generate(idx, 2, temperature=0, compile=args.compile)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids), args.board_watts)
 
-    def on_token(tokens: torch.Tensor) -> None:
-        profiler.on_token()
-        if stream and int(tokens[0]) != tokenizer.eos_token:
-            sys.stdout.write(utf8.decode(tokenizer.decode_bytes([int(tokens[0])])))
+    def on_tokens(columns: torch.Tensor) -> None:  # (B, n) new tokens, a chunk at a time: one host sync each
+        profiler.on_tokens(columns.size(1))
+        if stream:
+            ids = [i for i in columns[0].tolist() if i != tokenizer.eos_token]
+            sys.stdout.write(utf8.decode(tokenizer.decode_bytes(ids)))
             sys.stdout.flush()
 
     if stream:
         sys.stdout.write(tokenizer.decode(prompt_ids))
     profiler.start()
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, eos_token=tokenizer.eos_token, generator=generator, on_token=on_token)
+                         top_p=args.top_p, eos_token=tokenizer.eos_token, generator=generator, on_tokens=on_tokens,
+                         compile=args.compile)
     profiler.stop()
     if stream:
         sys.stdout.write(utf8.decode(b"", final=True) + "\n")

@@ -90,13 +90,13 @@ def measure_decode_step_seconds(config: GPTConfig, batch: int, context: int, dev
 
     model = GPT(config).to(device=device, dtype=dtype).eval()
     prompt = torch.randint(config.vocab_size, (batch, context - 1), device=device)
-    cache = KVCache(config.n_layer)
+    cache = KVCache(config, batch, capacity=context, device=device, dtype=dtype)
     model(prompt, cache=cache)
     token = prompt[:, -1:]
 
     def step() -> None:
         model(token, cache=cache)
-        cache.length -= 1  # overwrite the same slot: every timed step sees the same context
+        cache.pos.sub_(1)  # overwrite the same slot: every timed step sees the same context
 
     return _median_seconds(step, device, warmup=3, repeats=repeats)
 

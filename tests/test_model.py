@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from gpt.config import GPTConfig
-from gpt.model import GPT, causal_mask, naive_attention, sample_next_token, sdpa_attention
+from gpt.generate import sample_next_token
+from gpt.model import GPT, causal_mask, naive_attention, sdpa_attention
 
 
 def small_config(**overrides) -> GPTConfig:
