@@ -4,6 +4,7 @@
     python sample.py --prompt "def main(" --max-new-tokens 200
     echo "class Stack:" | python sample.py --temperature 0.8
     python sample.py --init random --preset gpt2 --num-samples 64 --max-new-tokens 128
+    python sample.py --init path/to/gpt2 --prompt "Hello" --compile   # a local Hugging Face GPT-2 folder
 
 Text goes to standard output (streamed when there is one sample); the timing line
 (prefill and decode tokens/s) goes to standard error, so a pipe gets only text.
@@ -25,6 +26,7 @@ from gpt.cli import (
     HelpFormatter,
     VOCAB_SIZE_HELP,
     fail,
+    init_source,
     model_vocab_size,
     non_negative_float,
     positive_float,
@@ -36,7 +38,7 @@ from gpt.cli import (
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.files import atomic_write_text
 from gpt.model import GPT, resolve_attention
-from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, get_tokenizer
+from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, folder_tokenizer, get_tokenizer
 from gpt.trainer import DTYPES
 from profiling.live import GenerationProfiler, describe_generation
 
@@ -48,13 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_argument_group("model")
     source.add_argument("--out-dir", default="out/tiny", help="run directory holding ckpt.pt")
-    source.add_argument("--init", default="checkpoint", choices=["checkpoint", "random"],
-                        help="random = an untrained --preset (for throughput measurement, no checkpoint needed)")
+    source.add_argument("--init", default="checkpoint", type=init_source("checkpoint", "random"),
+                        help="checkpoint = the run in --out-dir; random = an untrained --preset (for throughput "
+                        "measurement); or PATH of a Hugging Face GPT-2 folder (config.json, model.safetensors or "
+                        "pytorch_model.bin, vocab.json, merges.txt)")
     source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                         help="model shape for --init random")
     source.add_argument("--vocab-size", type=positive_int, help="for --init random: " + VOCAB_SIZE_HELP)
     source.add_argument("--tokenizer", choices=TOKENIZERS,
-                        help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own")
+                        help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own, "
+                        "a model folder brings its vocab.json and merges.txt")
     prompt = parser.add_argument_group("prompt (default: standard input if it is piped, else start from nothing)")
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
@@ -90,6 +95,9 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Tok
         config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention)
         torch.manual_seed(args.seed)
         return GPT(config), tokenizer
+    if isinstance(args.init, Path):
+        model = GPT.from_pretrained(args.init, attention)
+        return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(args.init)
     payload = load_checkpoint(Path(args.out_dir), map_location="cpu")
     tokenizer = get_tokenizer(payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))

@@ -3,6 +3,7 @@
     python train.py                                  # a few minutes on a laptop CPU
     python train.py --preset gpt2 --device cuda      # GPT-2 124M with bf16 autocast
     python train.py --resume --out-dir out/tiny      # continue where a run stopped
+    python train.py --init path/to/gpt2 --data my.txt --out-dir out/ft   # fine-tune a Hugging Face GPT-2 folder
 
 Writes into --out-dir: ckpt.pt (+ meta.json), config.json and metrics.jsonl.
 """
@@ -22,6 +23,7 @@ from gpt.cli import (
     HelpFormatter,
     VOCAB_SIZE_HELP,
     fail,
+    init_source,
     model_vocab_size,
     non_negative_float,
     non_negative_int,
@@ -32,8 +34,8 @@ from gpt.cli import (
 )
 from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.data import DataError, load_data
-from gpt.model import resolve_attention
-from gpt.tokenizer import TOKENIZERS, TokenizerUnavailable, get_tokenizer
+from gpt.model import GPT, resolve_attention
+from gpt.tokenizer import TOKENIZERS, TokenizerUnavailable, folder_tokenizer, get_tokenizer
 from gpt.trainer import DTYPES, PRESET_TRAIN_DEFAULTS, Trainer, TrainConfig, TrainingStopped
 from profiling.live import TrainingProfiler
 
@@ -46,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
+    model.add_argument("--init", default="random", type=init_source("random"),
+                       help="random = new weights of --preset's shape; or PATH of a Hugging Face GPT-2 folder "
+                       "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt) to fine-tune, "
+                       "whose shape and tokenizer the run then uses")
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                        help="model shape (gpt/config.py)")
     model.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
@@ -59,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer", choices=TOKENIZERS,
                       help="default: bytes for the tiny preset, cl100k otherwise; sets the model's vocabulary size")
     run = parser.add_argument_group("run")
-    run.add_argument("--out-dir", help="run directory for checkpoints and logs (default: out/<preset>)")
+    run.add_argument("--out-dir", help="run directory for checkpoints and logs "
+                     "(default: out/<preset>, or out/<folder>-finetune with --init PATH)")
     run.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt.pt")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
@@ -117,18 +124,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
+        if isinstance(args.init, Path):  # a fine-tuning run is named after its folder and uses generic defaults
+            args.preset = f"{args.init.name}-finetune"
         out_dir = Path(args.out_dir or DEFAULT_OUT_DIR.format(preset=args.preset))
         saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
+        pretrained = None
         if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
             args.preset = saved["run_info"].get("preset", args.preset)
             tokenizer = get_tokenizer(saved["tokenizer"])
             model_config = GPTConfig(**saved["model_config"])
+        elif isinstance(args.init, Path):
+            pretrained = GPT.from_pretrained(args.init, resolve_attention(args.attention, device))
+            tokenizer = get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(args.init)
+            model_config = dataclasses.replace(pretrained.config, dropout=args.dropout)
+            model_vocab_size(model_config.vocab_size, tokenizer.vocab_size)  # the data's ids must fit the model
         else:
             tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
             model_config = model_config_from(args, tokenizer.vocab_size, device)
         train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
         data = load_data(args.data, tokenizer)
-        trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, {"preset": args.preset})
+        run_info = {"preset": args.preset} | ({"init": str(args.init.resolve())} if pretrained else {})
+        trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, run_info,
+                          initial_weights=pretrained and pretrained.state_dict())
         if saved:
             trainer.resume(saved)
     except (ValueError, DataError, CheckpointError, TokenizerUnavailable) as error:

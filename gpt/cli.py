@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -58,6 +59,15 @@ def probability(text: str) -> float:
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
     return value
+
+
+def init_source(*names: str):
+    """An argparse type for --init: one of `names`, or else the path of a Hugging Face GPT-2 folder."""
+
+    def parse(text: str) -> str | Path:
+        return text if text in names else Path(text)
+
+    return parse
 
 
 BOARD_WATTS_HELP = ("device power in W, used only for an energy ESTIMATE (power x this process's CPU utilisation) "

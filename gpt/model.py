@@ -232,6 +232,19 @@ class GPT(nn.Module):
         """Unique parameters (the tied embedding counted once), position table included."""
         return sum(p.numel() for p in self.parameters())
 
+    @classmethod
+    def from_pretrained(cls, folder, attention: str = "sdpa") -> "GPT":
+        """A local Hugging Face GPT-2 folder's weights (format code in gpt/hf.py)."""
+        from gpt.hf import load_pretrained
+
+        return load_pretrained(folder, attention)
+
+    def save_pretrained(self, folder, eos_token: int | None = None) -> None:
+        """Write this model as a Hugging Face GPT-2 folder (gpt/hf.py)."""
+        from gpt.hf import save_pretrained
+
+        save_pretrained(self, folder, eos_token)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
