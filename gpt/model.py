@@ -59,7 +59,8 @@ def causal_mask(t_query: int, t_key: int, device: torch.device) -> torch.Tensor:
 # the keys each query sees (the KV cache passes one); without it, attention is causal, bottom-right aligned.
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal softmax attention spelled out: scores, mask, softmax, weighted sum."""
     group = q.size(1) // k.size(1)
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, D)
@@ -82,7 +83,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """Our fused FlashAttention-2 style kernel (kernels/), causal, bottom-right aligned; SDPA for a given mask."""
     if mask is not None:  # the kernel masks causally only
         return sdpa_attention(q, k, v, mask)
@@ -112,25 +114,30 @@ class KVCache:
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.empty = True  # nothing written yet: the first chunk attends only to itself
+        self.new_positions = self.visible = None  # of the forward pass under way (see begin)
 
-    def positions(self, t: int) -> torch.Tensor:
-        """Positions of the next t tokens, (t,)."""
-        return self.pos + torch.arange(t, device=self.pos.device)
+    def begin(self, t: int) -> torch.Tensor:
+        """Start a forward pass over t new tokens: their positions (t,), and which slots they see, for every layer."""
+        self.new_positions = self.pos + torch.arange(t, device=self.pos.device)  # (T,)
+        if not self.empty:
+            slots = torch.arange(self.capacity, device=self.pos.device)
+            self.visible = slots <= self.new_positions.unsqueeze(1)  # (T, S)
+        return self.new_positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend) -> torch.Tensor:
         """Store the new keys and values of `layer`, then attend the new queries to everything stored."""
-        positions = self.positions(k.size(2))
         keys, values = self.keys[layer], self.values[layer]  # (B, Hkv, S, D), views into the buffers
-        keys.index_copy_(2, positions, k)
-        values.index_copy_(2, positions, v)
+        keys.index_copy_(2, self.new_positions, k)
+        values.index_copy_(2, self.new_positions, v)
         if self.empty:  # a prompt: plain causal attention over its own tokens, with any backend
             return attend(q, k, v)
-        visible = torch.arange(self.capacity, device=q.device) <= positions.unsqueeze(1)  # (T, S)
-        return attend(q, keys, values, visible)
+        return attend(q, keys, values, self.visible)
 
     def advance(self, t: int) -> None:
+        """End the forward pass: the t new tokens are stored."""
         self.pos.add_(t)
         self.empty = False
+        self.new_positions = self.visible = None
 
     def reset(self) -> None:
         """Forget the stored tokens (the buffers stay, to be overwritten)."""
@@ -256,7 +263,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.block_size}")
-        pos = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device)  # (T,)
+        pos = cache.begin(T) if cache is not None else torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, cache)

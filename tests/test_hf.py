@@ -61,7 +61,8 @@ def test_imported_model_gives_transformers_logits(hf_folder):
     idx = torch.randint(0, VOCAB, (2, 32))
     model = GPT.from_pretrained(hf_folder)
     assert model.lm_head.weight is model.transformer.wte.weight  # tied, one parameter
-    assert model.num_params() == sum(p.numel() for p in transformers.GPT2LMHeadModel.from_pretrained(hf_folder).parameters())
+    reference = transformers.GPT2LMHeadModel.from_pretrained(hf_folder)
+    assert model.num_params() == sum(p.numel() for p in reference.parameters())
     torch.testing.assert_close(our_logits(model, idx), hf_logits(hf_folder, idx), atol=1e-4, rtol=0)
 
 
