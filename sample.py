@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("model")
     source.add_argument("--out-dir", default="out/tiny", help="run directory holding ckpt.pt")
     source.add_argument("--init", default="checkpoint", type=init_source("checkpoint", "random"),
+                        metavar="{checkpoint,random,PATH}",
                         help="checkpoint = the run in --out-dir; random = an untrained --preset (for throughput "
                         "measurement); or PATH of a Hugging Face GPT-2 folder (config.json, model.safetensors or "
                         "pytorch_model.bin, vocab.json, merges.txt)")
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the one-token decode step (CUDA graphs on GPUs); compiled during the "
-                     "untimed warm-up, which then takes tens of seconds")
+                     "untimed warm-up, which then takes a minute or so (on CPUs eager decoding measured as fast or "
+                     "faster: docs/decoding.md)")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
                      help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "

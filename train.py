@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--init", default="random", type=init_source("random"),
+    model.add_argument("--init", default="random", type=init_source("random"), metavar="{random,PATH}",
                        help="random = new weights of --preset's shape; or PATH of a Hugging Face GPT-2 folder "
                        "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt) to fine-tune, "
                        "whose shape and tokenizer the run then uses")

@@ -10,7 +10,9 @@ are compared with each other.
 tokens/s counts new tokens over the whole `generate` call (a short prompt's prefill included,
 for everyone). Bandwidth utilisation is the bytes a decode step must read (weights + the KV
 cache at its average length, profiling.flops.decode_bytes_per_step) times steps per second,
-over the copy bandwidth measured in this process just before (profiling.hardware; read + write).
+over the copy bandwidth measured in this process just before (profiling.hardware; read + write,
+the figure the profiler uses on CPUs), and also over the read-only bandwidth (summing a buffer):
+a decode step only reads, and on this kind of machine reading alone runs faster than copying.
 
     python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--json PATH]
 """
@@ -35,9 +37,7 @@ from gpt.errors import GptmeterError
 from gpt.files import atomic_write_text
 from gpt.model import GPT
 from profiling import flops
-from profiling.hardware import device_name, measure_copy_bandwidth
-
-READ_BYTES = 2**27  # 128 MiB, far beyond the caches, as the copy benchmark uses
+from profiling.hardware import device_name, measure_copy_bandwidth, measure_read_bandwidth
 
 SHAPES = {
     "tiny": GPTConfig.from_preset("tiny"),  # 0.8M parameters, byte vocabulary
@@ -45,18 +45,6 @@ SHAPES = {
     "toy": GPTConfig(vocab_size=97, block_size=32, n_layer=1, n_head=2, n_embd=16),  # for the test
 }
 PROMPT_TOKENS = 16
-
-
-def measure_read_bandwidth(repeats: int = 10) -> float:
-    """Bytes/s of only reading a buffer (summing it): the roof of a decode step, which reads and barely writes."""
-    buffer = torch.ones(READ_BYTES // 4)
-    buffer.sum()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        buffer.sum()
-        times.append(time.perf_counter() - started)
-    return READ_BYTES / statistics.median(times)
 
 
 def _hf_twin(model: GPT):
@@ -162,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    copy_bandwidth, read_bandwidth = measure_copy_bandwidth("cpu"), measure_read_bandwidth()
+    copy_bandwidth, read_bandwidth = measure_copy_bandwidth("cpu"), measure_read_bandwidth("cpu")
     command = sys.argv[1:] if argv is None else argv
     report = {"environment": environment(torch.get_num_threads(), copy_bandwidth, read_bandwidth, command),
               "rows": []}

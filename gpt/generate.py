@@ -36,9 +36,10 @@ class _CompiledDecoder:
     def cache_for(self, model: GPT, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         """The cache, emptied; a new one (and so a new compilation) only when batch, device or dtype change."""
         cache = self.cache
-        if cache is None or cache.keys.shape[1] != batch or cache.keys.device != device or cache.keys.dtype != dtype:
+        first = cache.keys[0] if cache is not None else None
+        if first is None or first.size(0) != batch or first.device != device or first.dtype != dtype:
             cache = self.cache = KVCache(model.config, batch, device=device, dtype=dtype)
-            for tensor in (cache.keys, cache.values, cache.pos):
+            for tensor in (*cache.keys, *cache.values, cache.pos):
                 torch._dynamo.mark_static_address(tensor)  # written in place; CUDA graphs may keep its address
         cache.reset()
         return cache

@@ -109,9 +109,11 @@ class KVCache:
         self.capacity = capacity or config.block_size
         if self.capacity > config.block_size:
             raise ValueError(f"a KV cache of {self.capacity} positions exceeds the context of {config.block_size}")
-        shape = (config.n_layer, batch, config.n_kv_head, self.capacity, config.head_dim)  # (L, B, Hkv, S, D)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        # One tensor per layer, not views of one: a compiled step then writes each in place (a write
+        # through a view of a graph input makes inductor copy the whole base tensor back, every step).
+        shape = (batch, config.n_kv_head, self.capacity, config.head_dim)  # (B, Hkv, S, D)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.empty = True  # nothing written yet: the first chunk attends only to itself
         self.new_positions = self.visible = None  # of the forward pass under way (see begin)
@@ -126,7 +128,7 @@ class KVCache:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend) -> torch.Tensor:
         """Store the new keys and values of `layer`, then attend the new queries to everything stored."""
-        keys, values = self.keys[layer], self.values[layer]  # (B, Hkv, S, D), views into the buffers
+        keys, values = self.keys[layer], self.values[layer]  # (B, Hkv, S, D)
         keys.index_copy_(2, self.new_positions, k)
         values.index_copy_(2, self.new_positions, v)
         if self.empty:  # a prompt: plain causal attention over its own tokens, with any backend

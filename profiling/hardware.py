@@ -239,6 +239,15 @@ def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None
     return 2 * source.numel() * 4 / seconds
 
 
+def measure_read_bandwidth(device: torch.device | str, nbytes: int | None = None, repeats: int = 10) -> float:
+    """Bytes/s of only reading a buffer (summing it): the roof of work that reads much and writes little, as a
+    decode step does. Same buffer sizes as measure_copy_bandwidth."""
+    device = torch.device(device)
+    nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
+    source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
+    return source.numel() * 4 / _median_seconds(source.sum, device, repeats)
+
+
 def measure_ceilings(
     device: torch.device | str, matmul_size: int | None = None, copy_bytes: int | None = None
 ) -> Ceilings:

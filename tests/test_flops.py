@@ -183,7 +183,7 @@ def test_flop_counter_agrees_on_a_decode_step_and_kv_bytes():
             model(torch.randint(0, config.vocab_size, (batch, 1)), cache=cache)
     assert counter.get_total_flops() == batch * flops.decode_flops_per_token(config, prompt + 1)
 
-    allocated = sum(t.numel() * t.element_size() for t in (cache.keys, cache.values))
+    allocated = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
     per_token = allocated // (batch * cache.capacity)  # the cache is preallocated to its capacity
     assert per_token == flops.kv_cache_bytes_per_token(config, "fp32")
 

@@ -202,12 +202,12 @@ def test_static_cache_keeps_its_shape_and_address_while_decoding():
     config = small_config()
     model = build(config)
     cache = KVCache(config, batch=2, capacity=config.block_size)
-    address, shape = cache.keys.data_ptr(), cache.keys.shape
+    address, shape = cache.keys[1].data_ptr(), cache.keys[1].shape
     with torch.no_grad():
         model(torch.randint(0, 61, (2, 5)), cache=cache)
         for _ in range(3):
             model(torch.randint(0, 61, (2, 1)), cache=cache)
-    assert cache.keys.data_ptr() == address and cache.keys.shape == shape and cache.pos.item() == 8
+    assert cache.keys[1].data_ptr() == address and cache.keys[1].shape == shape and cache.pos.item() == 8
     with pytest.raises(ValueError, match="exceeds the context"):
         KVCache(config, batch=1, capacity=config.block_size + 1)
 
