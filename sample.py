@@ -14,33 +14,38 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import json
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from gpt.checkpoint import CheckpointError, load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    INIT_HELP,
     HelpFormatter,
     VOCAB_SIZE_HELP,
+    add_shape_arguments,
     fail,
-    init_source,
     model_vocab_size,
     non_negative_float,
     positive_float,
     positive_int,
     probability,
+    pretrained_folder,
     resolve_device,
     resolve_dtype,
+    shape_overrides,
 )
-from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
-from gpt.files import atomic_write_text
-from gpt.model import GPT, resolve_attention
-from gpt.tokenizer import TOKENIZERS, Tokenizer, TokenizerUnavailable, folder_tokenizer, get_tokenizer
-from gpt.trainer import DTYPES
-from profiling.live import GenerationProfiler, describe_generation
+from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
+from gpt.errors import ConfigError, GptmeterError
+from gpt.memory import generation_bytes, require_fits
+from gpt.rundir import newest_run
+from gpt.tokenizer import TOKENIZERS, Tokenizer, folder_tokenizer, get_tokenizer
+
+if TYPE_CHECKING:  # torch loads after the flags are parsed, so that --help answers at once
+    import torch
+
+    from gpt.model import GPT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,14 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     source = parser.add_argument_group("model")
-    source.add_argument("--out-dir", default="out/tiny", help="run directory holding ckpt.pt")
-    source.add_argument("--init", default="checkpoint", type=init_source("checkpoint", "random"),
-                        metavar="{checkpoint,random,PATH}",
-                        help="checkpoint = the run in --out-dir; random = an untrained --preset (for throughput "
-                        "measurement); or PATH of a Hugging Face GPT-2 folder (config.json, model.safetensors or "
-                        "pytorch_model.bin, vocab.json, merges.txt)")
+    source.add_argument("--out-dir", default="out/tiny",
+                        help="run directory holding ckpt.pt, or a folder of numbered runs (its newest is used)")
+    source.add_argument("--init", metavar="random|PATH",
+                        help=f"{INIT_HELP} instead of the checkpoint in --out-dir; random = an untrained model of "
+                        "--preset's shape with the overrides below (for timing, no checkpoint needed); PATH = a "
+                        "folder with config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt")
     source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                         help="model shape for --init random")
+    add_shape_arguments(source)
     source.add_argument("--vocab-size", type=positive_int, help="for --init random: " + VOCAB_SIZE_HELP)
     source.add_argument("--tokenizer", choices=TOKENIZERS,
                         help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own, "
@@ -75,13 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same text)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
                      help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the one-token decode step (CUDA graphs on GPUs); compiled during the "
-                     "untimed warm-up, which then takes a minute or so (on CPUs eager decoding measured as fast or "
-                     "faster: docs/decoding.md)")
+                     "untimed warm-up, which then takes a minute or so (docs/decoding.md has CPU timings)")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
                      help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "
@@ -89,18 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(args: argparse.Namespace, device: torch.device) -> tuple[GPT, Tokenizer]:
+def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT", Tokenizer]:
+    import torch
+
+    from gpt.checkpoint import load_checkpoint
+    from gpt.model import GPT, resolve_attention
+
     attention = resolve_attention(args.attention, device)
-    if args.init == "random":
+    folder = pretrained_folder(args.init)
+    if args.init is not None and folder is None:  # random
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         vocab_size = model_vocab_size(args.vocab_size, tokenizer.vocab_size)
-        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention)
+        config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention, **shape_overrides(args))
         torch.manual_seed(args.seed)
         return GPT(config), tokenizer
-    if isinstance(args.init, Path):
-        model = GPT.from_pretrained(args.init, attention)
-        return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(args.init)
-    payload = load_checkpoint(Path(args.out_dir), map_location="cpu")
+    if shape_overrides(args):
+        raise ConfigError("--layers, --width, --heads, --kv-heads and --block-size shape a model for --init random; "
+                         "a checkpoint keeps its own shape")
+    if folder is not None:
+        model = GPT.from_pretrained(folder, attention)
+        return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
+    payload = load_checkpoint(newest_run(Path(args.out_dir)), map_location="cpu")
     tokenizer = get_tokenizer(payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
     model.load_state_dict(payload["model"])
@@ -112,8 +126,11 @@ def read_prompt(args: argparse.Namespace) -> str:
         return args.prompt
     if args.prompt_file is not None:
         if not args.prompt_file.is_file():
-            raise ValueError(f"prompt file {args.prompt_file} does not exist; pass an existing file to --prompt-file")
-        return args.prompt_file.read_text(encoding="utf-8")
+            raise ConfigError(f"prompt file {args.prompt_file} does not exist; pass an existing file to --prompt-file")
+        try:
+            return args.prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read --prompt-file {args.prompt_file} as UTF-8 text ({error})") from None
     try:
         piped = sys.stdin is not None and not sys.stdin.isatty()
         return sys.stdin.read() if piped else ""
@@ -131,15 +148,46 @@ def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]
     return ids
 
 
+def check_output_path(path: Path | None) -> None:
+    """Refuse an output file that could not be written, before any work is done."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--profile-json {path} is a folder; pass a file path such as {path / 'profile.json'}")
+    if not folder.is_dir():
+        raise ConfigError(f"--profile-json {path}: folder {folder} does not exist; create it or pass a path in an "
+                          "existing folder")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--profile-json {path}: folder {folder} is not writable; pass a path in a writable folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_output_path(args.profile_json)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         model, tokenizer = load_model(args, device)
         prompt_ids = encode_prompt(read_prompt(args), tokenizer, model.config.block_size)
-    except (ValueError, CheckpointError, TokenizerUnavailable) as error:
+        itemsize = 4 if dtype == "float32" else 2
+        require_fits(generation_bytes(model.config, args.num_samples, len(prompt_ids) + args.max_new_tokens, itemsize),
+                     device, f"{args.num_samples} samples of {len(prompt_ids) + args.max_new_tokens} tokens",
+                     "lower --num-samples or --max-new-tokens")
+    except GptmeterError as error:
         fail("sample.py", str(error))
+    return generate(args, model, tokenizer, prompt_ids, device, dtype)
+
+
+def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, prompt_ids: list[int],
+             device: "torch.device", dtype: str) -> int:
+    """Generate, stream or print the samples, report the timing, and write --profile-json."""
+    import torch
+
+    from gpt.trainer import DTYPES
+    from profiling.live import GenerationProfiler, describe_generation
+    from profiling.rundir import write_profile
+
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
     # warm-up: first-call allocations, kernel selection and compilation stay untimed
@@ -172,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:
-        atomic_write_text(args.profile_json, json.dumps(profile, indent=2) + "\n")
+        write_profile(args.profile_json, profile)
     return 0
 
 

@@ -2,10 +2,12 @@
 
     python train.py                                  # a few minutes on a laptop CPU
     python train.py --preset gpt2 --device cuda      # GPT-2 124M with bf16 autocast
-    python train.py --resume --out-dir out/tiny      # continue where a run stopped
-    python train.py --init path/to/gpt2 --data my.txt --out-dir out/ft   # fine-tune a Hugging Face GPT-2 folder
+    python train.py --resume                         # continue the newest run of the preset
+    python train.py --init path/to/gpt2 --data my.txt   # fine-tune a Hugging Face GPT-2 folder (out/gpt2-finetune)
 
-Writes into --out-dir: ckpt.pt (+ meta.json), config.json and metrics.jsonl.
+Writes into the run directory: ckpt.pt (+ meta.json), config.json and metrics.jsonl. By default
+every run gets a new numbered folder, out/<preset>/run-001, run-002, ...; an explicit --out-dir
+that holds a run needs --resume or --overwrite (gpt/rundir.py).
 """
 
 from __future__ import annotations
@@ -15,29 +17,37 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from gpt.checkpoint import CheckpointError, load_checkpoint
 from gpt.cli import (
     BOARD_WATTS_HELP,
+    INIT_HELP,
+    RANDOM_INIT,
     HelpFormatter,
     VOCAB_SIZE_HELP,
+    add_shape_arguments,
+    explicit_flags,
     fail,
-    init_source,
     model_vocab_size,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    pretrained_folder,
     resolve_device,
     resolve_dtype,
+    shape_overrides,
 )
-from gpt.config import ATTENTION_BACKENDS, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
-from gpt.data import DataError, load_data
-from gpt.model import GPT, resolve_attention
-from gpt.tokenizer import TOKENIZERS, TokenizerUnavailable, folder_tokenizer, get_tokenizer
-from gpt.trainer import DTYPES, PRESET_TRAIN_DEFAULTS, Trainer, TrainConfig, TrainingStopped
-from profiling.live import TrainingProfiler
+from gpt.config import (
+    ATTENTION_BACKENDS,
+    DTYPE_NAMES,
+    PRESET_TRAIN_DEFAULTS,
+    PRESETS,
+    SHAPE_ONLY_PRESETS,
+    GPTConfig,
+    TrainConfig,
+)
+from gpt.errors import GptmeterError
+from gpt.rundir import claim_run_dir
+from gpt.tokenizer import TOKENIZERS, get_tokenizer
 
 DEFAULT_OUT_DIR = "out/{preset}"
 
@@ -48,15 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--init", default="random", type=init_source("random"), metavar="{random,PATH}",
-                       help="random = new weights of --preset's shape; or PATH of a Hugging Face GPT-2 folder "
-                       "(config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt) to fine-tune, "
-                       "whose shape and tokenizer the run then uses")
+    model.add_argument("--init", default=RANDOM_INIT, metavar="random|PATH",
+                       help=f"starting weights: {INIT_HELP} (config.json, model.safetensors or pytorch_model.bin, "
+                       "vocab.json, merges.txt) to fine-tune, whose shape and tokenizer the run then uses, with "
+                       "generic training defaults; its runs go to out/<folder name>-finetune")
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
-                       help="model shape (gpt/config.py)")
-    model.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+                       help="model shape (gpt/config.py); the flags below override parts of it")
+    add_shape_arguments(model)
     model.add_argument("--vocab-size", type=positive_int, help=VOCAB_SIZE_HELP)
-    model.add_argument("--dropout", type=non_negative_float, default=0.0, help="dropout probability")
+    model.add_argument("--dropout", type=non_negative_float,
+                       help="dropout probability (default 0; may change on --resume)")
     model.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
                        help="attention implementation; auto = SDPA, or our Triton kernel on GPUs where it measured faster")
     data = parser.add_argument_group("data")
@@ -64,12 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: the Python standard library's source)")
     data.add_argument("--tokenizer", choices=TOKENIZERS,
                       help="default: bytes for the tiny preset, cl100k otherwise; sets the model's vocabulary size")
+    data.add_argument("--allow-binary", action="store_true",
+                      help="train on --data files that look binary (a NUL byte in their first 8 KiB) instead of "
+                      "refusing them")
     run = parser.add_argument_group("run")
-    run.add_argument("--out-dir", help="run directory for checkpoints and logs "
-                     "(default: out/<preset>, or out/<folder>-finetune with --init PATH)")
-    run.add_argument("--resume", action="store_true", help="continue from --out-dir/ckpt.pt")
+    run.add_argument("--out-dir", help="run directory for checkpoints and logs (default: a new out/<preset>/run-NNN); "
+                     "one that holds a run needs --resume or --overwrite")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the run's ckpt.pt (default: the newest run in out/<preset>); the model's "
+                     "shape, tokenizer and vocabulary stay the saved ones, training settings given now apply")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    run.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
                      help="autocast compute dtype; auto = bfloat16 on recent GPUs, float32 on CPU")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
@@ -102,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("device", "dtype", "compile")]
+FIXED_ON_RESUME = {"preset": "preset", "layers": "layer count", "width": "width", "heads": "head count",
+                   "kv_heads": "key/value head count", "block_size": "block size", "vocab_size": "vocabulary size",
+                   "tokenizer": "tokenizer"}  # flag destination -> what it sets; a resumed model keeps the saved ones
 
 
 def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None, device, dtype: str) -> TrainConfig:
@@ -112,44 +133,110 @@ def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None,
     return TrainConfig(**values)
 
 
-def model_config_from(args: argparse.Namespace, tokenizer_vocab: int, device) -> GPTConfig:
-    overrides = {"vocab_size": model_vocab_size(args.vocab_size, tokenizer_vocab), "dropout": args.dropout, "attention": resolve_attention(args.attention, device)}
-    if args.block_size:
-        overrides["block_size"] = args.block_size
+def model_config_from(args: argparse.Namespace, tokenizer_vocab: int, attention: str) -> GPTConfig:
+    overrides = {"vocab_size": model_vocab_size(args.vocab_size, tokenizer_vocab), "dropout": args.dropout or 0.0,
+                 "attention": attention, **shape_overrides(args)}
     return GPTConfig.from_preset(args.preset, **overrides)
 
 
+def resumed_model_config(args: argparse.Namespace, given: set[str], saved: dict, attention: str) -> GPTConfig:
+    """The saved model, with --dropout and --attention applied; a shape, tokenizer or vocabulary flag that
+    differs from the saved value is an error naming it."""
+    model = saved["model_config"]
+    saved_values = {"preset": saved["run_info"].get("preset"), "layers": model["n_layer"], "width": model["n_embd"],
+                    "heads": model["n_head"], "kv_heads": model["n_kv_head"], "block_size": model["block_size"],
+                    "vocab_size": model["vocab_size"], "tokenizer": saved["tokenizer"]}
+    for name, what in FIXED_ON_RESUME.items():
+        if name in given and getattr(args, name) != saved_values[name]:
+            flag = "--" + name.replace("_", "-")
+            raise GptmeterError(
+                f"{flag} {getattr(args, name)} differs from the resumed run's {what}, {saved_values[name]}; a resumed "
+                f"run keeps its {what}: drop {flag}, or start a new run without --resume"
+            )
+    dropout = args.dropout if "dropout" in given else model["dropout"]
+    return GPTConfig(**{**model, "dropout": dropout, "attention": attention})
+
+
+def changes_on_resume(saved: dict, model_config: GPTConfig, train_config: TrainConfig) -> list[str]:
+    """'name old -> new' for each setting a resumed run changes, to print."""
+    before = {**saved["train_config"], "dropout": saved["model_config"]["dropout"]}
+    after = {**dataclasses.asdict(train_config), "dropout": model_config.dropout}
+    return [f"{name} {before[name]} -> {after[name]}" for name in before
+            if name not in ("device", "compile") and before[name] != after.get(name, before[name])]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = explicit_flags(parser, argv)
+    lock = None
     try:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
-        if isinstance(args.init, Path):  # a fine-tuning run is named after its folder and uses generic defaults
-            args.preset = f"{args.init.name}-finetune"
-        out_dir = Path(args.out_dir or DEFAULT_OUT_DIR.format(preset=args.preset))
-        saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
-        pretrained = None
-        if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
-            args.preset = saved["run_info"].get("preset", args.preset)
-            tokenizer = get_tokenizer(saved["tokenizer"])
-            model_config = GPTConfig(**saved["model_config"])
-        elif isinstance(args.init, Path):
-            pretrained = GPT.from_pretrained(args.init, resolve_attention(args.attention, device))
-            tokenizer = get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(args.init)
-            model_config = dataclasses.replace(pretrained.config, dropout=args.dropout)
-            model_vocab_size(model_config.vocab_size, tokenizer.vocab_size)  # the data's ids must fit the model
-        else:
-            tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
-            model_config = model_config_from(args, tokenizer.vocab_size, device)
-        train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
-        data = load_data(args.data, tokenizer)
-        run_info = {"preset": args.preset} | ({"init": str(args.init.resolve())} if pretrained else {})
-        trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, run_info,
-                          initial_weights=pretrained and pretrained.state_dict())
-        if saved:
-            trainer.resume(saved)
-    except (ValueError, DataError, CheckpointError, TokenizerUnavailable) as error:
+        folder = pretrained_folder(args.init)
+        if folder is not None:  # a fine-tuning run is named after its folder, checked before a run folder is made
+            from gpt.hf import read_config
+
+            read_config(folder)
+            args.preset = f"{folder.name}-finetune"
+        lock, note = claim_run_dir(Path(args.out_dir) if args.out_dir else None,
+                                   Path(DEFAULT_OUT_DIR.format(preset=args.preset)), args.resume, args.overwrite)
+        if note:
+            print(f"train.py: {note}", file=sys.stderr)
+        return train(args, given, device, dtype, lock.folder)
+    except GptmeterError as error:
         fail("train.py", str(error))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir: Path) -> int:
+    """Build everything for the run in `out_dir` (locked by the caller), train, and report."""
+    from tqdm import tqdm
+
+    from gpt.checkpoint import load_checkpoint
+    from gpt.data import load_data
+    from gpt.memory import require_fits, training_bytes
+    from gpt.model import GPT, resolve_attention
+    from gpt.tokenizer import folder_tokenizer
+    from gpt.trainer import Trainer, TrainingStopped
+    from profiling.live import TrainingProfiler, describe_prediction
+
+    attention = resolve_attention(args.attention, device)
+    saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
+    folder = pretrained_folder(args.init)
+    pretrained = None
+    if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
+        model_config = resumed_model_config(args, given, saved, attention)
+        args.preset = saved["run_info"].get("preset", args.preset)
+        tokenizer = get_tokenizer(saved["tokenizer"])
+    elif folder is not None:
+        if shape_overrides(args) or args.vocab_size:
+            raise GptmeterError("--layers, --width, --heads, --kv-heads, --block-size and --vocab-size shape a new "
+                                "model; a model loaded with --init PATH keeps its own shape")
+        pretrained = GPT.from_pretrained(folder, attention)
+        tokenizer = get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
+        model_config = dataclasses.replace(pretrained.config, dropout=args.dropout or 0.0)
+        model_vocab_size(model_config.vocab_size, tokenizer.vocab_size)  # the data's ids must fit the model
+    else:
+        tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
+        model_config = model_config_from(args, tokenizer.vocab_size, attention)
+    train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
+    require_fits(training_bytes(model_config, train_config.batch_size), device,
+                 f"a micro-batch of {train_config.batch_size} sequences of {model_config.block_size} tokens",
+                 "lower --batch-size (and raise --grad-accum to keep the tokens per step)")
+    if saved:
+        for change in changes_on_resume(saved, model_config, train_config):
+            print(f"train.py: resuming with {change}", file=sys.stderr)
+    data = load_data(args.data, tokenizer, allow_binary=args.allow_binary)
+    for warning in data.warnings:
+        print(f"train.py: warning: {warning}", file=sys.stderr)
+    run_info = {"preset": args.preset} | ({"init": str(folder.resolve())} if pretrained else {})
+    trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, run_info,
+                      initial_weights=pretrained and pretrained.state_dict())
+    if saved:
+        trainer.resume(saved)
 
     print(
         f"training {args.preset} ({trainer.model.num_params():,} parameters, {model_config.attention} attention) "
@@ -157,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         f"run directory {out_dir}",
         file=sys.stderr,
     )
-    profiler = TrainingProfiler(model_config, device, dtype, args.peak_tflops, args.board_watts)
+    profiler = TrainingProfiler(model_config, device, dtype, train_config.batch_size, train_config.grad_accum,
+                                args.peak_tflops, args.board_watts)
     progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
                     dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
@@ -185,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
         mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
-        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu}"
+        predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
+                                        summary["prediction_note"])
+        speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"
     print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0

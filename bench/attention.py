@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import os
 import re
 import statistics
@@ -33,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from gpt.files import write_json
 from gpt.cli import positive_int
 
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     for index, shape in enumerate(shapes, 1):
         print(f"[{index}/{len(shapes)}] {shape.label}", file=sys.stderr, flush=True)
         records += run_shape(shape, device, timer)
-        json_path.write_text(json.dumps({"meta": meta, "results": records}, indent=1))
+        write_json(json_path, {"meta": meta, "results": records})
     if not args.no_plot:
         plot(records, png_path, f"{device_name} · torch {meta['torch']} · triton {meta['triton']} · {meta['date']}")
     print(markdown_table(records, meta))

@@ -1,197 +1,279 @@
-"""Does the extrapolation hold? Measure a small model, predict a larger one with scale.py, measure it, compare.
+"""Does the predictor hold on this machine? Measure models of many shapes through the tools' own code, compare.
 
-For each pair (small → large) on the current device:
+For each shape, workload and batch (training, prefill and decode at batch 1 and 16 by default):
 
-  training  measure tokens/s of the small model; its MFU carried to the large model predicts
-            tokens/s = MFU × peak / training FLOPs per token (the peak cancels on one device)
-  decode    measure one decode step of the small model at batch b; the efficiencies it implies for the
-            compute roof and the bandwidth roof (roof time at 100% / measured time) give the large
-            model's step time through scale.roofline
+  measured     training: tokens/s of `gpt.trainer.Trainer.train_step` (train.py's step: forward, backward,
+               clipping, AdamW), median of a few steps after warm-up. Prefill and decode: `GPT.generate`
+               timed by `profiling.live.GenerationProfiler`, exactly as sample.py does, median of a few calls
+  predictor    `profiling.predict` on this device's profile (python -m profiling calibrate, or --profile)
+  constant     the method `profiling scale` used before the predictor: the efficiency measured on one model
+               (--anchor, the default `tiny` preset that train.py trains) carried unchanged to every other
+               shape — MFU for training and prefill, and for decoding the compute and bandwidth efficiencies
+               against `profiling.scale.roofline`
 
-and report (predicted − measured) / measured. The GPU pairs are gpt2 → gpt2-medium, gpt2-large,
-gpt2-xl; on CPU tiny shapes run in seconds.
+and prints both predictions' error (predicted − measured) / measured next to the measurement.
 
-    python -m bench.extrapolate [--device cpu|cuda] [--hardware KEY] [--json]
+    flock /tmp/gptmeter-heavy.lock python -m bench.extrapolate [--profile FILE] [--threads 1] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from gpt.cli import fail, positive_int, resolve_device
+from gpt.cli import HelpFormatter, fail, positive_int
 from gpt.config import GPTConfig
+from gpt.data import TokenData
+from gpt.errors import GptmeterError
+from gpt.files import write_json
 from gpt.model import GPT
+from gpt.trainer import Trainer, TrainConfig
 from profiling import flops
-from profiling.hardware import Accelerator, measured_ceilings
-from profiling.scale import device_spec, roofline
+from profiling.device_profile import DeviceProfile, calibrate, load_profile
+from profiling.live import GenerationProfiler
+from profiling.microbench import host_clock
+from profiling.predict import predict_decode, predict_prefill, predict_train
+from profiling.scale import roofline
 
-CPU_SHAPES = {
-    "cpu-small": dict(vocab_size=257, block_size=64, n_layer=2, n_head=4, n_embd=128),
-    "cpu-large": dict(vocab_size=257, block_size=64, n_layer=4, n_head=4, n_embd=256),
+VOCAB, CONTEXT = 257, 128  # the byte tokenizer's vocabulary, the tiny preset's context
+# Six shapes from 0.13M to 25M parameters (about 200x); "tiny" is the preset train.py trains by default.
+SHAPES = {
+    "L2-d64": dict(n_layer=2, n_head=2, n_embd=64),
+    "L2-d128": dict(n_layer=2, n_head=4, n_embd=128),
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128),
+    "L4-d256": dict(n_layer=4, n_head=4, n_embd=256),
+    "L6-d384": dict(n_layer=6, n_head=6, n_embd=384),
+    "L8-d512": dict(n_layer=8, n_head=8, n_embd=512),
 }
-CPU_PAIRS = [("cpu-small", "cpu-large")]
-GPU_PAIRS = [("gpt2", "gpt2-medium"), ("gpt2", "gpt2-large"), ("gpt2", "gpt2-xl")]
+PROMPT_TOKENS, NEW_TOKENS = 64, 32
 
 
-def _config(name: str) -> GPTConfig:
-    return GPTConfig(**CPU_SHAPES[name]) if name in CPU_SHAPES else GPTConfig.from_preset(name)
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(step, device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        _synchronise(device)
-        started = time.perf_counter()
-        step()
-        _synchronise(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
-def measure_training_tokens_per_sec(config: GPTConfig, batch: int, device: torch.device, dtype: torch.dtype,
-                                    repeats: int) -> float:
-    model = GPT(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(config.vocab_size, (batch, config.block_size + 1), device=device)
-
-    def step() -> None:
-        with _autocast(device, dtype):
-            _, loss = model(tokens[:, :-1], tokens[:, 1:])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return batch * config.block_size / _median_seconds(step, device, warmup=2, repeats=repeats)
-
-
-@torch.no_grad()
-def measure_decode_step_seconds(config: GPTConfig, batch: int, context: int, device: torch.device,
-                                dtype: torch.dtype, repeats: int) -> float:
-    """Median time of one KV-cache decode step for `batch` sequences that already hold `context - 1` tokens."""
-    from gpt.model import KVCache
-
-    model = GPT(config).to(device=device, dtype=dtype).eval()
-    prompt = torch.randint(config.vocab_size, (batch, context - 1), device=device)
-    cache = KVCache(config, batch, capacity=context, device=device, dtype=dtype)
-    model(prompt, cache=cache)
-    token = prompt[:, -1:]
-
-    def step() -> None:
-        model(token, cache=cache)
-        cache.pos.sub_(1)  # overwrite the same slot: every timed step sees the same context
-
-    return _median_seconds(step, device, warmup=3, repeats=repeats)
+def shape_config(name: str) -> GPTConfig:
+    return GPTConfig(vocab_size=VOCAB, block_size=CONTEXT, attention="sdpa", **SHAPES[name])
 
 
 @dataclass(frozen=True)
-class Comparison:
-    small: str
-    large: str
-    workload: str  # "training" or "decode"
-    small_measured: float  # tokens/s
-    large_predicted: float
-    large_measured: float
+class Row:
+    shape: str
+    params: int
+    workload: str  # train, prefill or decode
+    batch: int
+    measured: float  # tokens/s, by the bench's clock (process CPU time at one thread)
+    wall: float  # tokens/s by the tools' own wall clock, other jobs' load included
+    predicted: float  # tokens/s, the predictor
+    constant: float | None  # tokens/s, the constant-efficiency method (None for the anchor itself)
+    breakdown: dict[str, float]  # the predictor's seconds per step by category
 
     @property
-    def relative_error(self) -> float:
-        return (self.large_predicted - self.large_measured) / self.large_measured
+    def error(self) -> float:
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def constant_error(self) -> float | None:
+        return None if self.constant is None else (self.constant - self.measured) / self.measured
 
 
-def _decode_roof(config: GPTConfig, batch: int, context: int, spec: Accelerator, dtype: str):
-    return roofline(batch * flops.decode_flops_per_token(config, context),
-                    flops.decode_bytes_per_step(config, context, batch, dtype),
-                    spec.peak(dtype), spec.memory_bandwidth, 1.0, 1.0)
+# ----------------------------------------------------------------------------- measuring through the tools' code
 
 
-def compare_pair(small: str, large: str, spec: Accelerator, device: torch.device, torch_dtype: torch.dtype,
-                 train_batch: int, decode_batch: int, repeats: int) -> list[Comparison]:
-    dtype = flops.dtype_name(torch_dtype)
-    small_config, large_config = _config(small), _config(large)
-    peak = spec.peak(dtype)
+@dataclass(frozen=True)
+class Measured:
+    """Tokens/s by the bench's clock (microbench.host_clock: CPU time at one thread) and by the tools' wall clock."""
 
-    small_tps = measure_training_tokens_per_sec(small_config, train_batch, device, torch_dtype, repeats)
-    mfu = small_tps * flops.training_flops_per_token(small_config) / peak
-    predicted_tps = mfu * peak / flops.training_flops_per_token(large_config)
-    large_tps = measure_training_tokens_per_sec(large_config, train_batch, device, torch_dtype, repeats)
-    results = [Comparison(small, large, "training", small_tps, predicted_tps, large_tps)]
-
-    context = min(small_config.block_size, large_config.block_size) // 2
-    small_step = measure_decode_step_seconds(small_config, decode_batch, context, device, torch_dtype, repeats)
-    small_roof = _decode_roof(small_config, decode_batch, context, spec, dtype)
-    large_roof = _decode_roof(large_config, decode_batch, context, spec, dtype)
-    # The efficiencies the small model reached against each roof, carried to the large one.
-    predicted = roofline(large_roof.compute_s * peak, large_roof.memory_s * spec.memory_bandwidth, peak,
-                         spec.memory_bandwidth, small_roof.compute_s / small_step,
-                         small_roof.memory_s / small_step)
-    large_step = measure_decode_step_seconds(large_config, decode_batch, context, device, torch_dtype, repeats)
-    results.append(Comparison(small, large, "decode", decode_batch / small_step, decode_batch / predicted.seconds,
-                              decode_batch / large_step))
-    return results
+    tokens_per_sec: float
+    wall_tokens_per_sec: float
 
 
-def measured_spec(device: torch.device) -> Accelerator:
-    """This device as a table entry whose peak and bandwidth are its measured (cached) ceilings."""
-    ceilings = measured_ceilings(device)
-    return Accelerator("measured", ceilings.device_name, dict(ceilings.matmul_flops), ceilings.copy_bandwidth,
-                       None, None, f"measured ceilings of {ceilings.device_name} ({ceilings.measured_at})")
+def measure_training(config: GPTConfig, batch: int, steps: int) -> Measured:
+    """Median tokens/s of `Trainer.train_step` on random tokens, after two warm-up steps."""
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, 20 * CONTEXT * batch, dtype=np.int64)
+    data = TokenData(train=tokens, val=tokens[: 4 * CONTEXT], source="random tokens")
+    trainer = Trainer(config, TrainConfig(batch_size=batch, max_iters=10**6, device="cpu"), data, "bytes",
+                      Path("/nonexistent"))  # train_step never touches the run directory
+    for _ in range(2):
+        trainer.train_step()
+    clock = host_clock(torch.get_num_threads())[1]
+    times, wall = [], []
+    for _ in range(steps):
+        started = clock()
+        wall.append(trainer.train_step().step_time_s)
+        times.append(clock() - started)
+    tokens = batch * config.block_size
+    return Measured(tokens / statistics.median(times), tokens / statistics.median(wall))
 
 
-def run_benchmark(device: torch.device, hardware_key: str | None, pairs: list[tuple[str, str]], torch_dtype: torch.dtype,
-                  train_batch: int, decode_batch: int, repeats: int) -> list[Comparison]:
+def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Measured, Measured]:
+    """Median prefill and decode tokens/s of `GPT.generate`, timed as sample.py's GenerationProfiler times them.
+
+    The profiler's wall-clock figures are kept; the bench's clock marks the same edges: the call, the
+    first new token (end of prefill), the end of the call.
+    """
     torch.manual_seed(0)
-    spec = device_spec(hardware_key) if hardware_key else measured_spec(device)
-    return [result for small, large in pairs
-            for result in compare_pair(small, large, spec, device, torch_dtype, train_batch, decode_batch, repeats)]
+    model = GPT(config).eval()
+    idx = torch.randint(config.vocab_size, (batch, PROMPT_TOKENS))
+    model.generate(idx, 2, temperature=0)  # sample.py's warm-up
+    clock = host_clock(torch.get_num_threads())[1]
+    prefill, decode, wall_prefill, wall_decode = [], [], [], []
+    for seed in range(repeats):
+        generator = torch.Generator().manual_seed(seed)
+        profiler = GenerationProfiler(config, torch.device("cpu"), "fp32", batch, PROMPT_TOKENS, board_watts=1.0)
+        edges = []
+
+        def on_tokens(columns: torch.Tensor) -> None:
+            profiler.on_tokens(columns.size(1))
+            if not edges[1:]:
+                edges.append(clock())
+
+        edges.append(clock())
+        profiler.start()
+        model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_tokens=on_tokens)
+        profiler.stop()
+        edges.append(clock())
+        profile = profiler.profile(config.to_dict())
+        profiler.close()
+        prefill.append(batch * PROMPT_TOKENS / (edges[1] - edges[0]))
+        decode.append(batch * (NEW_TOKENS - 1) / (edges[2] - edges[1]))
+        wall_prefill.append(profile["prefill_tokens_per_sec"])
+        wall_decode.append(profile["decode_tokens_per_sec"])
+    median = statistics.median
+    return Measured(median(prefill), median(wall_prefill)), Measured(median(decode), median(wall_decode))
+
+
+# ----------------------------------------------------------------------------- the constant-efficiency method
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """What the anchor model measured, as efficiencies the old method carries to every shape."""
+
+    training_mfu: dict[int, float]  # per batch
+    prefill_mfu: dict[int, float]
+    decode_compute: dict[int, float]  # roofline compute time at 100% / measured step time
+    decode_bandwidth: dict[int, float]
+
+
+def _decode_roof(config: GPTConfig, batch: int, profile: DeviceProfile):
+    context = PROMPT_TOKENS + NEW_TOKENS // 2
+    return roofline(batch * flops.decode_flops_per_token(config, context),
+                    flops.decode_bytes_per_step(config, context, batch, "fp32"), profile.peak_flops,
+                    profile.memory_bandwidth, 1.0, 1.0)
+
+
+def constant_prediction(anchor: Anchor, config: GPTConfig, workload: str, batch: int, profile: DeviceProfile) -> float:
+    peak = profile.peak_flops
+    if workload == "train":
+        return anchor.training_mfu[batch] * peak / flops.training_flops_per_token(config)
+    if workload == "prefill":
+        return anchor.prefill_mfu[batch] * peak * PROMPT_TOKENS / flops.prefill_flops(config, PROMPT_TOKENS, False)
+    roof = _decode_roof(config, batch, profile)
+    step = roofline(roof.compute_s * peak, roof.memory_s * profile.memory_bandwidth, peak, profile.memory_bandwidth,
+                    anchor.decode_compute[batch], anchor.decode_bandwidth[batch])
+    return batch / step.seconds
+
+
+def make_anchor(config: GPTConfig, measured: dict[tuple[str, int], float], profile: DeviceProfile) -> Anchor:
+    peak = profile.peak_flops
+    training, prefill, compute, bandwidth = {}, {}, {}, {}
+    for (workload, batch), tokens_per_sec in measured.items():
+        if workload == "train":
+            training[batch] = tokens_per_sec * flops.training_flops_per_token(config) / peak
+        elif workload == "prefill":
+            prefill[batch] = tokens_per_sec * flops.prefill_flops(config, PROMPT_TOKENS, False) / PROMPT_TOKENS / peak
+        else:
+            roof, step = _decode_roof(config, batch, profile), batch / tokens_per_sec
+            compute[batch], bandwidth[batch] = roof.compute_s / step, roof.memory_s / step
+    return Anchor(training, prefill, compute, bandwidth)
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+def predicted(config: GPTConfig, workload: str, batch: int, profile: DeviceProfile):
+    if workload == "train":
+        return predict_train(config, batch, config.block_size, 1, profile)
+    if workload == "prefill":
+        return predict_prefill(config, batch, PROMPT_TOKENS, profile)
+    return predict_decode(config, batch, PROMPT_TOKENS, NEW_TOKENS, profile)
+
+
+def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int], anchor_shape: str,
+                  steps: int, repeats: int, progress=print) -> list[Row]:
+    order = [anchor_shape] + [name for name in shapes if name != anchor_shape]
+    measured: dict[str, dict[tuple[str, int], Measured]] = {}
+    for name in order:
+        config = shape_config(name)
+        found = {}
+        for batch in batches:
+            found[("train", batch)] = measure_training(config, batch, steps)
+            found[("prefill", batch)], found[("decode", batch)] = measure_generation(config, batch, repeats)
+        measured[name] = found
+        progress(f"measured {name}: " + ", ".join(f"{w} b{b} {v.tokens_per_sec:,.0f}" for (w, b), v in found.items()))
+    anchor = make_anchor(shape_config(anchor_shape), {key: value.tokens_per_sec
+                                                      for key, value in measured[anchor_shape].items()}, profile)
+    rows = []
+    for name in shapes:
+        config = shape_config(name)
+        for (workload, batch), found in measured[name].items():
+            prediction = predicted(config, workload, batch, profile)
+            constant = None if name == anchor_shape else constant_prediction(anchor, config, workload, batch, profile)
+            rows.append(Row(name, flops.param_count(config), workload, batch, found.tokens_per_sec,
+                            found.wall_tokens_per_sec, prediction.tokens_per_sec, constant, prediction.breakdown))
+    return rows
+
+
+def format_rows(rows: list[Row], anchor_shape: str) -> str:
+    lines = [f"{'shape':<9} {'params':>11} {'workload':<8} {'batch':>5} {'measured':>10} {'predictor':>10} "
+             f"{'error':>7} {'constant':>10} {'error':>7}"]
+    for row in rows:
+        constant = f"{row.constant:>10,.0f} {100 * row.constant_error:>+6.1f}%" if row.constant else f"{'anchor':>10} {'':>7}"
+        lines.append(f"{row.shape:<9} {row.params:>11,} {row.workload:<8} {row.batch:>5} {row.measured:>10,.0f} "
+                     f"{row.predicted:>10,.0f} {100 * row.error:>+6.1f}% {constant}")
+    errors = [abs(row.error) for row in rows]
+    constant_errors = [abs(row.constant_error) for row in rows if row.constant is not None]
+    lines += ["", f"predictor: median |error| {statistics.median(errors):.1%}, max {max(errors):.1%} "
+                  f"over {len(errors)} measurements",
+              f"constant efficiency (carried from {anchor_shape}): median |error| "
+              f"{statistics.median(constant_errors):.1%}, max {max(constant_errors):.1%}"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.extrapolate", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="where to measure: auto, cpu, cuda or cuda:N")
-    parser.add_argument("--hardware", metavar="KEY", help="hardware-table key of this device for datasheet roofs "
-                        "(default: its measured ceilings, python -m profiling hardware --measure)")
-    parser.add_argument("--train-batch", type=positive_int, help="sequences per training step (default 8 on GPU, 4 on CPU)")
-    parser.add_argument("--decode-batch", type=positive_int, default=1, help="sequences per decode step (default 1)")
+    parser = argparse.ArgumentParser(prog="python -m bench.extrapolate", formatter_class=HelpFormatter,
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", metavar="FILE", help="device profile to predict with (default: calibrate now, "
+                        "with --threads, and write it beside --json)")
     parser.add_argument("--threads", type=positive_int, default=1,
-                        help="CPU threads (default 1: steady timings on a shared machine); ignored on GPU")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per measurement (median kept)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+                        help="CPU threads for calibration and measurement (1: steadier on a shared machine)")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="model shapes")
+    parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 16], help="sequences per step")
+    parser.add_argument("--anchor", choices=list(SHAPES), default="tiny",
+                        help="shape whose efficiencies the constant-efficiency method carries")
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed training steps per point (median)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed generate calls per point (median)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row (and the profile) as JSON")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     try:
-        device = resolve_device(args.device)
-    except ValueError as error:
+        profile = load_profile(args.profile) if args.profile else calibrate("cpu", "fp32")
+        if profile.device_class != "cpu" or profile.threads != args.threads:
+            raise GptmeterError(f"{args.profile} profiles {profile.device}, not this CPU at {args.threads} threads; "
+                                "calibrate with the same --threads")
+    except GptmeterError as error:
         fail("bench.extrapolate", str(error))
-    on_gpu = device.type == "cuda"
-    if not on_gpu:
-        torch.set_num_threads(args.threads)
-    results = run_benchmark(device, args.hardware, GPU_PAIRS if on_gpu else CPU_PAIRS,
-                            torch.bfloat16 if on_gpu else torch.float32, args.train_batch or (8 if on_gpu else 4),
-                            args.decode_batch, args.repeats)
+    rows = run_benchmark(profile, args.shapes, args.batches, args.anchor, args.steps, args.repeats,
+                         progress=lambda line: print(line, file=sys.stderr))
+    print(format_rows(rows, args.anchor))
     if args.json:
-        print(json.dumps([asdict(r) | {"relative_error": r.relative_error} for r in results], indent=2))
-    else:
-        print(f"{'small':<10} {'large':<12} {'workload':<9} {'small tok/s':>12} {'predicted':>12} "
-              f"{'measured':>12} {'error':>8}")
-        for r in results:
-            print(f"{r.small:<10} {r.large:<12} {r.workload:<9} {r.small_measured:>12,.0f} "
-                  f"{r.large_predicted:>12,.0f} {r.large_measured:>12,.0f} {100 * r.relative_error:>+7.1f}%")
+        result = {"device": profile.device, "threads": args.threads, "profile": asdict(profile),
+                  "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
+                  "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}
+        write_json(args.json, result)
     return 0
 
 

@@ -9,7 +9,6 @@ file is completely on disk.
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from gpt.errors import GptmeterError
-from gpt.files import atomic_write, atomic_write_text
+from gpt.files import atomic_write, write_json
 
 CHECKPOINT_FORMAT = "gptmeter-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -37,7 +36,7 @@ def save_checkpoint(out_dir: Path, state: dict[str, Any]) -> Path:
     atomic_write(path, lambda handle: torch.save(payload, handle))
     summary = {key: payload[key] for key in ("format", "format_version", "step", "tokenizer", "model_config") if key in payload}
     summary["val_loss"] = payload.get("val_loss")
-    atomic_write_text(out_dir / "meta.json", json.dumps(summary, indent=2))
+    write_json(out_dir / "meta.json", summary)
     return path
 
 
@@ -65,5 +64,11 @@ def load_checkpoint(out_dir_or_file: Path, map_location: str | torch.device = "c
         raise CheckpointError(
             f"{path} has checkpoint format version {payload.get('format_version')}, this gptmeter reads "
             f"version {CHECKPOINT_VERSION}; use the gptmeter release that wrote it"
+        )
+    weights = payload.get("model") or {}
+    bad = sum(int((~tensor.isfinite()).sum()) for tensor in weights.values() if tensor.is_floating_point())
+    if bad:
+        raise CheckpointError(
+            f"{path} holds {bad:,} non-finite weights (a diverged run saved it); retrain with a lower --learning-rate"
         )
     return payload

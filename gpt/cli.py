@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import torch
+from gpt.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads only when a device is resolved, so that --help answers at once
+    import torch
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,7 +46,9 @@ def non_negative_int(text: str) -> int:
 
 def non_negative_float(text: str) -> float:
     value = _parse(text, float, "a number")
-    if not value >= 0:  # also rejects NaN
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
@@ -61,50 +67,88 @@ def probability(text: str) -> float:
     return value
 
 
-def init_source(*names: str):
-    """An argparse type for --init: one of `names`, or else the path of a Hugging Face GPT-2 folder."""
-
-    def parse(text: str) -> str | Path:
-        return text if text in names else Path(text)
-
-    return parse
-
-
 BOARD_WATTS_HELP = ("device power in W, used only for an energy ESTIMATE (power x this process's CPU utilisation) "
                     "when no energy counter can be read (a CPU without RAPL); labelled as an estimate wherever shown")
 VOCAB_SIZE_HELP = ("model vocabulary, at least the tokenizer's (extra rows are never produced by the data): "
                    "50257 gives GPT-2's exact shape, 50304 a tensor-core-friendly one (default: the tokenizer's)")
 
 
+RANDOM_INIT = "random"
+INIT_HELP = "random, or a Hugging Face GPT-2 folder"
+# --flag -> GPTConfig field; each overrides the preset's value for a model built from scratch (--init random)
+SHAPE_FLAGS = {"layers": "n_layer", "width": "n_embd", "heads": "n_head", "kv_heads": "n_kv_head",
+               "block_size": "block_size"}
+
+
+def add_shape_arguments(group: argparse._ArgumentGroup) -> None:
+    """--layers --width --heads --kv-heads --block-size: a preset's shape, overridden for --init random."""
+    group.add_argument("--layers", type=positive_int, help="transformer blocks (default: the preset's)")
+    group.add_argument("--width", type=positive_int, help="model width n_embd, a multiple of --heads "
+                       "(default: the preset's)")
+    group.add_argument("--heads", type=positive_int, help="query heads (default: the preset's)")
+    group.add_argument("--kv-heads", type=positive_int, help="key/value heads, dividing --heads; fewer than "
+                       "--heads is grouped-query attention (default: --heads)")
+    group.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+
+
+def shape_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """The GPTConfig fields the shape flags set (those given)."""
+    overrides = {field: getattr(args, flag) for flag, field in SHAPE_FLAGS.items() if getattr(args, flag) is not None}
+    if "n_head" in overrides and "n_kv_head" not in overrides:
+        overrides["n_kv_head"] = overrides["n_head"]  # new heads, plain multi-head unless --kv-heads says otherwise
+    return overrides
+
+
+def pretrained_folder(init: str | None) -> Path | None:
+    """The Hugging Face GPT-2 folder that --init names; None for "random" (or no --init)."""
+    return None if init in (None, RANDOM_INIT) else Path(init)
+
+
 def model_vocab_size(requested: int | None, tokenizer_vocab: int) -> int:
     """The model's vocabulary: the tokenizer's, or a larger padded size asked for with --vocab-size."""
     if requested is not None and requested < tokenizer_vocab:
-        raise ValueError(f"--vocab-size {requested} is smaller than the tokenizer's {tokenizer_vocab} ids")
+        raise ConfigError(f"--vocab-size {requested} is smaller than the tokenizer's {tokenizer_vocab} ids")
     return requested or tokenizer_vocab
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> "torch.device":
     """"auto" is CUDA when present, else CPU; asking for CUDA without one is an error, not a fallback."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+        raise ConfigError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> str:
+def resolve_dtype(name: str, device: "torch.device") -> str:
     """"auto": bfloat16 on GPUs that support it, float16 on older ones, float32 on CPU."""
     if name != "auto":
         return name
     if device.type != "cuda":
         return "float32"
+    import torch
+
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags actually given in `argv` (defaults left out), e.g. {"block_size"}."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
 
 
 def fail(program: str, message: str, exit_code: int = 2) -> NoReturn:

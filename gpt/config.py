@@ -1,16 +1,21 @@
-"""Model shapes: one dataclass and the named presets.
+"""Configuration in one place: model shapes (a dataclass and the named presets) and training settings.
 
 Every other part of gptmeter (the model, the FLOP model, the cost extrapolation)
 reads a model's shape from a `GPTConfig`, so this file is the single place where
-a preset's numbers live.
+a preset's numbers live. It imports no torch, so command lines can build their
+`--help` from it at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+from gpt.errors import ConfigError
 
 ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "naive")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # compute dtypes under autocast (gpt.trainer.DTYPES maps them)
 
 
 @dataclass
@@ -31,15 +36,15 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+            raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attention not in ATTENTION_BACKENDS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown attention backend {self.attention!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
             )
 
@@ -50,7 +55,7 @@ class GPTConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:
@@ -73,3 +78,46 @@ PRESETS: dict[str, dict] = {
 
 # Presets too large to build on a small machine; the CLIs refuse to instantiate them.
 SHAPE_ONLY_PRESETS = frozenset({"gpt3-175b"})
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_iters: int = 5000  # optimizer steps in the whole run
+    learning_rate: float = 6e-4  # peak, reached after warm-up
+    min_lr: float = 6e-5  # floor of the cosine decay
+    warmup_iters: int = 200
+    weight_decay: float = 0.1  # applied to matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    eval_interval: int = 250  # steps between validation passes
+    eval_iters: int = 20  # validation batches per pass (the same batches every time)
+    checkpoint_interval: int = 250  # steps between checkpoints (one is always written at the end)
+    seed: int = 1337
+    device: str = "cpu"
+    dtype: str = "float32"  # compute dtype under autocast; weights and optimizer stay float32
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate", "beta1", "beta2"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_iters", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        if self.dtype not in DTYPE_NAMES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+
+
+# Training settings that suit a preset better than the generic ones above.
+PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        batch_size=32, max_iters=600, learning_rate=4e-3, min_lr=4e-4, warmup_iters=50,
+        eval_interval=100, eval_iters=10, checkpoint_interval=100, weight_decay=0.1,
+    ),
+}

@@ -7,6 +7,12 @@ standard library are left out, so the corpus is the library itself (about 12 MB)
 
 Splits are by file: a file's path decides, through a hash, whether it is held out for
 validation, so the split never depends on file order, machine, or which files exist.
+
+Token files say what they hold: `meta.json` beside `train.bin`/`val.bin` names the ids'
+dtype, the vocabulary size and the tokenizer (gptmeter writes it for every cache, and
+`write_token_meta` for files you make). Bare files (nanoGPT's format) are read as the
+tokenizer's dtype (uint16 below 65,536 ids, else uint32) only after checks that catch a
+file of wider ids.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +29,13 @@ import torch
 from tqdm import tqdm
 
 from gpt.errors import GptmeterError
-from gpt.files import atomic_write, atomic_write_text
+from gpt.files import atomic_write, cache_root, writable_cache_root, write_json
 from gpt.tokenizer import Tokenizer
 
 VALIDATION_PERCENT = 5
+TOKEN_META = "meta.json"
+TOKEN_DTYPES = ("uint16", "uint32", "int32", "int64")  # dtypes a meta.json may name
+BINARY_SNIFF_BYTES = 8192  # a NUL byte this early marks a file as binary (git's rule)
 TEXT_SUFFIXES = {".txt", ".py", ".md", ".rst", ".json", ".csv", ".html", ".c", ".h", ".js", ".toml", ".yaml", ".yml"}
 _STDLIB_EXCLUDED_PARTS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
 
@@ -36,14 +44,17 @@ class DataError(GptmeterError, ValueError):
     """The data cannot be used as given; the message says what to do."""
 
 
-def cache_root() -> Path:
-    """Folder for tokenised corpora (and other caches): $GPTMETER_CACHE_DIR or ~/.cache/gptmeter."""
-    return Path(os.environ.get("GPTMETER_CACHE_DIR") or Path.home() / ".cache" / "gptmeter")
-
-
-def token_dtype(vocab_size: int) -> type:
+def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 holds ids below 65,536 (nanoGPT's .bin format); larger vocabularies need uint32."""
-    return np.uint16 if vocab_size <= 2**16 else np.uint32
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def write_token_meta(folder: Path, dtype: str, tokenizer: Tokenizer, **extra) -> None:
+    """Describe the train.bin/val.bin in `folder`: their dtype (one of TOKEN_DTYPES) and tokenizer."""
+    if dtype not in TOKEN_DTYPES:
+        raise DataError(f"token dtype {dtype!r} is not one of {', '.join(TOKEN_DTYPES)}")
+    meta = {"dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name, **extra}
+    write_json(Path(folder) / TOKEN_META, meta)
 
 
 # ----------------------------------------------------------------------------- finding text
@@ -77,6 +88,24 @@ def text_files_under(path: Path) -> tuple[Path, list[Path]]:
     return path, files
 
 
+def binary_offset(path: Path) -> int | None:
+    """Offset of a NUL byte in the first BINARY_SNIFF_BYTES of `path`, or None if there is none (text)."""
+    with open(path, "rb") as handle:
+        offset = handle.read(BINARY_SNIFF_BYTES).find(b"\0")
+    return None if offset < 0 else offset
+
+
+def refuse_binary(files: list[Path]) -> None:
+    """DataError for the first file that looks binary: such bytes are not text to learn from."""
+    for path in files:
+        offset = binary_offset(path)
+        if offset is not None:
+            raise DataError(
+                f"{path} looks binary (a NUL byte at offset {offset}); point --data at text, "
+                "or pass --allow-binary to train on its bytes anyway"
+            )
+
+
 def is_validation_file(relative_path: str) -> bool:
     """Deterministic held-out choice: the path's SHA-1 decides, about VALIDATION_PERCENT% of files."""
     return int(hashlib.sha1(relative_path.encode()).hexdigest(), 16) % 100 < VALIDATION_PERCENT
@@ -94,39 +123,44 @@ def split_files(root: Path, files: list[Path]) -> dict[str, list[Path]]:
 
 def _corpus_fingerprint(root: Path, files: list[Path], tokenizer: Tokenizer) -> str:
     """Key of a tokenised cache: the files' paths, sizes and times, and the tokenizer."""
-    digest = hashlib.sha1(f"v1|{tokenizer.name}|{tokenizer.vocab_size}|{root.resolve()}".encode())
+    digest = hashlib.sha1(f"v2|{tokenizer.name}|{tokenizer.vocab_size}|{root.resolve()}".encode())
     for path in files:
         stat = path.stat()
         digest.update(f"|{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
-def _tokenise_files(files: list[Path], tokenizer: Tokenizer, label: str) -> np.ndarray:
+def _tokenise_files(files: list[Path], tokenizer: Tokenizer, label: str, replaced: dict[str, int]) -> np.ndarray:
+    """Token ids of `files`, each followed by end-of-text; counts invalid UTF-8 per file into `replaced`."""
     pieces: list[np.ndarray] = []
     dtype = token_dtype(tokenizer.vocab_size)
     for path in tqdm(files, desc=f"tokenising {label}", unit="file", leave=False, disable=len(files) < 20):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        pieces.append(np.asarray(tokenizer.encode(text) + [tokenizer.eos_token], dtype=dtype))
+        ids, count = tokenizer.encode_file(path.read_bytes())
+        if count:
+            replaced[str(path)] = count
+        pieces.append(np.asarray(ids + [tokenizer.eos_token], dtype=dtype))
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
 
 
 def _cached_token_files(root: Path, files: list[Path], tokenizer: Tokenizer, name: str) -> Path:
     """Tokenise once into <cache>/data/<name>-<fingerprint>/{train,val}.bin and return that folder."""
     folder = cache_root() / "data" / f"{name}-{tokenizer.label}-{_corpus_fingerprint(root, files, tokenizer)}"
-    if (folder / "meta.json").exists():
+    if (folder / TOKEN_META).exists():
         return folder
+    writable_cache_root()
     folder.mkdir(parents=True, exist_ok=True)
     splits = split_files(root, files)
+    replaced: dict[str, int] = {}
     if not splits["val"] or not splits["train"]:  # too few files to split by file: hold out the tail instead
-        tokens = _tokenise_files(files, tokenizer, name)
+        tokens = _tokenise_files(files, tokenizer, name, replaced)
         cut = len(tokens) - max(1, len(tokens) * VALIDATION_PERCENT // 100)
         arrays = {"train": tokens[:cut], "val": tokens[cut:]}
     else:
-        arrays = {split: _tokenise_files(paths, tokenizer, f"{name} {split}") for split, paths in splits.items()}
+        arrays = {split: _tokenise_files(paths, tokenizer, f"{name} {split}", replaced) for split, paths in splits.items()}
     for split, array in arrays.items():
         atomic_write(folder / f"{split}.bin", array.tofile)
-    meta = {"tokenizer": tokenizer.name, "files": len(files), **{f"{s}_tokens": len(a) for s, a in arrays.items()}}
-    atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))  # written last: marks the cache complete
+    write_token_meta(folder, arrays["train"].dtype.name, tokenizer, files=len(files), replaced=replaced,
+                     **{f"{s}_tokens": len(a) for s, a in arrays.items()})  # written last: marks the cache complete
     return folder
 
 
@@ -140,6 +174,7 @@ class TokenData:
     train: np.ndarray
     val: np.ndarray
     source: str
+    warnings: tuple[str, ...] = ()  # what the user should know about the data (e.g. invalid UTF-8 replaced)
 
     def check_fits(self, block_size: int) -> None:
         for split in ("train", "val"):
@@ -163,24 +198,65 @@ class TokenData:
         return windows[:, :-1], windows[:, 1:]
 
 
+def read_token_meta(folder: Path) -> dict | None:
+    """The checked contents of folder/meta.json, or None for bare token files."""
+    path = folder / TOKEN_META
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read {path} ({error}); rewrite it with gpt.data.write_token_meta or remove it") from None
+    if not isinstance(meta, dict) or meta.get("dtype") not in TOKEN_DTYPES:
+        raise DataError(f"{path} does not name the token dtype (\"dtype\": one of {', '.join(TOKEN_DTYPES)}); "
+                        "add it, or remove the file to read bare uint16/uint32 ids")
+    return meta
+
+
 def _open_bin_pair(folder: Path, tokenizer: Tokenizer) -> TokenData:
-    dtype = token_dtype(tokenizer.vocab_size)
+    """Memory-map train.bin and val.bin as the dtype their meta.json names, or the tokenizer's for bare files."""
+    meta = read_token_meta(folder)
+    if meta and meta.get("tokenizer", tokenizer.name) != tokenizer.name:
+        raise DataError(f"{folder} was tokenised with {meta['tokenizer']}; pass --tokenizer {meta['tokenizer']}")
+    dtype = np.dtype(meta["dtype"]) if meta else token_dtype(tokenizer.vocab_size)
     arrays = {}
     for split in ("train", "val"):
         path = folder / f"{split}.bin"
-        if path.stat().st_size % np.dtype(dtype).itemsize:
-            raise DataError(f"{path} is not a whole number of {np.dtype(dtype).name} token ids; is it a token file?")
-        arrays[split] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
-        if len(arrays[split]) and int(arrays[split].max()) >= tokenizer.vocab_size:
+        size = path.stat().st_size
+        if size % dtype.itemsize:
+            raise DataError(f"{path} has {size:,} bytes, not a whole number of {dtype.name} token ids "
+                            f"({dtype.itemsize} bytes each); is it a token file?")
+        tokens = np.memmap(path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+        if meta is None and len(tokens) >= 16 and not tokens[1::2].any() and tokens[0::2].any():
             raise DataError(
-                f"{path} holds token ids up to {int(arrays[split].max())}, beyond the {tokenizer.name} "
-                f"vocabulary of {tokenizer.vocab_size}; pass the --tokenizer it was made with"
+                f"every second {dtype.name} id in {path} is 0: it looks like wider ids (uint32 or int64) read as "
+                f"{dtype.name}, the dtype expected for {tokenizer.name}; write {dtype.name} ids, or put a {TOKEN_META} "
+                f'beside it naming the dtype, e.g. {{"dtype": "uint32", "tokenizer": "{tokenizer.name}"}}'
             )
+        if len(tokens) and (int(tokens.max()) >= tokenizer.vocab_size or int(tokens.min()) < 0):
+            raise DataError(
+                f"{path} read as {dtype.name} holds token ids from {int(tokens.min())} to {int(tokens.max())}, outside "
+                f"the {tokenizer.name} vocabulary of {tokenizer.vocab_size}; pass the --tokenizer it was made with, "
+                f"or name its dtype in {TOKEN_META}"
+            )
+        arrays[split] = tokens
     return TokenData(arrays["train"], arrays["val"], str(folder))
 
 
-def load_data(data_path: str | None, tokenizer: Tokenizer) -> TokenData:
-    """Tokens for training: the standard library by default, else --data (text, folder, or .bin pair)."""
+def _replacement_warning(folder: Path, source: str, tokenizer: Tokenizer) -> tuple[str, ...]:
+    replaced = (read_token_meta(folder) or {}).get("replaced") or {}
+    if not replaced:
+        return ()
+    first = next(iter(replaced))
+    return (f"{sum(replaced.values()):,} invalid UTF-8 sequences in {len(replaced)} file(s) of {source} (first: "
+            f"{first}) were read as U+FFFD by the {tokenizer.name} tokenizer; --tokenizer bytes keeps the bytes",)
+
+
+def load_data(data_path: str | None, tokenizer: Tokenizer, allow_binary: bool = False) -> TokenData:
+    """Tokens for training: the standard library by default, else --data (text, folder, or .bin pair).
+
+    Text files that look binary are refused unless `allow_binary`.
+    """
     if data_path is None:
         root, files = stdlib_source_files()
         name, source = "stdlib", f"the Python standard library at {root}"
@@ -192,5 +268,8 @@ def load_data(data_path: str | None, tokenizer: Tokenizer) -> TokenData:
         name, source = path.name or "data", str(path)
     if sum(f.stat().st_size for f in files) == 0:
         raise DataError(f"the data at {source} is empty; give a file or folder with some text in it")
+    if not allow_binary:
+        refuse_binary(files)
     folder = _cached_token_files(root, files, tokenizer, name)
-    return dataclasses.replace(_open_bin_pair(folder, tokenizer), source=source)
+    warnings = _replacement_warning(folder, source, tokenizer)
+    return dataclasses.replace(_open_bin_pair(folder, tokenizer), source=source, warnings=warnings)

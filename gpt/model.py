@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt.config import GPTConfig
+from gpt.errors import ConfigError
 
 # ----------------------------------------------------------------------------- attention
 
@@ -33,7 +34,7 @@ def resolve_attention(name: str, device: torch.device | str) -> str:
         from kernels.fused_attention import INTERPRETED
 
         if not INTERPRETED:
-            raise ValueError("--attention triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it on CPU, for tests only)")
+            raise ConfigError("--attention triton needs a CUDA GPU (TRITON_INTERPRET=1 runs it on CPU, for tests only)")
     if name != "auto":
         return name
     if device.type != "cuda":

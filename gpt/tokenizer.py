@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gpt.errors import GptmeterError
+from gpt.errors import ConfigError, GptmeterError
 
 TOKENIZERS = ("bytes", "cl100k", "gpt2")
 END_OF_TEXT = "<|endoftext|>"
+REPLACEMENT = "\ufffd"  # what invalid UTF-8 becomes when read as text
 
 
 class TokenizerUnavailable(GptmeterError, RuntimeError):
@@ -31,6 +32,7 @@ class Tokenizer:
     eos_token: int  # id of the end-of-text token that separates documents
     _encode: Callable[[str], list[int]]
     _decode_bytes: Callable[[list[int]], bytes]
+    reads_bytes: bool = False  # True: a file's bytes are the ids, whatever they are (no UTF-8 decoding)
 
     @property
     def label(self) -> str:
@@ -39,6 +41,16 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._encode(text)
+
+    def encode_file(self, raw: bytes) -> tuple[list[int], int]:
+        """Ids of a file's contents, and how many invalid UTF-8 sequences had to become U+FFFD to read it as text.
+
+        The byte tokenizer takes the bytes as they are (nothing replaced); the others read UTF-8 text.
+        """
+        if self.reads_bytes:
+            return list(raw), 0
+        text = raw.decode("utf-8", errors="replace")
+        return self._encode(text), text.count(REPLACEMENT) - raw.count(REPLACEMENT.encode())
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         """The text bytes of `ids`; ids of a padded model vocabulary beyond this tokenizer's carry no text."""
@@ -57,6 +69,7 @@ def _byte_tokenizer() -> Tokenizer:
         eos_token=eos,
         _encode=lambda text: list(text.encode("utf-8")),
         _decode_bytes=lambda ids: bytes(i for i in ids if i != eos),
+        reads_bytes=True,
     )
 
 
@@ -188,10 +201,10 @@ _FACTORIES: dict[str, Callable[[], Tokenizer]] = {
 def get_tokenizer(name: str) -> Tokenizer:
     """The tokenizer called `name`, or that of the model folder at path `name` (a folder tokenizer's name).
 
-    ValueError if unknown, TokenizerUnavailable if its files are missing.
+    ConfigError if unknown, TokenizerUnavailable if its files are missing.
     """
     if name in _FACTORIES:
         return _FACTORIES[name]()
     if Path(name).is_absolute():
         return folder_tokenizer(name)
-    raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
+    raise ConfigError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")

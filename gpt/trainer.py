@@ -21,55 +21,12 @@ from typing import Any, Callable
 import torch
 
 from gpt.checkpoint import save_checkpoint
-from gpt.config import GPTConfig
+from gpt.config import DTYPE_NAMES, GPTConfig, TrainConfig
 from gpt.data import TokenData
-from gpt.files import atomic_write_text
+from gpt.files import atomic_write_text, dumps_json, write_json
 from gpt.model import GPT
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 8  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 5000  # optimizer steps in the whole run
-    learning_rate: float = 6e-4  # peak, reached after warm-up
-    min_lr: float = 6e-5  # floor of the cosine decay
-    warmup_iters: int = 200
-    weight_decay: float = 0.1  # applied to matrices and embeddings only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    eval_interval: int = 250  # steps between validation passes
-    eval_iters: int = 20  # validation batches per pass (the same batches every time)
-    checkpoint_interval: int = 250  # steps between checkpoints (one is always written at the end)
-    seed: int = 1337
-    device: str = "cpu"
-    dtype: str = "float32"  # compute dtype under autocast; weights and optimizer stay float32
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "beta1", "beta2"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("min_lr", "warmup_iters", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-
-
-# Training settings that suit a preset better than the generic ones above.
-PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        batch_size=32, max_iters=600, learning_rate=4e-3, min_lr=4e-4, warmup_iters=50,
-        eval_interval=100, eval_iters=10, checkpoint_interval=100, weight_decay=0.1,
-    ),
-}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -163,6 +120,7 @@ class Trainer:
         self.step = 0
         self.val_loss: float | None = None
         self.elapsed_s = 0.0
+        self.saved_step: int | None = None  # step of the checkpoint on disk; None until one is written
 
     # --------------------------------------------------------------------- state
 
@@ -196,12 +154,42 @@ class Trainer:
         self.sampler.set_state(payload["rng"]["sampler"])
 
     def save(self) -> Path:
-        return save_checkpoint(self.out_dir, self.state())
+        """Checkpoint the current state, but only a healthy model: a diverged one would replace the last good one."""
+        self.check_healthy()
+        path = save_checkpoint(self.out_dir, self.state())
+        self.saved_step = self.step
+        return path
 
     def resume(self, payload: dict[str, Any]) -> None:
         """Continue from a loaded checkpoint, and drop metrics lines written after it (they will be redone)."""
         self.load_state(payload)
+        self.saved_step = self.step
         self._truncate_metrics_after(self.step)
+
+    # --------------------------------------------------------------------- divergence
+
+    def non_finite_weights(self) -> int:
+        """How many parameter values are NaN or infinite (one device sync)."""
+        return int(torch.stack([(~p.isfinite()).sum() for p in self.model.parameters()]).sum())
+
+    def _diverged(self, what: str) -> TrainingStopped:
+        """The stop for a diverged run, naming the checkpoint that is kept and a flag value to try next."""
+        lower = f"--learning-rate {self.config.learning_rate / 10:.3g}"
+        if self.saved_step is None:
+            kept = f"no checkpoint was written (none had finite weights and validation loss). Start again with {lower}"
+        else:
+            kept = (f"the checkpoint of step {self.saved_step} (finite weights and validation loss) is kept in "
+                    f"{self.out_dir}. Continue with: python train.py --resume --out-dir {self.out_dir} {lower}")
+        return TrainingStopped(f"the run diverged: {what}; {kept}, a higher --warmup-iters or --dtype float32",
+                               exit_code=3)
+
+    def check_healthy(self) -> None:
+        """Raise TrainingStopped (exit 3) if the validation loss or any weight is not finite."""
+        if self.val_loss is not None and not math.isfinite(self.val_loss):
+            raise self._diverged(f"validation loss {self.val_loss} at step {self.step}")
+        bad = self.non_finite_weights()
+        if bad:
+            raise self._diverged(f"{bad:,} non-finite weights after step {self.step}")
 
     # --------------------------------------------------------------------- steps
 
@@ -229,11 +217,7 @@ class Trainer:
         loss_value = total_loss.item()
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
-            raise TrainingStopped(
-                f"loss became {loss_value} at step {self.step + 1}; the last good checkpoint in {self.out_dir} is "
-                "kept. Lower --learning-rate, raise --warmup-iters or use --dtype float32, then --resume",
-                exit_code=3,
-            )
+            raise self._diverged(f"training loss {loss_value} at step {self.step + 1}")
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -267,9 +251,9 @@ class Trainer:
         return self.out_dir / "metrics.jsonl"
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON object to metrics.jsonl."""
+        """Append one strict JSON object to metrics.jsonl (a NaN loss is written as null)."""
         with open(self.metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(dumps_json(record) + "\n")
 
     def _truncate_metrics_after(self, step: int) -> None:
         """Keep the log lines up to `step`; later ones (and torn or summary lines) belong to a lost future."""
@@ -295,7 +279,7 @@ class Trainer:
             **self.extra_config,
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / "config.json", json.dumps(resolved, indent=2))
+        write_json(self.out_dir / "config.json", resolved)
 
     def run(
         self,
@@ -322,6 +306,8 @@ class Trainer:
                 last = self.step == self.config.max_iters
                 if self.step % self.config.eval_interval == 0 or last:
                     self.log({"kind": "eval", "step": self.step, "val_loss": self.evaluate()})
+                    if not math.isfinite(self.val_loss):
+                        raise self._diverged(f"validation loss {self.val_loss} at step {self.step}")
                 if self.step % self.config.checkpoint_interval == 0 or last or stop.signal_number:
                     self.save()
                 if stop.signal_number is not None:

@@ -1,8 +1,9 @@
 """`python -m profiling COMMAND ...`: one subcommand per profiling module.
 
 Each module listed in SUBCOMMANDS provides `add_parser(subparsers) -> ArgumentParser` and
-`run(args) -> int` (the exit status). A `ValueError` escaping `run` is bad input: it is printed
-as one line and the command exits with status 2, without a traceback.
+`run(args) -> int` (the exit status). A `GptmeterError` escaping `run` is bad input: it is printed
+as one line and the command exits with status 2, without a traceback; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ import argparse
 import importlib
 import sys
 
+from gpt.errors import GptmeterError
+
 SUBCOMMANDS = (
     "profiling.flops",
     "profiling.hardware",
+    "profiling.calibrate",
+    "profiling.predict",
     "profiling.report",
-    "profiling.cost",
+    "profiling.cost_cli",
     "profiling.scale",
     "profiling.scenarios",
 )
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:
+    except GptmeterError as error:
         print(f"python -m profiling {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -21,11 +21,11 @@ and training a model on D tokens takes model FLOPs / (peak FLOP/s × MFU) device
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from profiling.prices import (
     FACILITY, Facility, PriceError, Sourced, device_price, load_overrides, require_fraction, require_positive,
 )
@@ -252,6 +252,29 @@ def add_price_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass(frozen=True)
+class PriceChoice:
+    """The device-hour inputs a user chose; None means: take it from the price table (or the hardware table)."""
+
+    pricing: str = "cloud"  # "cloud" (rent) or "tco" (own)
+    usd_per_device_hour: float | None = None
+    purchase_usd: float | None = None
+    lifetime_years: float | None = None
+    utilisation: float = 1.0
+    board_power_w: float | None = None
+    power_load_factor: float | None = None
+    pue: float | None = None
+    electricity_usd_per_kwh: float | None = None
+    operations_fraction_per_year: float | None = None
+    grid_kg_co2_per_kwh: float | None = None
+    prices: Path | None = None  # a TOML or JSON file overriding the price table
+
+
+def price_choice(args: argparse.Namespace) -> PriceChoice:
+    """The flags of `add_price_arguments` as a typed choice."""
+    return PriceChoice(**{name: getattr(args, name) for name in PriceChoice.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class PricedDevice:
     """A device-hour price with the wall power and carbon intensity that go with it, and where each came from."""
 
@@ -261,12 +284,12 @@ class PricedDevice:
     inputs: dict[str, dict[str, Any]]  # name -> {"value", "unit", "source"}
 
 
-def price_device(args: argparse.Namespace, device_key: str | None, board_power_w: float | None) -> PricedDevice:
-    """Resolve the device-hour price from the command line, the override file and the shipped table."""
+def price_device(choice: PriceChoice, device_key: str | None, board_power_w: float | None) -> PricedDevice:
+    """Resolve the device-hour price from the user's choice, the override file and the shipped table."""
     facility: Facility = FACILITY
     devices = None
-    if args.prices is not None:
-        facility, devices = load_overrides(args.prices)
+    if choice.prices is not None:
+        facility, devices = load_overrides(choice.prices)
     inputs: dict[str, dict[str, Any]] = {}
 
     def pick(name: str, given: float | None, table_entry, unit: str = "") -> float:
@@ -282,121 +305,31 @@ def price_device(args: argparse.Namespace, device_key: str | None, board_power_w
     def priced(field: str):
         return getattr(device_price(device_key, devices), field) if device_key else None
 
-    grid = pick("grid_kg_co2_per_kwh", args.grid_kg_co2_per_kwh, facility.grid_kg_co2_per_kwh, "kg/kWh")
+    grid = pick("grid_kg_co2_per_kwh", choice.grid_kg_co2_per_kwh, facility.grid_kg_co2_per_kwh, "kg/kWh")
     kw = None
-    if args.board_power_w is not None or board_power_w is not None or args.pricing == "tco":
+    if choice.board_power_w is not None or board_power_w is not None or choice.pricing == "tco":
         table_power = Sourced(board_power_w, "W", "hardware table (profiling/hardware.py)", "")
-        power = pick("board_power_w", args.board_power_w, table_power, "W")
-        load = pick("power_load_factor", args.power_load_factor, facility.power_load_factor)
-        pue = pick("pue", args.pue, facility.pue)
+        power = pick("board_power_w", choice.board_power_w, table_power, "W")
+        load = pick("power_load_factor", choice.power_load_factor, facility.power_load_factor)
+        pue = pick("pue", choice.pue, facility.pue)
         kw = facility_kw(power, load, pue)
-    inputs["utilisation"] = {"value": args.utilisation, "unit": "", "source": "assumed (--utilisation)"}
-    if args.pricing == "cloud":
-        rate = args.usd_per_device_hour
+    inputs["utilisation"] = {"value": choice.utilisation, "unit": "", "source": "assumed (--utilisation)"}
+    if choice.pricing == "cloud":
+        rate = choice.usd_per_device_hour
         usd = pick("usd_per_device_hour", rate, None if rate is not None else priced("cloud_usd_per_hour"), "USD/h")
-        device_hour = cloud_device_hour(usd, args.utilisation)
+        device_hour = cloud_device_hour(usd, choice.utilisation)
     else:
         device_hour = owned_device_hour(OwnershipInputs(
-            purchase_usd=pick("purchase_usd", args.purchase_usd,
-                              None if args.purchase_usd is not None else priced("purchase_usd"), "USD"),
-            lifetime_years=pick("lifetime_years", args.lifetime_years, facility.lifetime_years, "years"),
-            utilisation=args.utilisation,
+            purchase_usd=pick("purchase_usd", choice.purchase_usd,
+                              None if choice.purchase_usd is not None else priced("purchase_usd"), "USD"),
+            lifetime_years=pick("lifetime_years", choice.lifetime_years, facility.lifetime_years, "years"),
+            utilisation=choice.utilisation,
             board_power_w=power,
             power_load_factor=load,
             pue=pue,
-            electricity_usd_per_kwh=pick("electricity_usd_per_kwh", args.electricity_usd_per_kwh,
+            electricity_usd_per_kwh=pick("electricity_usd_per_kwh", choice.electricity_usd_per_kwh,
                                          facility.electricity_usd_per_kwh, "USD/kWh"),
-            operations_fraction_per_year=pick("operations_fraction_per_year", args.operations_fraction_per_year,
+            operations_fraction_per_year=pick("operations_fraction_per_year", choice.operations_fraction_per_year,
                                               facility.operations_fraction_per_year, "1/year"),
         ))
     return PricedDevice(device_hour, kw, grid, inputs)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "cost",
-        help="cost of a device-hour, per token, per query and per day, or a published scenario",
-        description="Turn a throughput (measured: --from RUN_DIR or PROFILE_JSON; or given: --tokens-per-sec) and "
-        "a device-hour price into USD and kWh per token, per million tokens, per query and per day. "
-        "With --scenario NAME, reproduce a published estimate from its own inputs instead.",
-    )
-    parser.add_argument("--scenario", metavar="NAME", help="a published estimate (see: python -m profiling scenarios)")
-    parser.add_argument("--device", metavar="KEY", help="device key in the hardware table, e.g. h100-sxm "
-                        "(default: the device recorded in --from)")
-    parser.add_argument("--tokens-per-sec", type=float, help="throughput of ONE device, tokens/s (given, not measured)")
-    parser.add_argument("--from", dest="sources", action="append", type=Path, default=[], metavar="PATH",
-                        help="a train.py run directory (training tokens/s) or a sample.py --profile-json file "
-                        "(decode tokens/s); the measured throughput to price")
-    parser.add_argument("--tokens-per-query", type=float, help="tokens per query (for per-query and per-day figures)")
-    parser.add_argument("--queries-per-day", type=float, help="queries per day (for per-day figures)")
-    add_price_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return parser
-
-
-def _throughput(args: argparse.Namespace) -> tuple[float, str, str | None]:
-    """(tokens/s per device, provenance, device name recorded with the measurement)."""
-    from profiling.scale import read_measurements
-
-    if args.tokens_per_sec is not None:
-        return require_positive("tokens_per_sec", args.tokens_per_sec), "assumed (--tokens-per-sec)", None
-    if not args.sources:
-        raise PriceError("give a throughput: --tokens-per-sec N, or --from RUN_DIR / --from PROFILE_JSON")
-    measured = read_measurements(args.sources)
-    if measured.tokens_per_sec is None:
-        raise PriceError(f"no tokens/s in {', '.join(map(str, args.sources))}; pass --tokens-per-sec")
-    return measured.tokens_per_sec.value, measured.tokens_per_sec.source, measured.device
-
-
-def run(args: argparse.Namespace) -> int:
-    """The cost subcommand. Bad input raises ValueError, which `python -m profiling` prints as one line."""
-    from profiling.scale import device_spec
-    from profiling.scenarios import format_scenario, run_scenario
-
-    if args.scenario is not None:
-        result = run_scenario(args.scenario)
-        print(json.dumps(result, indent=2) if args.json else format_scenario(result))
-        return 0
-    tokens_per_sec, provenance, measured_device = _throughput(args)
-    device = device_spec(args.device) if args.device is not None else None
-    priced = price_device(args, args.device, device.board_power_w if device else None)
-    result = serving_cost(priced.device_hour, tokens_per_sec, priced.kw_per_device, args.tokens_per_query,
-                          args.queries_per_day, priced.grid_kg_co2_per_kwh)
-    report = {
-        "device": args.device or measured_device,
-        "measured_on": measured_device,
-        "tokens_per_sec_per_device": {"value": tokens_per_sec, "source": provenance},
-        "device_hour": priced.device_hour.to_dict(),
-        "inputs": priced.inputs,
-        **asdict(result),
-    }
-    print(json.dumps(report, indent=2) if args.json else format_cost(report))
-    return 0
-
-
-def _energy(template: str, value: float | None) -> str:
-    return "" if value is None else template.format(value)
-
-
-def format_cost(report: dict[str, Any]) -> str:
-    hour = report["device_hour"]
-    rows = [
-        ("priced device", report["device"] or "not named"),
-        ("throughput measured on", report["measured_on"] or "not measured (given by hand)"),
-        ("tokens/s per device", f"{report['tokens_per_sec_per_device']['value']:,.1f} "
-                                f"({report['tokens_per_sec_per_device']['source']})"),
-        (f"device-hour ({hour['basis']})", f"${hour['total_usd']:.4f} = " + " + ".join(
-            f"{part} ${usd:.4f}" for part, usd in hour["parts"].items())),
-        ("per million tokens", f"${report['usd_per_million_tokens']:,.4f}"
-                               + _energy(", {:,.4f} kWh", report["kwh_per_million_tokens"])),
-    ]
-    if report["usd_per_query"] is not None:
-        rows.append(("per query", f"${report['usd_per_query']:.6f}" + _energy(", {:.4f} Wh", report["wh_per_query"])))
-    if report["usd_per_day"] is not None:
-        rows.append(("per day", f"${report['usd_per_day']:,.2f}, {report['device_hours_per_day']:,.1f} device-hours"
-                                + _energy(", {:,.1f} kWh", report["kwh_per_day"])
-                                + _energy(", {:,.1f} kg CO2", report["kg_co2_per_day"])))
-    rows += [(f"  {name}", f"{entry['value']:g} {entry['unit']}  [{entry['source']}]".replace("  [", " [", 1))
-             for name, entry in report["inputs"].items()]
-    width = max(len(label) for label, _ in rows)
-    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)

@@ -1,8 +1,8 @@
-"""The cost page of `python -m profiling report`: what a run's measured efficiency means at scale.
+"""The cost page of `python -m profiling report`: a large model at scale, beside the run that checked the predictor.
 
-`cost_page(run_dir, device_key)` carries the run's training MFU (and the profile's decode bandwidth
-utilisation, if a profile file is given) to a target device with `scale.py`, and returns a terminal
-table plus three PNG plots written into the run directory:
+`cost_page(run_dir, device_key)` predicts a target model on a target device with `scale.py` (the run, and a
+profile file if given, contribute only the predictor's error on their device, as a confidence figure), and
+returns a terminal table plus three PNG plots written into the run directory:
 
     cost_breakdown.png     cost per day of the target serving fleet, rented (one all-in cloud price) beside
                            owned (hardware, energy, operations)
@@ -12,12 +12,12 @@ table plus three PNG plots written into the run directory:
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from profiling import scale
+from profiling.cost import PriceChoice
 
 MODEL_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b")
 TRAFFIC_QUERIES_PER_DAY = (1e5, 1e6, 1e7, 1e8, 1e9)
@@ -30,26 +30,17 @@ class CostPage:
     results: dict[str, Any]
 
 
-def _scale_args(sources: list[Path], device_key: str, **overrides: Any) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    scale.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["scale", "--device", device_key])
-    args.sources = sources
-    for name, value in overrides.items():
-        setattr(args, name, value)
-    return args
-
-
 def cost_page(run_dir: Path, device_key: str = "h100-sxm", model: str = "gpt3-175b",
-              profile: Path | None = None, plots: bool = True, **overrides: Any) -> CostPage:
+              profile: Path | None = None, plots: bool = True) -> CostPage:
     """Extrapolate the run in `run_dir` (and optional sample.py profile) to `model` on `device_key`."""
-    sources = [Path(run_dir)] + ([Path(profile)] if profile else [])
-    headline = scale.extrapolate(_scale_args(sources, device_key, model=model, **overrides))
-    traffic = [scale.extrapolate(_scale_args(sources, device_key, model=model, **overrides | {"queries_per_day": q}))
-               ["serving"]["devices"] for q in TRAFFIC_QUERIES_PER_DAY]
-    by_size = {name: scale.extrapolate(_scale_args(sources, device_key, model=name, **overrides))
-               ["serving"]["usd_per_million_tokens"] for name in MODEL_SIZES}
-    pricing = {basis: scale.extrapolate(_scale_args(sources, device_key, model=model, **overrides | {"pricing": basis}))
+    sources = (Path(run_dir),) + ((Path(profile),) if profile else ())
+    request = scale.ScaleRequest(device=device_key, model=model, sources=sources)
+    headline = scale.extrapolate(request)
+    traffic = [scale.extrapolate(replace(request, queries_per_day=q))["serving"]["devices"]
+               for q in TRAFFIC_QUERIES_PER_DAY]
+    by_size = {name: scale.extrapolate(replace(request, model=name))["serving"]["usd_per_million_tokens"]
+               for name in MODEL_SIZES}
+    pricing = {basis: scale.extrapolate(replace(request, prices=PriceChoice(pricing=basis)))
                ["serving"]["cost_breakdown_usd_per_day"] for basis in ("cloud", "tco")}
     results = {"headline": headline, "devices_vs_queries_per_day": dict(zip(TRAFFIC_QUERIES_PER_DAY, traffic)),
                "usd_per_day_by_pricing": pricing,

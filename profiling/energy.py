@@ -19,9 +19,10 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import torch
+if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
+    import torch
 
 NVML_ENERGY_COUNTER = "nvml-energy-counter"
 NVML_POWER_SAMPLING = "nvml-power-sampling"
@@ -179,6 +180,8 @@ class CpuUtilisationEstimate:
 def _nvml_handle(nvml, device_index: int):
     """The NVML handle of torch's CUDA device `device_index`, matched by UUID (indices differ under
     CUDA_VISIBLE_DEVICES); by index when torch cannot tell the UUID."""
+    import torch
+
     try:
         uuid = torch.cuda.get_device_properties(device_index).uuid
         return nvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
@@ -222,6 +225,8 @@ def open_energy_reader(
     CUDA: NVML only (a GPU's power cannot be guessed from CPU utilisation).
     CPU: RAPL if readable, else the labelled estimate when `board_watts` (e.g. the CPU's TDP) is given.
     """
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

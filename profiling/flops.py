@@ -27,10 +27,16 @@ This module depends on `gpt.config` only.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 
+from gpt.files import dumps_json
 from gpt.config import PRESETS, GPTConfig
+from gpt.errors import GptmeterError
+
+
+class ShapeError(GptmeterError, ValueError):
+    """A dtype, sequence length or batch the FLOP model cannot count; one line naming the fix."""
+
 
 # Bytes per element of the storage formats a weight or KV cache may use; aliases map to these names.
 BYTES_PER_ELEMENT = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
@@ -42,7 +48,7 @@ def dtype_name(dtype: object) -> str:
     text = str(dtype).lower().removeprefix("torch.")
     name = _DTYPE_ALIASES.get(text, text)
     if name not in BYTES_PER_ELEMENT:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(BYTES_PER_ELEMENT)}")
+        raise ShapeError(f"unknown dtype {dtype!r}; use one of {', '.join(BYTES_PER_ELEMENT)}")
     return name
 
 
@@ -112,7 +118,7 @@ def flop_breakdown(config: GPTConfig, seq_len: int | None = None, causal: bool =
     """Forward FLOPs per token at sequence length `seq_len` (default: the config's block_size)."""
     seq_len = config.block_size if seq_len is None else seq_len
     if not isinstance(seq_len, int) or seq_len <= 0:
-        raise ValueError(f"sequence length must be a positive integer, got {seq_len!r}")
+        raise ShapeError(f"sequence length must be a positive integer, got {seq_len!r}")
     d, d_kv, n = config.n_embd, config.n_kv_head * config.head_dim, config.n_layer
     attention = _attention_term(config, seq_len, causal)
     return FlopBreakdown(
@@ -164,7 +170,7 @@ def decode_flops_per_token(config: GPTConfig, context_len: int) -> int:
     context lengths 1..P gives `prefill_flops(config, P, causal=True)`.
     """
     if not isinstance(context_len, int) or context_len <= 0:
-        raise ValueError(f"context length must be a positive integer, got {context_len!r}")
+        raise ShapeError(f"context length must be a positive integer, got {context_len!r}")
     step = dataclasses.replace(
         flop_breakdown(config, 1),
         attention_scores=config.n_layer * 2 * config.n_embd * context_len,
@@ -192,10 +198,164 @@ def decode_bytes_per_step(
     Activations (a few vectors per sequence) are ignored. `kv_dtype` defaults to `weight_dtype`.
     """
     if batch_size <= 0 or context_len <= 0:
-        raise ValueError(f"batch size and context length must be positive, got {batch_size} and {context_len}")
+        raise ShapeError(f"batch size and context length must be positive, got {batch_size} and {context_len}")
     kv_dtype = weight_dtype if kv_dtype is None else kv_dtype
     kv_cache = batch_size * context_len * kv_cache_bytes_per_token(config, kv_dtype)
     return decode_weight_bytes(config, weight_dtype) + kv_cache
+
+
+# ----------------------------------------------------------------------------- operations, one by one
+#
+# The predictor (profiling/predict.py) prices a step as the sum of its operations, so it needs each
+# operation's shape, not only the totals above. The listing below is the same count split by call:
+# its matmul and attention FLOPs add up to `flop_breakdown` (tests/test_flops.py checks that), and it
+# adds the memory-bound operations the totals leave out (norms, GELU, residual adds, softmax and
+# cross-entropy, KV-cache writes, sampling, the optimizer), each with the bytes it reads and writes.
+
+# Passes over a memory-bound operation's elements, reads plus writes, forward and backward: an add reads two
+# tensors and writes one; a LayerNorm reads x and writes y (its statistics are one value per row); its backward
+# reads x, the gradient and the statistics and writes the input gradient.
+MEMORY_PASSES = {
+    "add": 3,  # residual add (forward); the matching backward is the gradient sum at the fork
+    "embedding": 3,  # token row + position row gathered and summed
+    "embedding_backward": 3,  # the gradient scattered into both tables
+    "layernorm": 2,
+    "layernorm_backward": 3,
+    "gelu": 2,
+    "gelu_backward": 3,
+    "copy": 2,  # transpose to contiguous, KV-cache append
+    "cross_entropy": 2,  # log-softmax over the vocabulary and the picked log-probabilities
+    "cross_entropy_backward": 2,
+    "sample": 3,  # temperature scale, softmax and one draw over the vocabulary, per sequence
+}
+BACKWARD_KIND = {"add": "add", "embedding": "embedding_backward", "layernorm": "layernorm_backward",
+                 "gelu": "gelu_backward", "copy": "copy", "cross_entropy": "cross_entropy_backward"}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation of a step, run `count` times with the same shape.
+
+    kind "matmul": shape (M, N, K), an (M × K) @ (K × N) product. kind "attention": shape
+    (batch·heads, queries, keys, head_dim) with `variant` "causal" (queries = keys), "decode" (one query
+    sees every key) or "causal_backward". kind "adamw": shape (parameters, parameter tensors), the
+    whole optimizer step (gradient clipping and zeroing included). Any other kind is memory-bound:
+    shape (elements,), priced by the bytes it moves.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    flops: int  # per call; 0 for memory-bound operations
+    bytes: int  # per call, read + written
+    count: int = 1
+    phase: str = "forward"  # forward, backward or optimizer
+    variant: str = ""
+
+
+def _matmul(name: str, m: int, n: int, k: int, elem: int, count: int = 1, phase: str = "forward") -> Op:
+    return Op(name, "matmul", (m, n, k), 2 * m * n * k, (m * k + k * n + m * n) * elem, count, phase)
+
+
+def _memory(name: str, kind: str, elements: int, elem: int, count: int = 1, phase: str = "forward") -> Op:
+    return Op(name, kind, (elements,), 0, MEMORY_PASSES[kind] * elements * elem, count, phase)
+
+
+def _attention(config: GPTConfig, batch: int, queries: int, keys: int, elem: int, variant: str) -> Op:
+    """Causal: query i meets keys 0..i, T(T+1)/2 pairs; decode: one query meets all keys. 2·2·D FLOPs a pair."""
+    heads, head_dim = config.n_head, config.head_dim
+    pairs = queries * (queries + 1) // 2 if variant != "decode" else queries * keys
+    flops = 2 * 2 * batch * heads * head_dim * pairs
+    moved = batch * head_dim * (2 * heads * queries + 2 * config.n_kv_head * keys) * elem  # q, out; k, v
+    if variant == "causal_backward":  # recompute the scores, then dS·K, dSᵀ·Q, Pᵀ·dO, dO·Vᵀ: 2.5 × forward
+        flops, moved = flops * 5 // 2, 2 * moved
+    return Op("attention", "attention", (batch * heads, queries, keys, head_dim), flops, moved, config.n_layer,
+              "backward" if variant == "causal_backward" else "forward", variant)
+
+
+def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | None = None,
+                       loss: bool = False, dtype: object = "fp32") -> list[Op]:
+    """The operations of one forward pass over `queries` new tokens per sequence that see `keys` keys.
+
+    keys = queries (default) is a training step or a prefill (causal); keys > queries needs queries = 1,
+    a decode step against the KV cache. `loss` adds the cross-entropy over every position; without it the
+    KV cache is written (generation) and the logits of every position are still computed, as
+    `GPT.forward` does.
+    """
+    keys = queries if keys is None else keys
+    if min(batch, queries, keys) <= 0 or (keys != queries and queries != 1):
+        raise ValueError(f"need batch, queries, keys > 0 and keys == queries or queries == 1; "
+                         f"got {batch}, {queries}, {keys}")
+    elem, n_layer = bytes_per_element(dtype), config.n_layer
+    tokens, d, d_kv, vocab = batch * queries, config.n_embd, config.n_kv_head * config.head_dim, config.vocab_size
+    ops = [
+        _memory("embedding", "embedding", tokens * d, elem),
+        _memory("ln", "layernorm", tokens * d, elem, 2 * n_layer),
+        _matmul("qkv", tokens, d + 2 * d_kv, d, elem, n_layer),
+        _attention(config, batch, queries, keys, elem, "causal" if keys == queries else "decode"),
+        _memory("attention_out", "copy", tokens * d, elem, n_layer),
+        _matmul("attention_proj", tokens, d, d, elem, n_layer),
+        _memory("residual", "add", tokens * d, elem, 2 * n_layer),
+        _matmul("mlp_fc", tokens, 4 * d, d, elem, n_layer),
+        _memory("gelu", "gelu", tokens * 4 * d, elem, n_layer),
+        _matmul("mlp_proj", tokens, d, 4 * d, elem, n_layer),
+        _memory("ln_f", "layernorm", tokens * d, elem),
+        _matmul("head", tokens, vocab, d, elem),
+    ]
+    if loss:
+        ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
+    else:
+        ops.append(_memory("kv_cache_write", "copy", 2 * tokens * d_kv, elem, n_layer))
+    return ops
+
+
+def backward_operations(config: GPTConfig, forward: list[Op], batch: int, seq_len: int,
+                        dtype: object = "fp32") -> list[Op]:
+    """The backward pass of a causal forward: each matmul becomes two (input and weight gradients)."""
+    elem, ops = bytes_per_element(dtype), []
+    for op in forward:
+        if op.kind == "matmul":
+            m, n, k = op.shape
+            ops.append(_matmul(op.name + "_grad_input", m, k, n, elem, op.count, "backward"))
+            ops.append(_matmul(op.name + "_grad_weight", n, k, m, elem, op.count, "backward"))
+        elif op.kind == "attention":
+            ops.append(_attention(config, batch, seq_len, seq_len, elem, "causal_backward"))
+        else:
+            ops.append(_memory(op.name + "_grad", BACKWARD_KIND[op.kind], op.shape[0], elem, op.count, "backward"))
+    return ops
+
+
+def parameter_tensors(config: GPTConfig) -> int:
+    """Parameter tensors the optimizer visits: wte (shared with the head), wpe, per block 6 weights (+6 biases), ln_f."""
+    per_block = 6 * (2 if config.bias else 1)
+    return 2 + config.n_layer * per_block + (2 if config.bias else 1)
+
+
+def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accum: int = 1,
+                          dtype: object = "fp32") -> list[Op]:
+    """One optimizer step: `grad_accum` × (forward + backward over batch × seq_len tokens), then AdamW once."""
+    forward = forward_operations(config, batch, seq_len, loss=True, dtype=dtype)
+    micro = forward + backward_operations(config, forward, batch, seq_len, dtype)
+    ops = [dataclasses.replace(op, count=op.count * grad_accum) for op in micro]
+    params = param_count(config)
+    # AdamW in float32: read parameter, gradient and both moments, write parameter and moments; clipping
+    # reads the gradients once more.
+    ops.append(Op("adamw", "adamw", (params, parameter_tensors(config)), 0, 8 * 4 * params, 1, "optimizer"))
+    return ops
+
+
+def prefill_operations(config: GPTConfig, batch: int, prompt_tokens: int, dtype: object = "fp32") -> list[Op]:
+    """`GPT.generate`'s first call: the prompt through the model into the KV cache, then the first token drawn."""
+    elem = bytes_per_element(dtype)
+    return forward_operations(config, batch, prompt_tokens, dtype=dtype) + [
+        _memory("sample", "sample", batch * config.vocab_size, elem)]
+
+
+def decode_operations(config: GPTConfig, batch: int, context_len: int, dtype: object = "fp32") -> list[Op]:
+    """One decode step: one new token per sequence attending to `context_len` keys (its own included)."""
+    elem = bytes_per_element(dtype)
+    return forward_operations(config, batch, 1, context_len, dtype=dtype) + [
+        _memory("sample", "sample", batch * config.vocab_size, elem)]
 
 
 # ----------------------------------------------------------------------------- python -m profiling flops
@@ -262,5 +422,5 @@ def add_parser(subparsers) -> object:
 
 def run(args) -> int:
     report = summary(GPTConfig.from_preset(args.preset), args.seq_len)
-    print(json.dumps(report, indent=2) if args.json else format_summary(report))
+    print(dumps_json(report, indent=2) if args.json else format_summary(report))
     return 0

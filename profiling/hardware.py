@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
+    import torch
 
 from gpt.errors import GptmeterError
-from gpt.data import cache_root
-from gpt.files import atomic_write_text
+from gpt.files import cache_root, dumps_json, writable_cache_root, write_json
 from profiling.flops import dtype_name
 
 CACHE_FILE = "hardware.json"
@@ -51,7 +52,7 @@ class Accelerator:
         name = dtype_name(dtype)
         if name not in self.peak_flops:
             have = ", ".join(self.peak_flops) or "none"
-            raise ValueError(
+            raise UnknownDeviceError(
                 f"no datasheet {name} peak for {self.name} (table has: {have}); "
                 "choose another dtype or pass the peak by hand (--peak-tflops)"
             )
@@ -121,14 +122,22 @@ _TABLE = (
 ACCELERATORS: dict[str, Accelerator] = {accelerator.key: accelerator for accelerator in _TABLE}
 
 
+class HardwareCacheError(GptmeterError, ValueError):
+    """The hardware cache file is unreadable or not ours; the message says to delete it."""
+
+
 class UnknownDeviceError(GptmeterError, ValueError):
-    """A device that is not in the table; the message says how to pass its peaks by hand."""
+    """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
+
+
+class HardwareCacheError(GptmeterError, ValueError):
+    """A hardware cache file that cannot be read; the message says how to rebuild it."""
 
 
 def accelerator(key: str) -> Accelerator:
     """Table entry by short key ("h100-sxm", "h200", "a100-80gb", ...)."""
     if key not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {key!r}; choose one of {', '.join(ACCELERATORS)}")
+        raise UnknownDeviceError(f"unknown accelerator {key!r}; choose one of {', '.join(ACCELERATORS)}")
     return ACCELERATORS[key]
 
 
@@ -146,6 +155,8 @@ def accelerator_for_device_name(device_name: str) -> Accelerator:
 
 def device_name(device: torch.device | str) -> str:
     """What the device calls itself; for a CPU the model name and the threads PyTorch uses (both set its speed)."""
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -163,6 +174,8 @@ def _cpu_model() -> str:
 
 def detect_accelerator(device: torch.device | str) -> Accelerator:
     """Table entry of `device`: the CPU entry for any CPU; raises UnknownDeviceError for a GPU not in the table."""
+    import torch
+
     if torch.device(device).type == "cpu":
         return ACCELERATORS["cpu"]
     return accelerator_for_device_name(device_name(device))
@@ -186,6 +199,8 @@ class Ceilings:
 
 def _median_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median wall time of `work` over `repeats` runs after one warm-up run; CUDA runs are timed with events."""
+    import torch
+
     work()
     times = []
     if device.type == "cuda":
@@ -211,6 +226,8 @@ def measure_matmul_flops(
 
     "fp32" disables TF32 for the measurement and "tf32" enables it; the previous setting is restored.
     """
+    import torch
+
     device = torch.device(device)
     name = dtype_name(dtype)
     size = size or (8192 if device.type == "cuda" else 1024)
@@ -231,6 +248,8 @@ def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None
 
     The buffer (1 GiB on CUDA, 128 MiB on CPU unless given) is far larger than the caches.
     """
+    import torch
+
     device = torch.device(device)
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
     source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
@@ -242,6 +261,8 @@ def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None
 def measure_read_bandwidth(device: torch.device | str, nbytes: int | None = None, repeats: int = 10) -> float:
     """Bytes/s of only reading a buffer (summing it): the roof of work that reads much and writes little, as a
     decode step does. Same buffer sizes as measure_copy_bandwidth."""
+    import torch
+
     device = torch.device(device)
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
     source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
@@ -252,6 +273,8 @@ def measure_ceilings(
     device: torch.device | str, matmul_size: int | None = None, copy_bytes: int | None = None
 ) -> Ceilings:
     """Run the microbenchmarks: bf16, tf32 and fp32 matmuls on CUDA (fp32 only on CPU) and the copy."""
+    import torch
+
     device = torch.device(device)
     dtypes = ("bf16", "tf32", "fp32") if device.type == "cuda" else ("fp32",)
     matmul_size = matmul_size or (8192 if device.type == "cuda" else 1024)
@@ -276,9 +299,13 @@ def _read_cache() -> dict[str, dict]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"hardware cache {path} is not valid JSON; delete it to measure again") from None
+        cache = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        cache = None
+    fields = {f.name for f in dataclasses.fields(Ceilings)}
+    if not isinstance(cache, dict) or not all(isinstance(v, dict) and v.keys() == fields for v in cache.values()):
+        raise HardwareCacheError(f"hardware cache {path} is not a gptmeter ceilings file; delete it to measure again")
+    return cache
 
 
 def cached_ceilings(name: str) -> Ceilings | None:
@@ -288,11 +315,10 @@ def cached_ceilings(name: str) -> Ceilings | None:
 
 
 def save_ceilings(ceilings: Ceilings) -> Path:
-    path = _cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = writable_cache_root() / CACHE_FILE
     cache = _read_cache()
     cache[ceilings.device_name] = dataclasses.asdict(ceilings)
-    atomic_write_text(path, json.dumps(cache, indent=2))  # a concurrent reader sees the old file or the new one
+    write_json(path, cache)  # a concurrent reader sees the old file or the new one
     return path
 
 
@@ -340,6 +366,8 @@ def device_peaks(
     without a hand-given peak is always measured (or read from the cache), since no
     datasheet covers it. A GPU outside the table needs `peak_flops`.
     """
+    import torch
+
     device = torch.device(device)
     name, dtype = device_name(device), dtype_name(dtype)
     try:
@@ -356,7 +384,7 @@ def device_peaks(
         flops, flops_source = peak_flops, "given by hand"
     elif is_cpu:
         if dtype not in measured.matmul_flops:
-            raise ValueError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
+            raise UnknownDeviceError(f"no measured {dtype} matmul ceiling on the CPU (measured: fp32); use --dtype fp32")
         flops = measured.matmul_flops[dtype]
         flops_source = (
             f"measured {dtype} matmul ceiling, n={measured.matmul_size}, {measured.measured_at} (no datasheet)"
@@ -464,7 +492,7 @@ def run(args) -> int:
     )
     if args.json:
         table = {entry.key: dataclasses.asdict(entry) for entry in _TABLE}
-        print(json.dumps({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
+        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
     else:
         print(_table_text() + "\n\n" + _peaks_text(peaks))
     return 0

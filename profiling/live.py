@@ -4,6 +4,11 @@ Each profiler gathers, once, what its meter needs — the analytic FLOPs and byt
 model (flops.py), the device's peaks with their sources (hardware.py) and an energy reader
 (energy.py) — and then turns the job's measured steps into records for metrics.jsonl
 or a profile JSON. `gpt/` never imports this; the CLIs connect the two.
+
+Every run also checks the predictor: the same work is predicted on this device's cached measured
+profile (`python -m profiling calibrate` writes it; a run never calibrates by itself) and written
+beside the measurement with the error predicted / measured − 1. Without a cached profile the
+record says so instead.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from typing import Any
 import torch
 
 from gpt.config import GPTConfig
-from profiling import flops
+from gpt.errors import GptmeterError
+from profiling import flops, predict
+from profiling.device_profile import DeviceProfile, cached_profile
 from profiling.energy import open_energy_reader
-from profiling.hardware import Peaks, UnknownDeviceError, device_peaks, measured_ceilings
+from profiling.hardware import Peaks, device_name, device_peaks, measured_ceilings
 from profiling.meter import StepMeter
-from profiling.scale import PROFILE_MARKER, PROFILE_VERSION
+from profiling.predict import Prediction
 
 
 def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
@@ -26,9 +33,37 @@ def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, prog
     try:
         measured_ceilings(device)  # measured once per device, then read from the cache
         return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
-    except (UnknownDeviceError, ValueError) as error:
+    except GptmeterError as error:
         print(f"{program}: warning: no utilisation figures: {error}", file=sys.stderr)
         return None
+
+
+def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile | None, str | None]:
+    """This device's cached measured profile, or None and the line saying how to make one."""
+    how = f"no profile: run python -m profiling calibrate --device {device.type} --dtype {flops.dtype_name(dtype)}"
+    try:
+        profile = cached_profile(device_name(device), dtype)
+    except GptmeterError as error:  # a damaged cache file must not stop the run
+        return None, f"{how} ({error})"
+    return (profile, None) if profile is not None else (None, how)
+
+
+def compare(prefix: str, prediction: Prediction | None, measured_tokens_per_sec: float | None,
+            note: str | None) -> dict[str, Any]:
+    """`<prefix>predicted_tokens_per_sec`, `<prefix>prediction_error` (predicted / measured − 1) and the rest."""
+    if prediction is None:
+        return {f"{prefix}predicted_tokens_per_sec": None, f"{prefix}prediction_error": None,
+                f"{prefix}prediction": None, "prediction_note": note}
+    error = prediction.tokens_per_sec / measured_tokens_per_sec - 1 if measured_tokens_per_sec else None
+    return {f"{prefix}predicted_tokens_per_sec": prediction.tokens_per_sec, f"{prefix}prediction_error": error,
+            f"{prefix}prediction": prediction.to_dict(), "prediction_note": note}
+
+
+def describe_prediction(what: str, predicted: float | None, error: float | None, note: str | None) -> str:
+    """"predicted 1,234 tokens/s (+5.0%)", or the note when nothing was predicted."""
+    if predicted is None:
+        return note or f"no {what} prediction"
+    return f"predicted {predicted:,.0f} {what}tokens/s" + (f" ({error:+.1%})" if error is not None else "")
 
 
 def _board_watts(peaks: Peaks | None, given: float | None) -> float | None:
@@ -50,9 +85,16 @@ def _peak_fields(peaks: Peaks | None) -> dict[str, Any]:
 class TrainingProfiler:
     """MFU, HFU, watts and joules per token for every training step."""
 
-    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, peak_tflops: float | None = None,
-                 board_watts: float | None = None) -> None:
+    def __init__(self, config: GPTConfig, device: torch.device, dtype: str, batch: int, grad_accum: int,
+                 peak_tflops: float | None = None, board_watts: float | None = None) -> None:
         self.peaks = find_peaks(device, dtype, peak_tflops, "train.py")
+        profile, self.prediction_note = this_device_profile(device, dtype)
+        self.prediction = None
+        if profile is not None:
+            try:
+                self.prediction = predict.predict_train(config, batch, config.block_size, grad_accum, profile)
+            except GptmeterError as error:  # a profile this model cannot be priced on must not stop the run
+                self.prediction_note = f"no prediction: {error}"
         self.energy = open_energy_reader(device, board_watts=_board_watts(self.peaks, board_watts))
         self.meter = StepMeter(
             device,
@@ -68,7 +110,9 @@ class TrainingProfiler:
         return self.meter.record(record.tokens, record.step_time_s, step=record.step).to_dict()
 
     def summary(self) -> dict[str, Any]:
-        return {"kind": "summary", **self.meter.summary(), **_peak_fields(self.peaks)}
+        measured = self.meter.summary()
+        return {"kind": "summary", **measured, **_peak_fields(self.peaks),
+                **compare("", self.prediction, measured["tokens_per_sec"], self.prediction_note)}
 
     def close(self) -> None:
         if self.energy is not None:
@@ -82,6 +126,7 @@ class GenerationProfiler:
                  board_watts: float | None = None) -> None:
         self.config, self.batch, self.prompt_len, self.dtype = config, batch, prompt_len, dtype
         self.peaks = find_peaks(device, dtype, None, "sample.py")
+        self.device_profile, self.prediction_note = this_device_profile(device, dtype)
         self.energy = open_energy_reader(device, board_watts=_board_watts(self.peaks, board_watts))
         peak_flops = self.peaks.flops if self.peaks else None
         bandwidth = self.peaks.bandwidth if self.peaks else None
@@ -125,10 +170,10 @@ class GenerationProfiler:
         self.decode.flush()
 
     def profile(self, model_config: dict[str, Any]) -> dict[str, Any]:
-        """The profile JSON of this generation (schema in docs/cost.md), read by `python -m profiling scale`."""
+        """The figures of this generation, as `rundir.write_profile` stores them (schema in docs/cost.md)."""
         prefill, decode = self.prefill.summary(), self.decode.summary()
+        decode_tokens_per_sec = decode["tokens_per_sec"] if decode["measured_tokens"] else None
         return {
-            PROFILE_MARKER: PROFILE_VERSION,
             **_peak_fields(self.peaks),
             "dtype": self.dtype,
             "batch": self.batch,
@@ -136,14 +181,30 @@ class GenerationProfiler:
             "new_tokens": self.new_tokens,
             "prefill_tokens_per_sec": prefill["tokens_per_sec"],
             "prefill_mfu": prefill["mfu"],
-            "decode_tokens_per_sec": decode["tokens_per_sec"] if decode["measured_tokens"] else None,
+            "decode_tokens_per_sec": decode_tokens_per_sec,
             "decode_bandwidth_utilisation": decode["bandwidth_utilisation"],
             "decode_mfu": decode["mfu"],
             "joules_per_token": decode["joules_per_token"],
             "energy_source": decode["energy_source"],
             "peak_memory_bytes": decode["peak_memory_bytes"],
             "model": model_config,
+            **self._predictions(prefill["tokens_per_sec"], decode_tokens_per_sec),
         }
+
+    def _predictions(self, prefill_tokens_per_sec: float | None, decode_tokens_per_sec: float | None) -> dict[str, Any]:
+        """Prefill and decode of this generation predicted on the cached profile, beside what was measured."""
+        prefill = decode = None
+        note = self.prediction_note
+        if self.device_profile is not None:
+            try:
+                prefill = predict.predict_prefill(self.config, self.batch, self.prompt_len, self.device_profile)
+                if decode_tokens_per_sec is not None:
+                    decode = predict.predict_decode(self.config, self.batch, self.prompt_len, self.new_tokens,
+                                                    self.device_profile)
+            except GptmeterError as error:  # e.g. a generation past the context, which re-encodes
+                note = f"no prediction: {error}"
+        return (compare("prefill_", prefill, prefill_tokens_per_sec, note)
+                | compare("decode_", decode, decode_tokens_per_sec, note))
 
     def close(self) -> None:
         if self.energy is not None:
@@ -164,4 +225,10 @@ def describe_generation(profile: dict[str, Any]) -> str:
                  f"{percent(profile['decode_bandwidth_utilisation'])})")
     if profile["joules_per_token"] is not None:
         line += f", {profile['joules_per_token']:.3g} J/token ({profile['energy_source']})"
+    if profile["decode_predicted_tokens_per_sec"] is not None:
+        line += "; " + describe_prediction("decode ", profile["decode_predicted_tokens_per_sec"],
+                                           profile["decode_prediction_error"], None)
+    else:
+        line += "; " + describe_prediction("prefill ", profile["prefill_predicted_tokens_per_sec"],
+                                           profile["prefill_prediction_error"], profile["prediction_note"])
     return line + f"; batch {profile['batch']}, {profile['device'] or 'unknown device'}"

@@ -1,4 +1,5 @@
-"""PNG plots of a run: throughput, MFU and loss over steps, written next to its metrics.jsonl.
+"""PNG plots of a run: throughput, MFU and loss over steps, and where a step's time goes (predicted against
+measured), written next to its metrics.jsonl.
 
 Figures are drawn with matplotlib's object API on the Agg canvas, so importing this module never
 changes the pyplot backend of whoever imported it.
@@ -7,10 +8,11 @@ changes the pyplot backend of whoever imported it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
-from profiling.report import RunLog
+from profiling.rundir import RunLog
 
 WARMUP_COLOR = "0.6"
 
@@ -80,10 +82,37 @@ def write_plots(run: RunLog, window: int) -> list[Path]:
     train = [record for record in run.steps if record.get("loss") is not None]
     axes.plot([r["step"] for r in train], [r["loss"] for r in train], alpha=0.6, label="train (per step)")
     if run.evals:
-        axes.plot([r["step"] for r in run.evals], [r["val_loss"] for r in run.evals], "o-", label="validation")
+        finite = [r for r in run.evals if r.get("val_loss") is not None]  # null: a non-finite loss
+        axes.plot([r["step"] for r in finite], [r["val_loss"] for r in finite], "o-", label="validation")
     axes.legend()
     written.append(_save(figure, run.run_dir / "loss.png"))
     return written
+
+
+def write_prediction_plot(run_dir: Path, summary: dict[str, Any]) -> Path | None:
+    """prediction.png: the predicted step time stacked by category beside the measured step time; None if no
+    prediction was logged."""
+    prediction, measured_tps = summary["prediction"], summary["tokens_per_sec"]
+    if prediction is None or not measured_tps:
+        return None
+    tokens_per_step = prediction["tokens_per_sec"] * prediction["step_seconds"]
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    bottom = 0.0
+    for category, seconds in prediction["breakdown"].items():
+        share = seconds / prediction["step_seconds"]
+        axes.bar(["predicted"], [seconds * 1e3], bottom=bottom,
+                 label=f"{category} {seconds * 1e3:,.2f} ms ({share:.0%})")
+        bottom += seconds * 1e3
+    measured_ms = tokens_per_step / measured_tps * 1e3
+    axes.bar(["measured"], [measured_ms], color=WARMUP_COLOR, label=f"measured {measured_ms:,.2f} ms")
+    profile = prediction["profile"]
+    axes.set_ylabel("milliseconds per optimizer step")
+    axes.set_title(f"Where a step's time goes — {run_dir.name}\npredicted on the {profile['kind']} profile of "
+                   f"{profile['device']} ({profile['date'][:10]}), error {summary['prediction_error']:+.1%}",
+                   fontsize=8)
+    axes.legend(fontsize=8)
+    return _save(figure, run_dir / "prediction.png")
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -1,27 +1,31 @@
-"""Extrapolation: from efficiencies measured on your card to a large model on a fleet of accelerators.
+"""Extrapolation: a large model on a fleet of accelerators, its step times predicted on the target device.
 
-Three efficiencies carry what was measured on the user's device to the target:
-
-    training MFU      achieved model FLOP/s / peak, while training         (train.py run directory)
-    prefill MFU       the same while encoding prompts                     (sample.py --profile-json)
-    decode bandwidth  bytes a decode step must read / step time / peak bandwidth   (same file)
-
-Each is "measured (from PATH)" when read from a run directory or a profile file, and "assumed"
-when given by hand or left at its default. Everything else about the target comes from the FLOP
-model (`profiling.flops`) and the accelerator table (`profiling.hardware`).
+Every step time is a prediction (`profiling.predict`) on the target device's profile
+(`profiling.device_profile.resolve_profile`): a measured profile of that device class when one was
+committed or calibrated, else its *reference* profile (datasheet × cited published efficiencies).
+Nothing measured on another device class is carried over: a `--from` run or profile file made on
+this CPU contributes only the predictor's own error there, shown as a confidence figure.
 
 Serving, per model replica of `tp` devices of one server (tensor parallel):
 
     memory   weights (params × bytes per serving dtype) + KV cache (batch × context × KV bytes per token)
              must fit in tp × device memory × usable_memory_fraction; tp is the smallest power of two that fits
-    roofline time = max(FLOPs / (tp × peak × MFU), bytes / (tp × bandwidth × bandwidth utilisation))
-    prefill  batch × prefill FLOPs(prompt); reads the weights once
-    decode   one step for the batch at the mean context prompt + output/2:
-             batch × decode FLOPs per token(context); reads weights + batch × context × KV bytes per token
+    prefill  predict_prefill(batch, prompt) on one device's profile / (tp × tensor-parallel efficiency)
+    decode   predict_decode(batch, prompt, output tokens): the mean step over the whole generation, the same way
+             divided over the tp devices (the all-reduces between them are not modelled: the efficiency
+             input, assumed 1.0 by default, is where to account for them)
     a batch of queries takes prefill + output_tokens × decode step; replicas = ⌈peak queries/s / replica queries/s⌉
+
+Training: predict_train(micro-batch × context, gradient accumulation) on the profile gives the MFU of the
+target model on the target device (optimizer update included, unsharded); total model FLOPs (3 × forward,
+PaLM) / (peak × that MFU) is the device time. Communication between devices is not modelled.
 
 The fleet (replicas × tp devices) is paid and powered around the clock: cost per day =
 devices × 24 h × device-hour price; energy per day = devices × 24 h × board power × load factor × PUE.
+
+Every input is listed with its kind: **measured** (read from a file, with its path), **reference**
+(a datasheet, a price table or a reference profile, with its source) or **assumed** (a default or a
+value given on the command line).
 """
 
 from __future__ import annotations
@@ -33,22 +37,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpt.files import dumps_json
 from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
-from profiling import cost, flops, hardware
+from profiling import cost, flops, hardware, predict
 from profiling.hardware import Accelerator
 from profiling.prices import require_positive
-
-PROFILE_MARKER = "gptmeter_profile"  # a sample.py --profile-json file holds {"gptmeter_profile": 1, ...}
-PROFILE_VERSION = 1
+from profiling.device_profile import DeviceProfile, resolve_profile
+from profiling.predict import Prediction
+from profiling.rundir import Measurements, read_measurements
 
 
 class ScaleError(GptmeterError, ValueError):
     """An extrapolation that cannot be made; the message is one line naming the problem and the fix."""
-
-
-class MeasurementError(ValueError):
-    """A run directory or profile file that cannot be read; one line naming the problem and the fix."""
 
 
 # --------------------------------------------------------------------------- target model and device
@@ -78,122 +79,6 @@ def resolve_model(name: str | None = None, shape: dict[str, int] | None = None) 
         raise ScaleError(f"bad model shape: {error}") from None
 
 
-# --------------------------------------------------------------------------- measured vs assumed
-
-
-@dataclass(frozen=True)
-class Input:
-    value: float
-    source: str  # "measured (from PATH)", "assumed (default)", "assumed (--flag)", "hardware table: ..."
-
-
-@dataclass
-class Measurements:
-    training_mfu: Input | None = None
-    prefill_mfu: Input | None = None
-    decode_bandwidth_utilisation: Input | None = None
-    tokens_per_sec: Input | None = None  # training tokens/s of a run, or decode tokens/s of a profile
-    device: str | None = None
-
-
-def _fraction(value: Any, what: str, path: Path) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise MeasurementError(f"{path}: {what} must be a fraction in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _read_run_dir(path: Path, found: Measurements) -> None:
-    from profiling.report import RunDirError, summarize_run
-
-    try:
-        summary = summarize_run(path)
-    except RunDirError as error:
-        raise MeasurementError(str(error)) from None
-    label = f"measured (from {path})"
-    if summary.get("mfu") is not None:
-        found.training_mfu = Input(_fraction(summary["mfu"], "training MFU", path), label)
-    if summary.get("tokens_per_sec"):
-        found.tokens_per_sec = Input(summary["tokens_per_sec"], label + ", training tokens/s")
-    found.device = found.device or summary.get("device")
-
-
-def _read_profile(path: Path, found: Measurements) -> None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MeasurementError(f"cannot read {path} as JSON ({error}); pass a sample.py --profile-json file") from None
-    if not isinstance(data, dict) or data.get(PROFILE_MARKER) != PROFILE_VERSION:
-        raise MeasurementError(
-            f"{path} is not a gptmeter profile (no \"{PROFILE_MARKER}\": {PROFILE_VERSION}); "
-            "write one with: python sample.py --profile-json PATH"
-        )
-    label = f"measured (from {path})"
-    if data.get("prefill_mfu") is not None:
-        found.prefill_mfu = Input(_fraction(data["prefill_mfu"], "prefill_mfu", path), label)
-    if data.get("decode_bandwidth_utilisation") is not None:
-        found.decode_bandwidth_utilisation = Input(
-            _fraction(data["decode_bandwidth_utilisation"], "decode_bandwidth_utilisation", path), label)
-    if data.get("decode_tokens_per_sec"):
-        found.tokens_per_sec = Input(float(data["decode_tokens_per_sec"]), label + ", decode tokens/s")
-    found.device = data.get("device") or found.device
-
-
-def read_measurements(paths: list[Path]) -> Measurements:
-    """Efficiencies and throughput from train.py run directories and sample.py profile files (later paths win)."""
-    found = Measurements()
-    for path in map(Path, paths):
-        if path.is_dir():
-            _read_run_dir(path, found)
-        elif path.is_file():
-            _read_profile(path, found)
-        else:
-            raise MeasurementError(f"{path} does not exist; pass a train.py --out-dir or a sample.py --profile-json file")
-    return found
-
-
-# Defaults when nothing was measured; each is printed as "assumed (default)".
-ASSUMED_TRAINING_MFU = 0.40  # llm.c / modded-nanogpt GPT-2 on H100 (GUIDE section 4)
-ASSUMED_PREFILL_MFU = 0.50  # prompts are large matmuls, a little better than training
-ASSUMED_DECODE_BANDWIDTH_UTILISATION = 0.60  # well-tuned decoders reach 60-80% of the copy bandwidth
-
-
-@dataclass(frozen=True)
-class Efficiencies:
-    training_mfu: Input
-    prefill_mfu: Input
-    decode_bandwidth_utilisation: Input
-
-
-def choose_efficiencies(
-    measured: Measurements,
-    training_mfu: float | None = None,
-    prefill_mfu: float | None = None,
-    decode_bandwidth_utilisation: float | None = None,
-) -> Efficiencies:
-    """Given by hand beats measured beats the assumed default; the training MFU stands in for prefill if needed."""
-
-    def choose(given: float | None, flag: str, found: Input | None, default: float) -> Input:
-        if given is not None:
-            if not 0 < given <= 1:
-                raise ScaleError(f"{flag} is a fraction in (0, 1], got {given}")
-            return Input(given, f"assumed ({flag})")
-        return found or Input(default, "assumed (default)")
-
-    prefill_found = measured.prefill_mfu
-    if prefill_found is None and measured.training_mfu is not None:
-        prefill_found = Input(measured.training_mfu.value, measured.training_mfu.source + ", training MFU")
-    return Efficiencies(
-        training_mfu=choose(training_mfu, "--training-mfu", measured.training_mfu, ASSUMED_TRAINING_MFU),
-        prefill_mfu=choose(prefill_mfu, "--prefill-mfu", prefill_found, ASSUMED_PREFILL_MFU),
-        decode_bandwidth_utilisation=choose(decode_bandwidth_utilisation, "--decode-bandwidth-utilisation",
-                                            measured.decode_bandwidth_utilisation,
-                                            ASSUMED_DECODE_BANDWIDTH_UTILISATION),
-    )
-
-
-# --------------------------------------------------------------------------- roofline and memory fit
-
-
 @dataclass(frozen=True)
 class Roofline:
     seconds: float
@@ -207,7 +92,9 @@ class Roofline:
 
 def roofline(flops: float, bytes_read: float, peak_flops: float, bandwidth: float, mfu: float,
              bandwidth_utilisation: float) -> Roofline:
-    """The slower of the compute time and the memory time, each at its measured efficiency."""
+    """The slower of the compute time and the memory time, each at one constant efficiency.
+
+    This is the method the predictor replaced; bench.extrapolate keeps it to show both side by side."""
     compute_s = flops / (peak_flops * mfu)
     memory_s = bytes_read / (bandwidth * bandwidth_utilisation)
     return Roofline(max(compute_s, memory_s), compute_s, memory_s)
@@ -252,15 +139,37 @@ class ServingInputs:
     dtype: str = "bf16"  # weights, KV cache and matmuls
     devices_per_server: int = 8
     usable_memory_fraction: float = 0.9  # the rest: activations, workspace, fragmentation
+    tensor_parallel_efficiency: float = 1.0  # replica speed-up over one device / tp
 
     def __post_init__(self) -> None:
         for name in ("batch", "output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
-                     "usable_memory_fraction"):
+                     "usable_memory_fraction", "tensor_parallel_efficiency"):
             require_positive(name.replace("output_tokens", "tokens_per_query"), getattr(self, name))
         if self.prompt_tokens < 0:
             raise ScaleError(f"prompt tokens must not be negative, got {self.prompt_tokens}")
-        if self.usable_memory_fraction > 1:
-            raise ScaleError(f"usable memory fraction is in (0, 1], got {self.usable_memory_fraction}")
+        for name in ("usable_memory_fraction", "tensor_parallel_efficiency"):
+            if getattr(self, name) > 1:
+                raise ScaleError(f"{name.replace('_', ' ')} is in (0, 1], got {getattr(self, name)}")
+        if self.peak_to_average < 1:
+            raise ScaleError(f"--peak-to-average is peak over average traffic, at least 1, got {self.peak_to_average}; "
+                             "pass 1 for a fleet sized for the average")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A predicted time on one replica, and where it goes (seconds by category, already divided over tp)."""
+
+    seconds: float
+    breakdown: dict[str, float]
+    mfu: float  # of the replica's tp devices
+
+
+def _on_replica(prediction: Prediction | None, tp: int, efficiency: float) -> Phase:
+    if prediction is None:
+        return Phase(0.0, {}, 0.0)
+    scale = 1 / (tp * efficiency)
+    return Phase(prediction.step_seconds * scale, {k: v * scale for k, v in prediction.breakdown.items()},
+                 prediction.mfu * efficiency)
 
 
 @dataclass(frozen=True)
@@ -268,8 +177,8 @@ class ServingPlan:
     tensor_parallel: int
     weight_gb: float
     kv_cache_gb: float
-    prefill: Roofline  # one batch of prompts
-    decode_step: Roofline  # one token for every sequence of the batch
+    prefill: Phase  # one batch of prompts
+    decode_step: Phase  # one token for every sequence of the batch, mean over the generation
     replica_tokens_per_sec: float  # generated tokens/s of one replica during decoding
     replica_queries_per_sec: float
     replicas: int
@@ -283,28 +192,24 @@ class ServingPlan:
     cost_breakdown_usd_per_day: dict[str, float] = field(default_factory=dict)
 
 
-def plan_serving(config: GPTConfig, device: Accelerator, efficiencies: Efficiencies, inputs: ServingInputs,
+def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs,
                  priced: cost.PricedDevice) -> ServingPlan:
     context = inputs.prompt_tokens + inputs.output_tokens
     if context > config.block_size:
         raise ScaleError(f"a query of {context} tokens exceeds the model's context of {config.block_size}; "
                          "lower --prompt-tokens or --tokens-per-query")
     resident_weights = flops.param_count(config) * flops.bytes_per_element(inputs.dtype)
-    weights_read = flops.decode_weight_bytes(config, inputs.dtype)
     kv_per_token = flops.kv_cache_bytes_per_token(config, inputs.dtype)
     fit = fit_replica(resident_weights, inputs.batch * context * kv_per_token, device.memory_bytes,
                       inputs.devices_per_server, inputs.usable_memory_fraction,
                       f"one replica in {inputs.dtype} at batch {inputs.batch} × {context} tokens")
-    tp = fit.tensor_parallel
-    peak, bandwidth = tp * device.peak(inputs.dtype), tp * device.memory_bandwidth
-    mfu, bw_util = efficiencies.prefill_mfu.value, efficiencies.decode_bandwidth_utilisation.value
+    tp, efficiency = fit.tensor_parallel, inputs.tensor_parallel_efficiency
     prompt = inputs.prompt_tokens
-    prefill = roofline(inputs.batch * flops.prefill_flops(config, prompt) if prompt else 0.0,
-                       weights_read if prompt else 0.0, peak, bandwidth, mfu, bw_util)
-    mean_context = max(1, round(prompt + inputs.output_tokens / 2))
-    step = roofline(inputs.batch * flops.decode_flops_per_token(config, mean_context),
-                    flops.decode_bytes_per_step(config, mean_context, inputs.batch, inputs.dtype),
-                    peak, bandwidth, mfu, bw_util)
+    prefill = _on_replica(predict.predict_prefill(config, inputs.batch, prompt, profile) if prompt else None,
+                          tp, efficiency)
+    # A query without a prompt starts from one token (sample.py's end-of-text), as the predictor needs one.
+    step = _on_replica(predict.predict_decode(config, inputs.batch, max(prompt, 1), inputs.output_tokens, profile),
+                       tp, efficiency)
     batch_seconds = prefill.seconds + inputs.output_tokens * step.seconds
     replica_qps = inputs.batch / batch_seconds
     peak_qps = inputs.queries_per_day / cost.SECONDS_PER_DAY * inputs.peak_to_average
@@ -333,12 +238,21 @@ def plan_serving(config: GPTConfig, device: Accelerator, efficiencies: Efficienc
     )
 
 
-def plan_training(config: GPTConfig, device: Accelerator, mfu: float, tokens: float, n_devices: int, dtype: str,
-                  priced: cost.PricedDevice) -> cost.TrainingCost:
-    """Model FLOPs at the full context (3 × forward, PaLM) over peak × MFU."""
-    total = flops.training_flops_per_token(config) * require_positive("train_tokens", tokens)
-    return cost.training_cost(total, device.peak(dtype), mfu, n_devices, priced.device_hour,
-                              priced.kw_per_device, priced.grid_kg_co2_per_kwh)
+@dataclass(frozen=True)
+class TrainingInputs:
+    tokens: float
+    n_devices: int
+    micro_batch: int = 1  # sequences of the full context per device per micro-step
+    grad_accum: int = 16  # micro-steps per optimizer update
+
+
+def plan_training(config: GPTConfig, profile: DeviceProfile, inputs: TrainingInputs,
+                  priced: cost.PricedDevice) -> tuple[cost.TrainingCost, Prediction]:
+    """Model FLOPs at the full context (3 × forward, PaLM) over peak × the MFU predicted for one device's step."""
+    step = predict.predict_train(config, inputs.micro_batch, config.block_size, inputs.grad_accum, profile)
+    total = flops.training_flops_per_token(config) * require_positive("train_tokens", inputs.tokens)
+    return cost.training_cost(total, profile.peak_flops, step.mfu, inputs.n_devices, priced.device_hour,
+                              priced.kw_per_device, priced.grid_kg_co2_per_kwh), step
 
 
 # --------------------------------------------------------------------------- the whole extrapolation
@@ -347,77 +261,155 @@ def plan_training(config: GPTConfig, device: Accelerator, mfu: float, tokens: fl
 CHINCHILLA_TOKENS_PER_PARAM = 20  # compute-optimal training data (Hoffmann et al., 2022)
 
 
-def extrapolate(args: argparse.Namespace) -> dict[str, Any]:
-    """Training and serving of the target model on the target device; every input listed with its source."""
-    shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
-             "block_size": args.context, "vocab_size": args.vocab}
-    if args.model is None and args.layers is None:
-        raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
-    config = resolve_model(args.model, None if args.model else shape)
-    device = device_spec(args.device)
-    dtype = flops.dtype_name(args.dtype)
-    efficiencies = choose_efficiencies(read_measurements(args.sources), args.training_mfu, args.prefill_mfu,
-                                       args.decode_bandwidth_utilisation)
-    priced = cost.price_device(args, device.key, device.board_power_w)
-    params = flops.param_count(config)
-    inputs: dict[str, dict[str, Any]] = {name: {"value": entry.value, "unit": "", "source": entry.source}
-              for name, entry in vars(efficiencies).items()}
+def kind_of(source: str) -> str:
+    """measured, assumed or reference, from an input's source label."""
+    if source.startswith("measured"):
+        return "measured"
+    if source.startswith(("assumed", "given on the command line")):
+        return "assumed"
+    return "reference"
 
-    def given(name: str, value: float, default: float, unit: str = "") -> float:
+
+@dataclass(frozen=True)
+class ScaleRequest:
+    """What `scale` is asked: a target model on a target device, and every input the user chose (None = default)."""
+
+    device: str
+    model: str | None = None  # a preset name, or None with `shape`
+    shape: dict[str, int | None] = field(default_factory=dict)  # n_layer, n_embd, n_head, n_kv_head, block_size, vocab_size
+    dtype: str = "bf16"
+    device_profile: Path | None = None  # a calibrate --out file of the target device class
+    sources: tuple[Path, ...] = ()  # train.py run directories and sample.py profile files: confidence only
+    batch: int | None = None
+    prompt_tokens: int | None = None
+    tokens_per_query: int | None = None
+    queries_per_day: float | None = None
+    peak_to_average: float | None = None
+    devices_per_server: int | None = None
+    usable_memory_fraction: float | None = None
+    tensor_parallel_efficiency: float | None = None
+    train_tokens: float | None = None
+    train_devices: int | None = None
+    train_micro_batch: int | None = None
+    train_grad_accum: int | None = None
+    prices: cost.PriceChoice = field(default_factory=cost.PriceChoice)
+
+
+def _confidence(measured: Measurements, target_class: str) -> dict[str, Any]:
+    """The predictor's error where the user measured, stated as such and never applied to the target."""
+    errors = {phase: {"error": entry.value, "source": entry.source} for phase, entry in
+              measured.prediction_errors.items()}
+    if not errors:
+        note = ("no --from measurement with a prediction in it: run train.py or sample.py --profile-json after "
+                "python -m profiling calibrate to see the predictor's error on your device")
+    else:
+        note = (f"the predictor's error where it was checked ({measured.device or 'your device'}); a confidence "
+                f"figure for the method, not a correction: {target_class} is predicted on its own profile")
+    return {"errors": errors, "device": measured.device, "note": note}
+
+
+SHAPE_FLAGS = {"n_layer": "--layers", "n_embd": "--width", "n_head": "--heads", "n_kv_head": "--kv-heads",
+               "block_size": "--context", "vocab_size": "--vocab"}  # ScaleRequest.shape's fields and their flags
+
+
+def extrapolate(request: ScaleRequest) -> dict[str, Any]:
+    """Training and serving of the target model on the target device; every input listed with its kind."""
+    if request.model is None and not request.shape.get("n_layer"):
+        raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
+    conflicting = [SHAPE_FLAGS[name] for name, value in request.shape.items() if value is not None]
+    if request.model is not None and conflicting:
+        raise ScaleError(f"--model {request.model} fixes the whole shape, so {' '.join(conflicting)} would be ignored; "
+                         "drop them, or drop --model and give the shape: --layers N --width D --heads H")
+    config = resolve_model(request.model, None if request.model else request.shape)
+    device = device_spec(request.device)
+    dtype = flops.dtype_name(request.dtype)
+    profile = resolve_profile(device.key, request.device_profile, dtype)
+    measured = read_measurements(list(request.sources))
+    priced = cost.price_device(request.prices, device.key, device.board_power_w)
+    params = flops.param_count(config)
+    summary = profile.summary()
+    inputs: dict[str, dict[str, Any]] = {"device_profile": {
+        "value": summary["device"], "unit": summary["dtype"],
+        "source": f"{'measured' if profile.kind == 'measured' else 'reference'} profile, {summary['date']}: "
+                  f"{summary['source']}"}}
+
+    def given(name: str, default: float, unit: str = "") -> float:
+        value = getattr(request, name)
         source = "assumed (default)" if value is None else f"assumed (--{name.replace('_', '-')})"
         inputs[name] = {"value": default if value is None else value, "unit": unit, "source": source}
         return inputs[name]["value"]
 
     serving = ServingInputs(
-        batch=int(given("batch", args.batch, ServingInputs.batch, "sequences")),
-        prompt_tokens=int(given("prompt_tokens", args.prompt_tokens, ServingInputs.prompt_tokens, "tokens")),
-        output_tokens=int(given("tokens_per_query", args.tokens_per_query, ServingInputs.output_tokens, "tokens")),
-        queries_per_day=given("queries_per_day", args.queries_per_day, ServingInputs.queries_per_day, "1/day"),
-        peak_to_average=given("peak_to_average", args.peak_to_average, ServingInputs.peak_to_average),
+        batch=int(given("batch", ServingInputs.batch, "sequences")),
+        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
+        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
+        queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
+        peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
         dtype=dtype,
-        devices_per_server=int(given("devices_per_server", args.devices_per_server,
-                                     ServingInputs.devices_per_server)),
-        usable_memory_fraction=given("usable_memory_fraction", args.usable_memory_fraction,
-                                     ServingInputs.usable_memory_fraction),
+        devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
+        usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
+        tensor_parallel_efficiency=given("tensor_parallel_efficiency", ServingInputs.tensor_parallel_efficiency),
     )
-    train_tokens = given("train_tokens", args.train_tokens, CHINCHILLA_TOKENS_PER_PARAM * params, "tokens")
-    train_devices = int(given("train_devices", args.train_devices, 1024, "devices"))
+    training_inputs = TrainingInputs(
+        tokens=given("train_tokens", CHINCHILLA_TOKENS_PER_PARAM * params, "tokens"),
+        n_devices=int(given("train_devices", 1024, "devices")),
+        micro_batch=int(given("train_micro_batch", TrainingInputs.micro_batch, "sequences")),
+        grad_accum=int(given("train_grad_accum", TrainingInputs.grad_accum, "micro-steps")),
+    )
     inputs |= priced.inputs
-    plan = plan_serving(config, device, efficiencies, serving, priced)
-    training = plan_training(config, device, efficiencies.training_mfu.value, train_tokens, train_devices, dtype, priced)
+    for entry in inputs.values():
+        entry["kind"] = kind_of(entry["source"])
+    plan = plan_serving(config, device, profile, serving, priced)
+    training, step = plan_training(config, profile, training_inputs, priced)
     return {
-        "model": {"name": args.model or "custom", "params": params, **config.to_dict()},
+        "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
         "device": {"key": device.key, "name": device.name, "dtype": dtype, "peak_flops": device.peak(dtype),
                    "memory_bandwidth_bytes_per_s": device.memory_bandwidth, "memory_bytes": device.memory_bytes,
                    "board_power_w": device.board_power_w, "source": device.source},
+        "profile": summary,
         "inputs": inputs,
-        "measured": sorted(name for name, entry in inputs.items() if entry["source"].startswith("measured")),
-        "assumed": sorted(name for name, entry in inputs.items() if entry["source"].startswith("assumed")),
+        **{kind: sorted(name for name, entry in inputs.items() if entry["kind"] == kind)
+           for kind in ("measured", "reference", "assumed")},
+        "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
-        "training": asdict(training),
-        "serving": asdict(plan) | {"prefill": _roofline_dict(plan.prefill),
-                                   "decode_step": _roofline_dict(plan.decode_step)},
+        "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
+        "serving": asdict(plan),
     }
 
 
-def _roofline_dict(line: Roofline) -> dict[str, Any]:
-    return asdict(line) | {"bound": line.bound}
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.2f} ms"
+
+
+def _where(phase: dict[str, Any]) -> str:
+    """"matmul 80%, attention 12%, ..." of a predicted phase."""
+    total = phase["seconds"]
+    return ", ".join(f"{part} {seconds / total:.0%}" for part, seconds in phase["breakdown"].items()
+                     if seconds / total >= 0.005)
 
 
 def format_extrapolation(result: dict[str, Any]) -> str:
     model, device, serving, training = result["model"], result["device"], result["serving"], result["training"]
+    profile, confidence = result["profile"], result["confidence"]
+    decode, prefill = serving["decode_step"], serving["prefill"]
     lines = [
         f"{model['name']} ({model['params'] / 1e9:,.2f}B params, {model['n_layer']} layers, width {model['n_embd']}) "
         f"on {device['name']} ({device['dtype']}, {device['peak_flops'] / 1e12:,.0f} TFLOP/s, "
         f"{device['memory_bandwidth_bytes_per_s'] / 1e12:,.2f} TB/s, {device['memory_bytes'] / 1e9:,.0f} GB)",
+        f"step times predicted on the {profile['kind']} profile of {profile['device']} ({profile['date'][:10]})",
         "",
         "serving",
         f"  replica        {serving['tensor_parallel']} devices (weights {serving['weight_gb']:,.1f} GB + KV cache "
         f"{serving['kv_cache_gb']:,.1f} GB)",
-        f"  decode step    {serving['decode_step']['seconds'] * 1e3:,.2f} ms for the batch, "
-        f"{serving['decode_step']['bound']}-bound; {serving['replica_tokens_per_sec']:,.0f} tokens/s per replica",
-        f"  prefill        {serving['prefill']['seconds'] * 1e3:,.2f} ms per batch of prompts"
-        + (f", {serving['prefill']['bound']}-bound" if serving["prefill"]["seconds"] else ""),
+        f"  decode step    {_ms(decode['seconds'])} for the batch (mean over the generation), MFU "
+        f"{decode['mfu']:.1%}; {serving['replica_tokens_per_sec']:,.0f} tokens/s per replica",
+        f"                 where it goes: {_where(decode)}",
+    ]
+    if prefill["seconds"]:
+        lines += [f"  prefill        {_ms(prefill['seconds'])} per batch of prompts, MFU {prefill['mfu']:.1%}",
+                  f"                 where it goes: {_where(prefill)}"]
+    step = training["step"]
+    lines += [
         f"  fleet          {serving['replicas']:,} replicas = {serving['devices']:,} devices",
         f"  cost           ${serving['usd_per_day']:,.0f}/day = ${serving['usd_per_query']:.5f}/query = "
         f"${serving['usd_per_million_tokens']:,.3f} per million generated tokens",
@@ -426,14 +418,20 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
         "",
         "training",
+        f"  predicted MFU  {training['predicted_mfu']:.1%} (one device's optimizer step: {_ms(step['step_seconds'])}; "
+        f"where it goes: {_where({'seconds': step['step_seconds'], 'breakdown': step['breakdown']})})",
         f"  {training['flops']:.3e} FLOPs = {training['device_hours']:,.0f} device-hours = "
         f"{training['days']:,.1f} days on {training['n_devices']:,} devices; ${training['usd']:,.0f}, "
         f"{training['kwh'] / 1000:,.0f} MWh",
         "",
-        "inputs (measured or assumed)",
+        "confidence: " + confidence["note"],
     ]
+    lines += [f"  {phase:<8} {entry['error']:+.1%}  [{entry['source']}]" for phase, entry in confidence["errors"].items()]
+    lines += ["", "inputs (kind: measured, reference or assumed)"]
     width = max(len(name) for name in result["inputs"])
-    lines += [f"  {name:<{width}}  {entry['value']:<12g} {entry['unit']:<9} {entry['source']}"
+    lines += [f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12} {entry['unit']:<9} {entry['source']}"
+              if isinstance(entry["value"], str) else
+              f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12g} {entry['unit']:<9} {entry['source']}"
               for name, entry in result["inputs"].items()]
     return "\n".join(lines)
 
@@ -441,10 +439,13 @@ def format_extrapolation(result: dict[str, Any]) -> str:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "scale",
-        help="extrapolate measured efficiencies to a large model on a fleet: training and serving cost",
-        description="Carry the MFU and decode bandwidth utilisation measured on your device (--from) to a target "
-        "model on a target device: training FLOPs, time and cost; serving devices per replica, tokens/s, fleet "
-        "size, cost per day, per query and per million tokens, energy. Unmeasured inputs are labelled assumed.",
+        help="a large model on a fleet: training and serving cost from step times predicted on the target device",
+        description="Predict the training step, prefill and decode times of a target model on a target device "
+        "(its measured profile if one exists, else its reference profile: datasheet x published efficiencies), "
+        "and turn them into training time and cost, and a serving fleet: devices per replica, tokens/s, fleet "
+        "size, cost per day, per query and per million tokens, energy. Every input is labelled measured, "
+        "reference or assumed. --from a run measured here adds the predictor's own error on this device as a "
+        "confidence figure; nothing measured on one device class is carried to another.",
     )
     target = parser.add_argument_group("target model (a preset, or an explicit shape)")
     target.add_argument("--model", metavar="PRESET", help=f"one of {', '.join(PRESETS)}")
@@ -455,31 +456,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     target.add_argument("--context", type=int, help="context length, tokens (default 1024)")
     target.add_argument("--vocab", type=int, help="vocabulary size (default 50257)")
     parser.add_argument("--device", required=True, metavar="KEY", help="target device key of the hardware table")
-    parser.add_argument("--dtype", default="bf16", help="serving and training dtype: weights, KV cache, peak (bf16)")
-    measured = parser.add_argument_group("efficiencies (measured with --from; given by hand = assumed)")
-    measured.add_argument("--from", dest="sources", action="append", type=Path, default=[], metavar="PATH",
-                          help="train.py run directory and/or sample.py --profile-json file; may repeat")
-    measured.add_argument("--training-mfu", type=float, help=f"fraction (default {ASSUMED_TRAINING_MFU})")
-    measured.add_argument("--prefill-mfu", type=float, help=f"fraction (default {ASSUMED_PREFILL_MFU})")
-    measured.add_argument("--decode-bandwidth-utilisation", type=float,
-                          help=f"fraction (default {ASSUMED_DECODE_BANDWIDTH_UTILISATION})")
+    parser.add_argument("--dtype", default="bf16", help="serving and training dtype: weights, KV cache, profile (bf16)")
+    parser.add_argument("--profile", dest="device_profile", type=Path, metavar="FILE",
+                        help="device profile of the target device class (python -m profiling calibrate --out); "
+                        "default: a measured one committed or cached, else the reference profile")
+    parser.add_argument("--from", dest="sources", action="append", type=Path, default=[], metavar="PATH",
+                        help="train.py run directory and/or sample.py --profile-json file; may repeat. Only the "
+                        "predictor's error there is read, as a confidence figure")
     traffic = parser.add_argument_group("serving")
     traffic.add_argument("--queries-per-day", type=float, help=f"default {ServingInputs.queries_per_day:g}")
     traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
     traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
     traffic.add_argument("--batch", type=int, help=f"sequences decoded together (default {ServingInputs.batch})")
-    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this (default 1.0)")
+    traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
     traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
     traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
+    traffic.add_argument("--tensor-parallel-efficiency", type=float,
+                         help="a replica's speed-up over one device / its devices, in (0, 1] (default 1.0: "
+                         "communication not modelled)")
     train = parser.add_argument_group("training")
     train.add_argument("--train-tokens", type=float, help="training tokens (default 20 × params, Chinchilla)")
     train.add_argument("--train-devices", type=int, help="devices training together (default 1024)")
+    train.add_argument("--train-micro-batch", type=int,
+                       help=f"sequences of the full context per device per micro-step (default {TrainingInputs.micro_batch})")
+    train.add_argument("--train-grad-accum", type=int,
+                       help=f"micro-steps per optimizer update (default {TrainingInputs.grad_accum})")
     cost.add_price_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
+def request_from(args: argparse.Namespace) -> ScaleRequest:
+    """The command line's answers as a typed request."""
+    shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
+             "block_size": args.context, "vocab_size": args.vocab}
+    chosen = {name: getattr(args, name) for name in (
+        "model", "dtype", "device_profile", "batch", "prompt_tokens", "tokens_per_query", "queries_per_day",
+        "peak_to_average", "devices_per_server", "usable_memory_fraction", "tensor_parallel_efficiency",
+        "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
+    return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
+                        prices=cost.price_choice(args), **chosen)
+
+
 def run(args: argparse.Namespace) -> int:
-    result = extrapolate(args)
-    print(json.dumps(result, indent=2) if args.json else format_extrapolation(result))
+    result = extrapolate(request_from(args))
+    print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -9,10 +9,10 @@ from its figure means the cost model changed meaning, which the tests catch.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from gpt.files import dumps_json
 from gpt.errors import GptmeterError
 from profiling import cost
 
@@ -168,7 +168,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     listing = [{"name": s.name, "description": s.description, "source": s.source} for s in SCENARIOS.values()]
     if args.json:
-        print(json.dumps(listing, indent=2))
+        print(dumps_json(listing, indent=2))
         return 0
     width = max(len(s.name) for s in SCENARIOS.values())
     for entry in listing:

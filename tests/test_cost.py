@@ -1,6 +1,5 @@
 """The cost model against hand arithmetic, and its refusal of bad prices."""
 
-import argparse
 import json
 
 import pytest
@@ -99,23 +98,16 @@ def test_override_file_replaces_and_rejects(tmp_path):
         load_overrides(negative)
 
 
-def _cost_args(**changes) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    cost.add_parser(parser.add_subparsers())
-    return parser.parse_args(["cost"] + [token for key, value in changes.items()
-                                         for token in (f"--{key.replace('_', '-')}", str(value))])
-
-
 def test_price_device_labels_every_input():
-    priced = cost.price_device(_cost_args(pricing="tco", purchase_usd=20_000), "h100-sxm", 700.0)
+    priced = cost.price_device(cost.PriceChoice(pricing="tco", purchase_usd=20_000), "h100-sxm", 700.0)
     assert priced.inputs["purchase_usd"]["source"] == "given on the command line"
     assert "EIA" in priced.inputs["electricity_usd_per_kwh"]["source"]
     assert priced.inputs["board_power_w"]["value"] == 700.0
     assert priced.kw_per_device == pytest.approx(0.7 * FACILITY.power_load_factor.value * FACILITY.pue.value)
-    cloud = cost.price_device(_cost_args(), "h100-sxm", 700.0)
+    cloud = cost.price_device(cost.PriceChoice(), "h100-sxm", 700.0)
     assert cloud.device_hour.total_usd == DEVICE_PRICES["h100-sxm"].cloud_usd_per_hour.value
     with pytest.raises(PriceError, match="no price for device 'l4'.*--usd-per-device-hour"):
-        cost.price_device(_cost_args(), "l4", 72.0)
+        cost.price_device(cost.PriceChoice(), "l4", 72.0)
 
 
 def test_cost_parts_name_what_a_cloud_price_includes():

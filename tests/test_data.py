@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.data import DataError, is_validation_file, load_data, split_files, stdlib_source_files
+from gpt.data import DataError, is_validation_file, load_data, split_files, stdlib_source_files, write_token_meta
+from gpt.errors import GptmeterError
 from gpt.tokenizer import get_tokenizer
 
 BYTES = get_tokenizer("bytes")
@@ -90,3 +91,68 @@ def test_missing_empty_and_short_data(tmp_path):
     (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG")
     with pytest.raises(DataError, match="no text files"):
         load_data(str(tmp_path / "images"), BYTES)
+
+
+# ----------------------------------------------------------------------------- inputs are what they claim
+
+
+def write_bin_pair(folder, dtype, ids):
+    folder.mkdir(exist_ok=True)
+    for split in ("train", "val"):
+        np.asarray(ids, dtype=dtype).tofile(folder / f"{split}.bin")
+    return folder
+
+
+@pytest.mark.parametrize("wider", [np.uint32, np.int64])
+def test_bare_token_files_of_wider_ids_are_refused_naming_the_expected_dtype(tmp_path, wider):
+    ids = np.random.default_rng(1).integers(1, 257, 400)
+    folder = write_bin_pair(tmp_path / "bins", wider, ids)
+    with pytest.raises(DataError, match="as uint16, the dtype expected for bytes"):
+        load_data(str(folder), BYTES)
+
+
+def test_token_files_whose_meta_names_the_dtype_read_exactly(tmp_path):
+    ids = np.random.default_rng(2).integers(0, 257, 400)
+    folder = write_bin_pair(tmp_path / "bins", np.uint32, ids)
+    write_token_meta(folder, "uint32", BYTES)
+    data = load_data(str(folder), BYTES)
+    assert data.train.dtype == np.uint32 and np.array_equal(np.asarray(data.train), ids)
+    with pytest.raises(DataError, match="--tokenizer bytes"):
+        load_data(str(folder), get_tokenizer("cl100k"))
+
+
+def test_a_byte_length_that_is_not_whole_ids_is_refused(tmp_path):
+    folder = write_bin_pair(tmp_path / "bins", np.uint16, np.arange(100))
+    with open(folder / "val.bin", "ab") as handle:
+        handle.write(b"\x01")
+    with pytest.raises(DataError, match="201 bytes, not a whole number of uint16"):
+        load_data(str(folder), BYTES)
+
+
+def test_the_byte_tokenizer_reads_bytes_as_bytes_and_binary_files_need_a_flag(tmp_path):
+    blob = bytes(range(256)) * 40  # NUL bytes and invalid UTF-8
+    (tmp_path / "blob.txt").write_bytes(blob)
+    with pytest.raises(DataError, match="--allow-binary"):
+        load_data(str(tmp_path / "blob.txt"), BYTES)
+    data = load_data(str(tmp_path / "blob.txt"), BYTES, allow_binary=True)
+    tokens = np.concatenate([np.asarray(data.train), np.asarray(data.val)])
+    assert bytes(tokens[:-1].astype(np.uint8)) == blob and tokens[-1] == BYTES.eos_token
+    assert data.warnings == ()  # nothing was replaced
+
+
+def test_non_utf8_text_warns_with_the_count_of_replaced_characters(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café naïve résumé\n".encode("latin-1") * 200)
+    data = load_data(str(tmp_path / "latin1.txt"), get_tokenizer("cl100k"))
+    (warning,) = data.warnings
+    assert "800 invalid UTF-8 sequences in 1 file(s)" in warning  # é, ï, é, é: 4 a line, 200 lines
+    again = load_data(str(tmp_path / "latin1.txt"), get_tokenizer("cl100k"))  # from the cache: still said
+    assert again.warnings == data.warnings
+    assert load_data(str(tmp_path / "latin1.txt"), BYTES).warnings == ()
+
+
+def test_an_unwritable_cache_dir_is_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path / "file"))
+    (tmp_path / "a.txt").write_text("print(1)\n" * 100)
+    with pytest.raises(GptmeterError, match="GPTMETER_CACHE_DIR"):
+        load_data(str(tmp_path / "a.txt"), BYTES)

@@ -1,24 +1,34 @@
-"""The small-to-large extrapolation machinery runs end to end on CPU (tiny shapes, loose bounds)."""
+"""The predictor against the model's own training step and generation, on shapes calibration never measured.
 
+A quick calibration (a few grid points) prices two shapes whose widths and depths are off its grid; the
+bound (40%) only catches gross breakage — a wrong factor of FLOPs, bytes or calls — without flaking on a
+busy machine. The 15% target is held by `python -m bench.extrapolate` (docs/benchmarks.md).
+"""
+
+import pytest
 import torch
 
-from bench.extrapolate import CPU_PAIRS, run_benchmark
+from bench import extrapolate
+from profiling.device_profile import calibrate
+
+pytestmark = pytest.mark.slow
+
+SHAPES = {"L3-d96": dict(n_layer=3, n_head=3, n_embd=96), "L2-d320": dict(n_layer=2, n_head=5, n_embd=320)}
 
 
-def test_cpu_extrapolation_runs_and_lands_in_the_right_range():
+@pytest.fixture(scope="module")
+def one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # steady timings while other tests share the cores
-    try:
-        results = run_benchmark(torch.device("cpu"), None, CPU_PAIRS, torch.float32, train_batch=4, decode_batch=1,
-                                repeats=3)
-    finally:
-        torch.set_num_threads(threads)
-    by_workload = {result.workload: result for result in results}
-    training, decode = by_workload["training"], by_workload["decode"]
-    # The large model is slower than the small one, predicted and measured.
-    assert training.large_measured < training.small_measured and training.large_predicted < training.small_measured
-    assert decode.large_measured < decode.small_measured and decode.large_predicted < decode.small_measured
-    # Tiny CPU models carry fixed per-step overhead that the FLOP and byte roofs do not scale, so the
-    # prediction is pessimistic; the bounds only catch a broken pipeline (a wrong factor of FLOPs or bytes).
-    assert abs(training.relative_error) < 0.6, training
-    assert -0.9 < decode.relative_error < 1.0, decode
+    torch.set_num_threads(1)  # the bench's clock is CPU time at one thread: steady while other tests run
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_predictions_within_40_percent_on_unmeasured_shapes(one_thread, monkeypatch):
+    monkeypatch.setattr(extrapolate, "SHAPES", SHAPES)
+    profile = calibrate("cpu", "fp32", progress=False, quick=True)
+    rows = extrapolate.run_benchmark(profile, list(SHAPES), [4], "L3-d96", steps=3, repeats=3, progress=lambda _: None)
+    assert {(row.shape, row.workload) for row in rows} == {(s, w) for s in SHAPES for w in ("train", "prefill", "decode")}
+    for row in rows:
+        assert abs(row.error) < 0.4, row
+        assert row.predicted > 0 and sum(row.breakdown.values()) > 0

@@ -12,6 +12,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpt.config import GPTConfig
+from gpt.errors import GptmeterError
 from gpt.model import GPT, KVCache
 from profiling import flops
 from profiling.__main__ import main
@@ -98,11 +99,11 @@ def test_decode_steps_add_up_to_a_causal_prefill():
 
 
 def test_bad_lengths_are_refused():
-    with pytest.raises(ValueError, match="sequence length"):
+    with pytest.raises(GptmeterError, match="sequence length"):
         flops.flop_breakdown(TINY, 0)
-    with pytest.raises(ValueError, match="context length"):
+    with pytest.raises(GptmeterError, match="context length"):
         flops.decode_flops_per_token(TINY, 0)
-    with pytest.raises(ValueError, match="unknown dtype"):
+    with pytest.raises(GptmeterError, match="unknown dtype"):
         flops.kv_cache_bytes_per_token(TINY, "fp12")
 
 

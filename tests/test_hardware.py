@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from gpt.errors import GptmeterError
 from profiling import hardware
 from profiling.__main__ import main
 from profiling.hardware import Ceilings
@@ -79,9 +80,9 @@ def test_every_gpu_entry_is_complete_and_sourced():
 
 
 def test_lookup_errors_name_the_choices():
-    with pytest.raises(ValueError, match="h100-sxm, h100-pcie"):
+    with pytest.raises(GptmeterError, match="h100-sxm, h100-pcie"):
         hardware.accelerator("h100")
-    with pytest.raises(ValueError, match="no datasheet bf16 peak"):
+    with pytest.raises(GptmeterError, match="no datasheet bf16 peak"):
         hardware.accelerator("v100-sxm2-32gb").peak("bf16")
 
 
@@ -157,7 +158,7 @@ def test_measured_ceilings_measure_once_then_cache(cache_dir):
 
 def test_corrupt_cache_is_a_clear_error(cache_dir):
     (cache_dir / hardware.CACHE_FILE).write_text("{not json")
-    with pytest.raises(ValueError, match="delete it"):
+    with pytest.raises(GptmeterError, match="delete it"):
         hardware.cached_ceilings("anything")
 
 

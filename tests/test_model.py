@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from gpt.errors import GptmeterError
 from gpt.config import GPTConfig
 from gpt.generate import sample_next_token
 from gpt.model import GPT, causal_mask, naive_attention, sdpa_attention
@@ -153,7 +154,7 @@ def test_sequence_longer_than_context_is_refused():
     ],
 )
 def test_bad_configs_are_rejected(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(GptmeterError, match=message):
         small_config(**overrides)
 
 
@@ -162,12 +163,12 @@ def test_attention_auto_is_sdpa_on_cpu_and_triton_there_needs_the_interpreter(mo
 
     assert resolve_attention("auto", "cpu") == "sdpa"
     monkeypatch.setattr(importlib.import_module("kernels.fused_attention"), "INTERPRETED", False)
-    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+    with pytest.raises(GptmeterError, match="needs a CUDA GPU"):
         resolve_attention("triton", "cpu")
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="tiny, gpt2"):
+    with pytest.raises(GptmeterError, match="tiny, gpt2"):
         GPTConfig.from_preset("gpt5")
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from profiling.__main__ import main
-from profiling.report import RunDirError, format_summary, summarize_run
+from profiling.report import format_summary
+from profiling.rundir import RunDirError, summarize_run
 
 PEAK = 1e12
 FLOPS_PER_TOKEN = 6_000_000

@@ -1,4 +1,4 @@
-"""Extrapolation: roofline switch point, memory fit, measured-vs-assumed labels, and bad input through the CLI."""
+"""Extrapolation: roofline switch point, memory fit, predicted steps with labelled inputs, bad input through the CLI."""
 
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 
 from gpt.config import GPTConfig
-from profiling import flops, scale
-from profiling.hardware import accelerator
+from profiling import flops, predict, rundir, scale
+from profiling.device_profile import reference_profile
 
 GPT2 = GPTConfig.from_preset("gpt2")
 GPT3 = GPTConfig.from_preset("gpt3-175b")
@@ -51,65 +51,66 @@ def test_a_model_that_fits_on_no_server_is_a_clear_error():
                           "gpt3 in fp32")
 
 
-def _args(parser_module, argv):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser_module.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 def _profile(path, **fields):
     path.write_text(json.dumps({"gptmeter_profile": 1, "device": "cpu", **fields}))
     return path
 
 
-def test_measured_efficiencies_are_carried_and_labelled(tmp_path):
-    profile = _profile(tmp_path / "profile.json", prefill_mfu=0.25, decode_bandwidth_utilisation=0.5,
-                       decode_tokens_per_sec=123.0)
-    args = _args(scale, ["scale", "--model", "gpt3-175b", "--device", "h100-sxm", "--from", str(profile),
-                         "--training-mfu", "0.3", "--queries-per-day", "1e8", "--tokens-per-query", "700"])
-    result = scale.extrapolate(args)
-    inputs = result["inputs"]
-    assert inputs["prefill_mfu"] == {"value": 0.25, "unit": "", "source": f"measured (from {profile})"}
-    assert inputs["decode_bandwidth_utilisation"]["source"] == f"measured (from {profile})"
-    assert inputs["training_mfu"]["source"] == "assumed (--training-mfu)"
-    assert {"prefill_mfu", "decode_bandwidth_utilisation"} <= set(result["measured"])
-    assert {"training_mfu", "batch", "queries_per_day"} <= set(result["assumed"])
-    # The decode step is bandwidth-bound at batch 32; its time is the bytes over 8 × 3.35 TB/s × 0.5.
-    step_bytes = flops.decode_bytes_per_step(GPT3, 350, 32, "bf16")
-    assert result["serving"]["decode_step"]["bound"] == "bandwidth"
-    assert result["serving"]["decode_step"]["seconds"] == pytest.approx(step_bytes / (8 * 3.35e12 * 0.5))
+def test_scale_prices_the_predicted_steps_and_labels_every_input(tmp_path):
+    profile_file = _profile(tmp_path / "profile.json", decode_tokens_per_sec=123.0, decode_prediction_error=0.05,
+                            prefill_prediction_error=-0.1)
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", sources=(profile_file,),
+                                 queries_per_day=1e8, tokens_per_query=700)
+    result = scale.extrapolate(request)
+    h100 = reference_profile("h100-sxm", "bf16")
+    assert result["profile"]["kind"] == "reference" and result["inputs"]["device_profile"]["kind"] == "reference"
+    assert result["measured"] == []  # nothing measured on the CPU is an input for the H100
+    assert {"batch", "queries_per_day", "tensor_parallel_efficiency"} <= set(result["assumed"])
+    assert {"usd_per_device_hour", "board_power_w", "device_profile"} <= set(result["reference"])
+    # The decode step: the predictor's mean step for the whole model on one H100, shared by the 8 of a replica.
     serving = result["serving"]
+    assert serving["tensor_parallel"] == 8
+    one_device = predict.predict_decode(GPT3, 32, 1, 700, h100)
+    assert serving["decode_step"]["seconds"] == pytest.approx(one_device.step_seconds / 8, rel=1e-12)
+    assert sum(serving["decode_step"]["breakdown"].values()) == pytest.approx(serving["decode_step"]["seconds"])
     qps = 1e8 / 86_400
+    assert serving["replica_queries_per_sec"] == pytest.approx(32 / (700 * serving["decode_step"]["seconds"]))
     assert serving["replicas"] == math.ceil(qps / serving["replica_queries_per_sec"])
     assert serving["devices"] == 8 * serving["replicas"]
     assert serving["usd_per_day"] == pytest.approx(serving["devices"] * 24 * 2.49)
     assert serving["usd_per_query"] == pytest.approx(serving["usd_per_day"] / 1e8)
-    h100 = accelerator("h100-sxm")
-    expected_hours = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak("bf16") * 0.3)
-    assert result["training"]["device_hours"] == pytest.approx(expected_hours / 3600)
+    # Training: model FLOPs over the profile's peak at the MFU predicted for one device's step.
+    step = predict.predict_train(GPT3, 1, GPT3.block_size, 16, h100)
+    expected_seconds = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak_flops * step.mfu)
+    assert result["training"]["device_hours"] == pytest.approx(expected_seconds / 3600)
+    # The CPU file gives a confidence figure only: the same request without it predicts the very same fleet.
+    errors = result["confidence"]["errors"]
+    assert errors["decode"]["error"] == 0.05 and errors["prefill"]["error"] == -0.1
+    assert "not a correction" in result["confidence"]["note"]
+    alone = scale.extrapolate(scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", queries_per_day=1e8,
+                                                 tokens_per_query=700))
+    assert alone["serving"] == result["serving"] and alone["training"] == result["training"]
+    assert alone["confidence"]["errors"] == {}
 
 
-def test_training_mfu_of_a_run_stands_in_for_prefill(tmp_path):
+def test_a_run_gives_its_throughput_and_the_predictors_error_there(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"model": {}, "params": 1}))
     step = {"kind": "step", "step": 1, "tokens": 100, "step_time_s": 0.5, "mfu": 0.02, "tokens_per_sec": 200.0}
-    (run / "metrics.jsonl").write_text(json.dumps(step) + "\n")
-    measured = scale.read_measurements([run])
-    efficiencies = scale.choose_efficiencies(measured)
-    assert efficiencies.training_mfu == scale.Input(0.02, f"measured (from {run})")
-    assert efficiencies.prefill_mfu.source == f"measured (from {run}), training MFU"
-    assert efficiencies.decode_bandwidth_utilisation.source == "assumed (default)"
+    summary = {"kind": "summary", "device": "cpu", "prediction": {"tokens_per_sec": 220.0}}
+    (run / "metrics.jsonl").write_text(json.dumps(step) + "\n" + json.dumps(summary) + "\n")
+    measured = rundir.read_measurements([run])
     assert measured.tokens_per_sec.value == 200.0
+    assert measured.prediction_errors["training"].value == pytest.approx(0.1)
+    assert measured.prediction_errors["training"].source.startswith(f"measured (from {run}): training")
 
 
 def test_a_foreign_profile_file_is_refused(tmp_path):
     foreign = tmp_path / "trace.json"
     foreign.write_text(json.dumps({"traceEvents": []}))
-    with pytest.raises(scale.MeasurementError, match='not a gptmeter profile .*"gptmeter_profile": 1'):
-        scale.read_measurements([foreign])
+    with pytest.raises(rundir.MeasurementError, match='not a gptmeter profile .*"gptmeter_profile": 1'):
+        rundir.read_measurements([foreign])
 
 
 # --------------------------------------------------------------------------- the command line
@@ -139,6 +140,11 @@ def cli(capsys):
     (["cost", "--tokens-per-sec", "0", "--usd-per-device-hour", "2"], "tokens_per_sec must be a positive number"),
     (["cost", "--scenario", "nope"], "unknown scenario 'nope'; known: semianalysis-2023"),
     (["cost", "--device", "h100-sxm"], "give a throughput"),
+    (["scale", "--model", "gpt2", "--context", "4096", "--device", "h100-sxm"], "--context would be ignored"),
+    (["scale", "--model", "gpt2", "--layers", "2", "--heads", "2", "--device", "h100-sxm"], "--layers --heads would"),
+    (["scale", "--model", "gpt2", "--device", "h100-sxm", "--peak-to-average", "0.1"], "at least 1, got 0.1"),
+    (["cost", "--model", "gpt2"], "--model needs --device KEY"),
+    (["cost", "--model", "gpt2", "--device", "cpu", "--dtype", "fp32"], "'cpu' has no datasheet"),
 ])
 def test_bad_input_is_one_line_and_status_2(cli, argv, message):
     status, out, err = cli(*argv)
@@ -158,6 +164,16 @@ def test_scale_json_from_the_cli(cli, tmp_path):
     assert result["tokens_per_sec_per_device"]["source"].startswith("measured (from ")
 
 
+def test_cost_prices_a_predicted_throughput(cli):
+    status, out, _ = cli("cost", "--model", "gpt2", "--device", "h100-sxm", "--tokens-per-query", "100",
+                         "--batch", "8", "--json")
+    result = json.loads(out)
+    expected = predict.predict_decode(GPT2, 8, 1, 100, reference_profile("h100-sxm", "bf16")).tokens_per_sec
+    assert status == 0 and result["tokens_per_sec_per_device"]["value"] == pytest.approx(expected, rel=1e-12)
+    assert result["tokens_per_sec_per_device"]["source"].startswith("predicted: gpt2 decoding 100 tokens at batch 8")
+    assert result["usd_per_million_tokens"] == pytest.approx(2.49 / 3600 / expected * 1e6)
+
+
 def test_cost_page_of_a_run(tmp_path):
     from profiling.cost_report import cost_page
 
@@ -170,7 +186,7 @@ def test_cost_page_of_a_run(tmp_path):
     assert [path.name for path in page.plots] == ["cost_breakdown.png", "devices_vs_traffic.png",
                                                   "cost_vs_model_size.png"]
     assert all(path.stat().st_size > 0 for path in page.plots)
-    assert f"measured (from {run}), training MFU" in page.text
+    assert "confidence: " in page.text and "reference profile of NVIDIA H100" in page.text
     devices = list(page.results["devices_vs_queries_per_day"].values())
     assert devices == sorted(devices) and devices[-1] > devices[0]
     by_model = page.results["usd_per_million_tokens_by_model"]

@@ -2,6 +2,7 @@
 
 import pytest
 
+from gpt.errors import GptmeterError
 from gpt.tokenizer import TokenizerUnavailable, get_tokenizer
 
 TEXT = 'def greet(name: str) -> str:\n    return f"héllo, {name} ✓"\n'
@@ -36,7 +37,7 @@ def test_gpt2_without_vocab_files_says_how_to_provide_them(tmp_path, monkeypatch
 
 
 def test_unknown_tokenizer():
-    with pytest.raises(ValueError, match="bytes, cl100k, gpt2"):
+    with pytest.raises(GptmeterError, match="bytes, cl100k, gpt2"):
         get_tokenizer("sentencepiece")
 
 

@@ -99,12 +99,43 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus, tmp_pa
                 trainer.model.transformer.ln_f.weight.fill_(float("nan"))
         return {}
 
-    with pytest.raises(TrainingStopped, match="loss became nan at step 4") as stopped:
-        trainer.run(on_step=poison_after_step_3)
-    assert stopped.value.exit_code != 0
+    with pytest.raises(TrainingStopped, match="validation loss nan at step 3") as stopped:
+        trainer.run(on_step=poison_after_step_3)  # the evaluation at step 3 sees the poisoned weights
+    assert stopped.value.exit_code == 3 and "checkpoint of step 2" in str(stopped.value)
     payload = load_checkpoint(tmp_path / "run")
     assert payload["step"] == 2
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
+
+
+def test_a_diverging_run_keeps_its_last_finite_checkpoint_which_loads_and_samples(corpus, tmp_path):
+    trainer = make_trainer(corpus, tmp_path / "run", max_iters=40, learning_rate=1e3, warmup_iters=0, grad_clip=0.0,
+                           checkpoint_interval=1, eval_interval=1, eval_iters=1)
+    with pytest.raises(TrainingStopped, match="diverged") as stopped:
+        trainer.run()
+    assert stopped.value.exit_code == 3
+    payload = load_checkpoint(tmp_path / "run")
+    assert f"checkpoint of step {payload['step']} " in str(stopped.value)
+    assert math.isfinite(payload["val_loss"])
+    assert all(torch.isfinite(t).all() for t in payload["model"].values())
+    model = GPT(GPTConfig(**payload["model_config"]))
+    model.load_state_dict(payload["model"])
+    out = model.eval().generate(torch.zeros(1, 1, dtype=torch.long), 20, temperature=1.0)
+    assert out.shape == (1, 21) and int(out.max()) < 257
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line, parse_constant=pytest.fail) for line in metrics)  # strict JSON: no NaN or Infinity
+
+
+def test_a_run_that_diverges_before_any_checkpoint_says_there_is_none(corpus, tmp_path):
+    trainer = make_trainer(corpus, tmp_path / "run", max_iters=3)
+
+    def poison(record):
+        with torch.no_grad():
+            trainer.model.lm_head.weight.fill_(float("inf"))
+        return {}
+
+    with pytest.raises(TrainingStopped, match="no checkpoint was written"):
+        trainer.run(on_step=poison)
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
 
 
 def test_truncated_foreign_and_missing_checkpoints_are_named(tmp_path):
@@ -244,3 +275,50 @@ def test_sigterm_to_a_training_process_saves_and_exits_cleanly(corpus, tmp_path)
     saved_step = load_checkpoint(out)["step"]
     logged = [json.loads(l) for l in metrics.read_text().splitlines()]
     assert saved_step == max(r["step"] for r in logged if r["kind"] == "step") >= 3
+
+
+def test_resume_refuses_shape_flags_and_applies_training_settings(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--data", str(corpus), "--out-dir", str(out), "--max-iters", "2", *SMALL_RUN]) == 0
+    saved = (out / "ckpt.pt").read_bytes()
+    for flag, value, named in [("--block-size", "64", "block size, 32"), ("--tokenizer", "cl100k", "tokenizer, bytes"),
+                               ("--preset", "gpt2", "preset, tiny"), ("--vocab-size", "300", "vocabulary size, 257")]:
+        code, err = run_main(train.main, ["--resume", "--out-dir", str(out), "--data", str(corpus), flag, value], capsys)
+        assert code == 2 and named in err and "Traceback" not in err
+        assert (out / "ckpt.pt").read_bytes() == saved
+    capsys.readouterr()
+    assert train.main(["--resume", "--out-dir", str(out), "--data", str(corpus), "--max-iters", "3",
+                       "--learning-rate", "1e-3", "--dropout", "0.2", "--block-size", "32", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "learning_rate 0.004 -> 0.001" in err and "dropout 0.0 -> 0.2" in err and "max_iters 2 -> 3" in err
+    payload = load_checkpoint(out)
+    assert payload["step"] == 3 and payload["train_config"]["learning_rate"] == 1e-3
+    assert payload["model_config"]["dropout"] == 0.2 and payload["model_config"]["block_size"] == 32
+
+
+def test_an_impossible_batch_is_refused_up_front_with_its_estimate(corpus, tmp_path, capsys):
+    code, err = run_main(train.main, ["--data", str(corpus), "--out-dir", str(tmp_path / "run"),
+                                      "--batch-size", "100000000"], capsys)
+    assert code == 2 and "GiB (a lower-bound estimate)" in err and "--batch-size" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    code, err = run_main(sample.main, ["--init", "random", "--num-samples", "1000000000"], capsys)
+    assert code == 2 and "--num-samples" in err and "Traceback" not in err
+
+
+def test_sample_checks_the_profile_path_before_generating(tmp_path, capsys):
+    started = time.perf_counter()
+    code, err = run_main(sample.main, ["--init", "random", "--max-new-tokens", "100000000",
+                                       "--profile-json", str(tmp_path / "missing" / "p.json")], capsys)
+    assert code == 2 and "does not exist" in err and time.perf_counter() - started < 20
+    assert sample.main(["--init", "random", "--max-new-tokens", "2", "--profile-json", str(tmp_path / "p.json")]) == 0
+    json.loads((tmp_path / "p.json").read_text(), parse_constant=pytest.fail)
+
+
+@pytest.mark.parametrize("program", ["train.py", "sample.py"])
+def test_help_answers_without_importing_torch(program):
+    probe = (f"import sys, runpy; sys.argv = ['{program}', '--help']\n"
+             f"try:\n    runpy.run_path('{REPO / program}', run_name='__main__')\n"
+             "except SystemExit as e:\n    assert e.code == 0\n"
+             "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -1,0 +1,56 @@
+"""`python -m profiling calibrate`: measure this device's profile and write it (profiling.device_profile)."""
+
+from __future__ import annotations
+
+import argparse
+
+from profiling.device_profile import DeviceProfile, calibrate, cache_path, save_profile
+
+
+def describe(profile: DeviceProfile) -> str:
+    """A few headline figures of a profile, for the terminal."""
+    overhead = profile.overhead
+    return "\n".join([
+        f"{profile.kind} profile of {profile.device} ({profile.dtype}), {profile.date}",
+        f"  best matmul        {profile.peak_flops / 1e9:,.1f} GFLOP/s ({profile.peak_flops_source})",
+        f"  copy bandwidth     {profile.memory_bandwidth / 1e9:,.1f} GB/s (read + written)",
+        f"  AdamW              {profile.adamw['seconds_per_parameter'] * 1e9:,.2f} ns/parameter + "
+        f"{profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
+        f"  per call           {overhead['per_call_s']['inference'] * 1e6:,.1f} us inference, "
+        f"{overhead['per_call_s']['training'] * 1e6:,.1f} us training (beyond the tables)",
+        f"  fixed              {overhead['fixed_s']['forward'] * 1e6:,.1f} us per forward, "
+        f"{overhead['fixed_s']['train_micro_step'] * 1e6:,.1f} us per training micro-step, "
+        f"{overhead['fixed_s']['token'] * 1e6:,.1f} us per generated token",
+    ])
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from gpt.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "calibrate", formatter_class=HelpFormatter,
+        help="measure this device's profile (matmuls, attention, memory-bound ops, AdamW, per-call overhead)",
+        description="Time matmuls over an (M, N, K) grid, attention over sequence lengths and head sizes, "
+        "memory-bound operations over sizes, the AdamW step per parameter and the fixed cost of an operator call, "
+        "and write the device profile JSON that python -m profiling predict uses. About 2 minutes on a 2-core CPU. "
+        "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/.",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", help="fp32, tf32, bf16 or fp16 (default: bf16 on a GPU, fp32 on CPU)")
+    parser.add_argument("--out", metavar="FILE", help="also write the profile here (JSON)")
+    parser.add_argument("--quick", action="store_true", help="a few grid points only (seconds; for tests, not cached)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt.cli import resolve_device
+
+    device = resolve_device(args.device)
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    profile = calibrate(str(device), dtype, progress=True, quick=args.quick)
+    print(describe(profile))
+    if not args.quick:
+        print(f"cached in {cache_path(profile.device, profile.dtype)}")
+    if args.out:
+        print(f"written to {save_profile(profile, args.out)}")
+    return 0

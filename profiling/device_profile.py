@@ -1,0 +1,519 @@
+"""Device profiles: what one device does with each kind of operation, and the one owner of their JSON format.
+
+A profile prices one operation (`profiling.flops.Op`) at its own shape:
+
+    matmul        FLOP/s measured over an (M, N, K) grid, interpolated in log space (multilinear in log M,
+                  log N, log K of log FLOP/s; a shape outside the grid takes the nearest edge's throughput)
+    attention     FLOP/s over (batch·heads, sequence, head size) per variant: causal forward, its backward,
+                  one decode query against a KV cache
+    memory-bound  seconds over element counts per kind (LayerNorm, GELU, add, copy, embedding,
+                  cross-entropy, sampling, and their backwards), piecewise linear in log-log; past the
+                  largest size, time grows in proportion to the size (the largest size's bandwidth)
+    adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step)
+    overhead      a fixed cost per operation call (Python, dispatch, kernel launch) and per forward /
+                  training micro-step / generated token, beyond what the tables above contain
+
+"measured" profiles come from `calibrate` on the device itself. "reference" profiles are built for a
+datasheet entry of `profiling.hardware` from its peaks and bandwidth and cited published efficiencies
+(`REFERENCE_FIGURES`), with the same tables filled by a roofline: an operation takes the longer of its
+FLOPs at the efficient peak and its bytes at the achievable bandwidth. Host overhead on a GPU overlaps
+the device's work (`overhead["overlap"]`), so there an operation costs max(device time, host time per call).
+
+Which profile a prediction uses (`resolve_profile`): an explicit file; else a measured profile of that
+device class, committed under profiling/profiles/ or in the user's cache; else the reference profile.
+A CPU profile is never used for a GPU, nor the other way round.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import datetime
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt.data import cache_root
+from gpt.errors import GptmeterError
+from gpt.files import write_json
+from profiling import flops, hardware
+from profiling.flops import MEMORY_PASSES, Op
+
+FORMAT = "gptmeter-device-profile"
+FORMAT_VERSION = 1
+PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
+CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
+
+
+class ProfileError(GptmeterError, ValueError):
+    """A device profile that cannot be read or used; the message names the fix."""
+
+
+@dataclass
+class DeviceProfile:
+    device: str  # as the device reports itself (hardware.device_name), or the datasheet name
+    device_class: str  # "cpu", or the key of profiling.hardware's table ("h100-sxm", ...)
+    kind: str  # "measured" or "reference"
+    dtype: str  # compute dtype the tables hold ("fp32", "bf16", ...)
+    date: str  # ISO 8601 (UTC) of the measurement, or of the reference figures' compilation
+    source: str  # how the profile was made: the command, or the datasheet and citations
+    peak_flops: float  # matmul FLOP/s MFU is reported against: datasheet, or the CPU's best measured matmul
+    peak_flops_source: str
+    memory_bandwidth: float  # bytes/s: datasheet, or the CPU's largest measured copy
+    matmul: dict[str, Any]  # {"dims": [...], "flops_per_sec": [[[...]]]} indexed [M][N][K]
+    attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
+    memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
+    adamw: dict[str, float]  # seconds_per_parameter, seconds_per_tensor
+    overhead: dict[str, Any]  # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token}, overlap
+    software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
+    threads: int | None = None  # CPU threads PyTorch used
+    tf32: bool | None = None  # CUDA: float32 matmuls allowed to use TF32 while measuring
+    clock: str | None = None  # what timed the measurements: CUDA events, wall, or process CPU time (microbench)
+    citations: dict[str, str] = field(default_factory=dict)  # reference figure -> value, source, date
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+
+    def summary(self) -> dict[str, Any]:
+        """What a prediction prints about the profile it used."""
+        return {"kind": self.kind, "device": self.device, "device_class": self.device_class, "dtype": self.dtype,
+                "date": self.date, "source": self.source, "threads": self.threads}
+
+    # ------------------------------------------------------------------------- pricing one operation
+
+    def device_seconds(self, op: Op) -> float:
+        """Seconds of one call of `op` from the tables, without the per-call overhead."""
+        if op.kind == "matmul":
+            return op.flops / _grid_value(self.matmul["flops_per_sec"], [self.matmul["dims"]] * 3, op.shape)
+        if op.kind == "attention":
+            table = self.attention["flops_per_sec"].get(op.variant)
+            if table is None:
+                raise ProfileError(f"profile of {self.device} has no attention variant {op.variant!r}; recalibrate")
+            batch_heads, queries, keys, head_dim = op.shape
+            axes = [self.attention["batch_heads"], self.attention["seq"], self.attention["head_dim"]]
+            return op.flops / _grid_value(table, axes, (batch_heads, keys, head_dim))
+        if op.kind == "adamw":
+            params, tensors = op.shape
+            return params * self.adamw["seconds_per_parameter"] + tensors * self.adamw["seconds_per_tensor"]
+        table = self.memory.get(op.kind)
+        if table is None:
+            raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
+        return _size_curve(table["elements"], table["seconds"], op.shape[0])
+
+    def per_call_seconds(self, phase: str) -> float:
+        return self.overhead["per_call_s"]["training" if phase != "inference" else "inference"]
+
+    def op_seconds(self, op: Op, training: bool) -> tuple[float, float]:
+        """(device seconds, overhead seconds) of all `op.count` calls of `op`."""
+        device = self.device_seconds(op)
+        per_call = self.per_call_seconds("training" if training else "inference")
+        if op.kind == "adamw":
+            return op.count * device, 0.0  # its per-tensor cost is already in the fit
+        if self.overhead.get("overlap"):  # the host issues the next call while the device works
+            return op.count * device, op.count * max(0.0, per_call - device)
+        return op.count * device, op.count * per_call
+
+
+# ----------------------------------------------------------------------------- interpolation
+
+
+def _bracket(axis: list[float], value: float) -> tuple[int, int, float]:
+    """Indices of the grid points around `value` and the weight of the upper one, in log space, clamped."""
+    if value <= axis[0]:
+        return 0, 0, 0.0
+    if value >= axis[-1]:
+        return len(axis) - 1, len(axis) - 1, 0.0
+    upper = bisect.bisect_right(axis, value)
+    lower = upper - 1
+    weight = (math.log(value) - math.log(axis[lower])) / (math.log(axis[upper]) - math.log(axis[lower]))
+    return lower, upper, weight
+
+
+def _grid_value(table: list, axes: list[list[float]], point: tuple[int, ...]) -> float:
+    """Multilinear interpolation of log(table) at log(point) on a regular grid; clamped at the edges."""
+    brackets = [_bracket(axis, value) for axis, value in zip(axes, point)]
+    total = 0.0
+    for corner in range(2 ** len(axes)):
+        weight, cell = 1.0, table
+        for dim, (lower, upper, upper_weight) in enumerate(brackets):
+            high = (corner >> dim) & 1
+            weight *= upper_weight if high else 1.0 - upper_weight
+            cell = cell[upper if high else lower]
+        if weight:
+            total += weight * math.log(cell)
+    return math.exp(total)
+
+
+def _size_curve(sizes: list[int], seconds: list[float], size: int) -> float:
+    """Seconds at `size`: log-log linear between measured sizes, the smallest's time below, linear above."""
+    if size <= sizes[0]:
+        return seconds[0]
+    if size >= sizes[-1]:
+        return seconds[-1] * size / sizes[-1]
+    lower, upper, weight = _bracket(sizes, size)
+    return math.exp((1 - weight) * math.log(seconds[lower]) + weight * math.log(seconds[upper]))
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def save_profile(profile: DeviceProfile, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, dataclasses.asdict(profile))
+    return path
+
+
+def load_profile(path: str | Path) -> DeviceProfile:
+    """Read a profile written by `save_profile`; a missing, foreign or older file is a ProfileError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"device profile {path} does not exist; write one with: python -m profiling calibrate "
+                           f"--out {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProfileError(f"cannot read device profile {path} ({error}); recalibrate with: "
+                           "python -m profiling calibrate") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ProfileError(f"{path} is not a gptmeter device profile; write one with: python -m profiling calibrate")
+    if data.get("version") != FORMAT_VERSION:
+        raise ProfileError(f"{path} is a version {data.get('version')} device profile, this gptmeter reads version "
+                           f"{FORMAT_VERSION}; recalibrate with: python -m profiling calibrate")
+    try:
+        return DeviceProfile(**data)
+    except TypeError as error:
+        raise ProfileError(f"{path} is a damaged device profile ({error}); recalibrate") from None
+
+
+def _file_stem(device: str, dtype: str) -> str:
+    safe = "".join(ch if ch.isalnum() else "-" for ch in device.lower()).strip("-")
+    return f"{'-'.join(filter(None, safe.split('-')))}-{flops.dtype_name(dtype)}"
+
+
+def cache_path(device: str, dtype: str) -> Path:
+    """Where `calibrate` caches the profile of the device called `device` (hardware.device_name)."""
+    return cache_root() / CACHE_DIR / f"{_file_stem(device, dtype)}.json"
+
+
+def cached_profile(device: str, dtype: str) -> DeviceProfile | None:
+    """The cached measured profile of the device called `device` (hardware.device_name) for `dtype`, if any."""
+    path = cache_path(device, dtype)
+    return load_profile(path) if path.exists() else None
+
+
+def _committed_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
+    if not PROFILES_DIR.is_dir():
+        return []
+    found = [load_profile(path) for path in sorted(PROFILES_DIR.glob("*.json"))]
+    return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
+
+
+def _cached_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
+    folder = cache_root() / CACHE_DIR
+    found = [load_profile(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
+
+
+def resolve_profile(device_key: str | None = None, path: str | Path | None = None,
+                    dtype: str = "bf16") -> DeviceProfile:
+    """The profile a prediction for `device_key` uses: `path` > measured (committed, then cache) > reference.
+
+    `device_key` is a key of profiling.hardware's table ("h100-sxm", ..., "cpu"); None means this machine
+    (its CUDA GPU if it has one, else its CPU). A CPU has no reference profile: calibrate it first.
+    """
+    dtype = flops.dtype_name(dtype)
+    if path is not None:
+        profile = load_profile(path)
+        if device_key is not None and profile.device_class != device_key:
+            raise ProfileError(f"{path} profiles {profile.device} ({profile.device_class}), not {device_key}; a "
+                               "profile is never carried to another device class: drop --device or pick its file")
+        return profile
+    if device_key is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device_key = hardware.detect_accelerator(device).key
+        here = cached_profile(hardware.device_name(device), dtype)
+        if here is not None:
+            return here
+    if device_key not in hardware.ACCELERATORS:
+        raise ProfileError(f"unknown device {device_key!r}; choose one of {', '.join(hardware.ACCELERATORS)}")
+    measured = _committed_profiles(device_key, dtype) + _cached_profiles(device_key, dtype)
+    if measured:
+        return measured[0]
+    if device_key == "cpu":
+        raise ProfileError(f"no measured {dtype} profile of this CPU; run: python -m profiling calibrate "
+                           f"--device cpu --dtype {dtype} (a CPU has no datasheet to build a reference from)")
+    return reference_profile(device_key, dtype)
+
+
+# ----------------------------------------------------------------------------- reference profiles
+
+REFERENCE_DATE = "2026-11-23"
+
+# Published efficiencies a reference profile is built from. Each is a fraction of the datasheet figure
+# (or seconds), with where it was published. These were not fitted to the end-to-end figures in
+# docs/benchmarks.md, which validate them.
+REFERENCE_FIGURES: dict[str, dict[str, Any]] = {
+    "gemm_efficiency": {
+        "value": 0.70,
+        "source": "large bf16/fp16 GEMM reaches about 70% of the dense datasheet peak on H100 SXM "
+                  "(cuBLAS ~690-700 TFLOP/s of 989); A100 reaches ~75-80% of 312 TFLOP/s. Assumption "
+                  "informed by NVIDIA's and third-party cuBLAS benchmarks; see docs/benchmarks.md",
+    },
+    "copy_bandwidth_fraction": {
+        "value": 0.80,
+        "source": "device-to-device copy (STREAM-like) reaches ~80-90% of datasheet HBM bandwidth on A100/H100; "
+                  "assumption, see docs/benchmarks.md",
+    },
+    "kernel_launch_s": {
+        "value": 5e-6,
+        "source": "CUDA kernel launch latency ~2.5-5 us; assumption, see docs/benchmarks.md",
+    },
+    "eager_host_per_call_s": {
+        "value": 20e-6,
+        "source": "host time per eager PyTorch operator call (Python + dispatcher + launch), ~10-30 us; "
+                  "assumption, see docs/benchmarks.md",
+    },
+    "attention_efficiency": {
+        "value": 0.40,
+        "source": "FlashAttention-2 causal forward, H100 bf16, hd128, 16k tokens per batch: ~335-380 TFLOP/s "
+                  "of 989 (Dao 2023; Triton tutorial), i.e. ~0.35-0.45 of the dense peak; our own kernel is "
+                  "unmeasured on GPUs",
+    },
+    "attention_backward_efficiency": {
+        "value": 0.32,
+        "source": "FlashAttention-2 backward, H100 bf16: ~300-320 TFLOP/s of 989 (GUIDE section 4 figures)",
+    },
+}
+
+REFERENCE_DIMS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536]
+REFERENCE_BATCH_HEADS = [1, 4, 16, 64, 256, 1024, 4096]
+REFERENCE_SEQS = [1, 16, 64, 256, 1024, 4096, 16384]
+REFERENCE_HEAD_DIMS = [32, 64, 128, 256]
+REFERENCE_SIZES = [2**k for k in range(8, 34, 2)]
+
+
+def _roofline_rate(flops_: float, bytes_: float, peak: float, bandwidth: float) -> float:
+    return flops_ / max(flops_ / peak, bytes_ / bandwidth)
+
+
+def reference_profile(accelerator_key: str, dtype: str = "bf16") -> DeviceProfile:
+    """A profile of a datasheet device from its peaks, bandwidth and `REFERENCE_FIGURES` (see module docstring)."""
+    dtype = flops.dtype_name(dtype)
+    entry = hardware.accelerator(accelerator_key)
+    if entry.key == "cpu" or entry.memory_bandwidth is None:
+        raise ProfileError(f"{accelerator_key!r} has no datasheet to build a reference profile from; "
+                           "calibrate it: python -m profiling calibrate")
+    peak = entry.peak(dtype)
+    figure = {name: spec["value"] for name, spec in REFERENCE_FIGURES.items()}
+    gemm, bandwidth = peak * figure["gemm_efficiency"], entry.memory_bandwidth * figure["copy_bandwidth_fraction"]
+    elem = flops.bytes_per_element(dtype)
+    dims = REFERENCE_DIMS
+    matmul = [[[_roofline_rate(2 * m * n * k, (m * k + k * n + m * n) * elem, gemm, bandwidth) for k in dims]
+               for n in dims] for m in dims]
+
+    def attention_rate(variant: str, bh: int, seq: int, head_dim: int) -> float:
+        efficiency = figure["attention_backward_efficiency" if variant == "causal_backward" else "attention_efficiency"]
+        pairs = seq if variant == "decode" else seq * (seq + 1) / 2
+        work = 4 * bh * head_dim * pairs * (2.5 if variant == "causal_backward" else 1)
+        moved = bh * head_dim * (4 * seq if variant != "decode" else 2 + 2 * seq) * elem
+        return _roofline_rate(work, moved, peak * efficiency, bandwidth)
+
+    attention = {variant: [[[attention_rate(variant, bh, s, hd) for hd in REFERENCE_HEAD_DIMS]
+                            for s in REFERENCE_SEQS] for bh in REFERENCE_BATCH_HEADS]
+                 for variant in ("causal", "causal_backward", "decode")}
+    memory = {kind: {"elements": REFERENCE_SIZES,
+                     "seconds": [passes * size * elem / bandwidth for size in REFERENCE_SIZES]}
+              for kind, passes in MEMORY_PASSES.items()}
+    launch = figure["kernel_launch_s"]
+    citations = {name: f"{spec['value']:g}: {spec['source']}" for name, spec in REFERENCE_FIGURES.items()}
+    citations["datasheet"] = entry.source
+    return DeviceProfile(
+        device=entry.name, device_class=entry.key, kind="reference", dtype=dtype, date=REFERENCE_DATE,
+        source=f"reference: datasheet ({entry.source}) x published efficiencies (REFERENCE_FIGURES)",
+        peak_flops=peak, peak_flops_source=f"datasheet: {entry.source}", memory_bandwidth=entry.memory_bandwidth,
+        matmul={"dims": dims, "flops_per_sec": matmul},
+        attention={"backend": "FlashAttention-2-style (published figures)", "batch_heads": REFERENCE_BATCH_HEADS,
+                   "seq": REFERENCE_SEQS, "head_dim": REFERENCE_HEAD_DIMS, "flops_per_sec": attention},
+        memory=memory,
+        # fused AdamW over fp32 master weights: 8 four-byte passes per parameter (see flops.train_step_operations)
+        adamw={"seconds_per_parameter": 8 * 4 / bandwidth, "seconds_per_tensor": 0.0},
+        overhead={"per_call_s": {"inference": figure["eager_host_per_call_s"],
+                                 "training": figure["eager_host_per_call_s"]},
+                  "fixed_s": {"forward": 0.0, "train_micro_step": 0.0, "token": 0.0},
+                  "device_per_call_s": launch, "overlap": True},
+        citations=citations,
+    )
+
+
+def graphed(profile: DeviceProfile) -> DeviceProfile:
+    """The profile of a run replayed as a CUDA graph (torch.compile mode="reduce-overhead"): the host issues
+    nothing per kernel, so each call costs only the device's own launch gap (`kernel_launch_s`)."""
+    if "device_per_call_s" not in profile.overhead:
+        raise ProfileError(f"profile of {profile.device} has no device launch cost; CUDA graphs apply to GPU profiles")
+    per_call = profile.overhead["device_per_call_s"]
+    overhead = profile.overhead | {"per_call_s": {"inference": per_call, "training": per_call}, "graphed": True}
+    return dataclasses.replace(profile, overhead=overhead, source=profile.source + "; replayed as a CUDA graph")
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The shapes `calibrate` measures. A shape between grid points is interpolated, one outside clamped."""
+
+    dims: list[int]  # M, N and K of the matmuls
+    max_flops: float  # work of one timed call; larger grid points are timed with a smaller first dimension
+    batch_heads: list[int]
+    seqs: list[int]
+    head_dims: list[int]
+    sizes: list[int]  # elements of the memory-bound operations
+    adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
+
+
+GRIDS = {
+    # 7³ matmuls + 4³ attention shapes × 3 variants + 6 sizes × 11 memory kinds: about 2 minutes on 2 cores.
+    "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
+                seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
+                adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)]),
+    "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
+                 seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
+                 adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
+    # For tests: a handful of points, a few seconds.
+    "quick": Grid(dims=[1, 32, 512], max_flops=5e7, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
+                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)]),
+}
+
+# The model the fixed costs are measured on: 8 wide, so that only the per-call and per-step costs remain.
+OVERHEAD_SHAPE = dict(vocab_size=8, block_size=16, n_head=1, n_embd=8)
+
+
+def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Per-call and fixed costs from tiny models of 1 and 3 layers, beyond what the tables price.
+
+    For each path, measured(L) = tables(L) + per_call × calls(L) + fixed: two depths give both unknowns.
+    """
+    from gpt.config import GPTConfig
+
+    def priced(ops: list[Op]) -> tuple[float, int]:
+        return sum(op.count * profile.device_seconds(op) for op in ops), sum(op.count for op in ops)
+
+    paths = {}
+    for layers in timings:
+        config = GPTConfig(n_layer=layers, **OVERHEAD_SHAPE)
+        forward = flops.forward_operations(config, 1, 1, 5)
+        train_forward = flops.forward_operations(config, 1, 4, loss=True)
+        paths[layers] = {"inference": priced(forward),
+                         "training": priced(train_forward + flops.backward_operations(config, train_forward, 1, 4)),
+                         "token": priced(flops.decode_operations(config, 1, 5))}
+    low, high = sorted(timings)
+    per_call, fixed = {}, {}
+    for path in ("inference", "training"):
+        (tables_low, calls_low), (tables_high, calls_high) = paths[low][path], paths[high][path]
+        slope = ((timings[high][path] - tables_high) - (timings[low][path] - tables_low)) / (calls_high - calls_low)
+        per_call[path] = max(slope, 0.0)
+        fixed[path] = max(timings[low][path] - tables_low - per_call[path] * calls_low, 0.0)
+    tables_token, calls_token = paths[low]["token"]
+    token = timings[low]["token"] - tables_token - per_call["inference"] * calls_token - fixed["inference"]
+    return {"per_call_s": per_call,
+            "fixed_s": {"forward": fixed["inference"], "train_micro_step": fixed["training"], "token": max(token, 0.0)},
+            "overlap": False, "measured_on": {str(k): v for k, v in timings.items()}}
+
+
+def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = False) -> DeviceProfile:
+    """Measure this device's profile over `GRIDS` (see module docstring) and cache it per device name.
+
+    On CUDA it runs on that device (its current stream), with TF32 allowed exactly when `dtype` is "tf32",
+    and resets the peak-memory statistics afterwards. `quick` measures a few points only (for tests) and is
+    not cached.
+    """
+    import contextlib
+
+    from tqdm import tqdm
+
+    from gpt.config import GPTConfig
+    from gpt.model import sdpa_attention
+    from profiling import microbench
+
+    torch_device = torch.device(device)
+    dtype = flops.dtype_name(dtype)
+    on_cuda = torch_device.type == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise ProfileError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+    if not on_cuda and dtype != "fp32":
+        raise ProfileError(f"CPU calibration measures fp32 only (the CPU tools run float32), not {dtype}; "
+                           "use --dtype fp32")
+    grid = GRIDS["quick" if quick else torch_device.type]
+    steps = len(grid.dims) ** 3 + len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
+    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
+    guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    with guard, tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress) as bar:
+        tick = lambda: bar.update(1)  # noqa: E731
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+            matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, tick)
+            attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
+                                                  grid.head_dims, grid.max_flops, tick)
+            memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
+            adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
+            timings = {}
+            for layers in (1, 3):
+                config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
+                timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
+                tick()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32_before
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(torch_device)
+    name = hardware.device_name(torch_device)
+    best = max(value for plane in matmul for row in plane for value in row)
+    if on_cuda:
+        entry = hardware.detect_accelerator(torch_device)
+        peak, peak_source = entry.peak(dtype), f"datasheet: {entry.source}"
+        bandwidth = entry.memory_bandwidth or microbench.copy_bandwidth(memory, dtype)
+        device_class = entry.key
+    else:
+        peak, peak_source = best, "best measured fp32 matmul of the calibration grid (no datasheet for a CPU)"
+        bandwidth, device_class = microbench.copy_bandwidth(memory, dtype), "cpu"
+    profile = DeviceProfile(
+        device=name, device_class=device_class, kind="measured", dtype=dtype, date=now_iso(),
+        source=f"python -m profiling calibrate --device {torch_device.type} --dtype {dtype}"
+               + (" (quick grid)" if quick else ""),
+        peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
+        matmul={"dims": grid.dims, "flops_per_sec": matmul},
+        attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
+                   "head_dim": grid.head_dims, "flops_per_sec": attention},
+        memory=memory, adamw=adamw, overhead={},
+        software=software_versions(), threads=torch.get_num_threads() if not on_cuda else None,
+        tf32=(dtype == "tf32") if on_cuda else None,
+        clock="CUDA events" if on_cuda else microbench.host_clock(torch.get_num_threads())[0],
+        citations={"best_matmul_flops_per_sec": f"{best:.4g}",
+                   "copy_bandwidth_bytes_per_sec": f"{microbench.copy_bandwidth(memory, dtype):.4g}"},
+    )
+    profile.overhead = _solve_overhead(profile, timings)
+    if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
+        profile.overhead["overlap"] = True
+    if not quick:
+        save_profile(profile, cache_path(profile.device, profile.dtype))
+    return profile
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,322 @@
+"""Micro-benchmarks behind a device profile: each times one kind of operation over a grid of shapes.
+
+Every figure is the median over a few batches of back-to-back calls on the tensors' own device (CUDA
+events on that device's current stream, the host clock on a CPU), after one untimed warm-up call.
+A batch repeats a call until it lasts `MIN_BATCH_SECONDS`, so microsecond-scale calls are not lost in
+the timer's resolution. A grid point whose work would exceed `max_flops` is measured with its first
+dimension (rows, or batch × heads) shrunk until it fits; throughput is flat in that dimension once it
+is large, and the point's record says which shape was timed.
+
+This module only measures; `profiling.device_profile` turns the numbers into a profile.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from profiling.flops import MEMORY_PASSES, bytes_per_element
+
+MIN_BATCH_SECONDS = 2e-3
+BATCHES = 3
+COLD_BYTES = 32 * 2**20  # matmul weights rotate through this many bytes of copies, as a model's layers do
+TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def host_clock(threads: int) -> tuple[str, Callable[[], float]]:
+    """The clock a CPU measurement uses: the process's CPU time at one thread, else the wall clock.
+
+    At one thread, CPU time equals wall time on an idle machine and does not count the time other jobs
+    on a shared machine take the core away, which wall time does; with more threads it would add up
+    every thread's time, so the wall clock is used.
+    """
+    return ("process CPU time", time.process_time) if threads == 1 else ("wall", time.perf_counter)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(work: Callable[[], object], device: torch.device, batches: int = BATCHES) -> float:
+    """Median seconds of one call of `work`, timed in batches of back-to-back calls (see module docstring)."""
+    clock = host_clock(torch.get_num_threads())[1]
+    work()
+    _synchronize(device)
+    started = clock()
+    work()
+    _synchronize(device)
+    once = max(clock() - started, 1e-7)
+    calls = max(1, min(10_000, math.ceil(MIN_BATCH_SECONDS / once)))
+    times = []
+    for _ in range(batches):
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(calls):
+                    work()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3 / calls)
+        else:
+            started = clock()
+            for _ in range(calls):
+                work()
+            times.append((clock() - started) / calls)
+    return statistics.median(times)
+
+
+def _shrink(first: int, work_of_one: float, max_flops: float) -> int:
+    """The first dimension, halved until first × work_of_one fits in max_flops (never below 1)."""
+    while first > 1 and first * work_of_one > max_flops:
+        first //= 2
+    return first
+
+
+# ----------------------------------------------------------------------------- matmuls
+
+
+def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: float,
+                tick: Callable[[], None] = lambda: None) -> list:
+    """FLOP/s of (M × K) @ (K × N) for every M, N, K in `dims`, laid out like `F.linear` (weight transposed).
+
+    Successive calls use different copies of the weight, COLD_BYTES in all, so that a weight is not
+    still in a core's cache from the previous call: in a model, every other layer's weights pass through
+    the cache before a layer's own come round again. Returns nested lists [iM][iN][iK].
+    """
+    torch_dtype = TORCH_DTYPES[dtype]
+    table = []
+    for m in dims:
+        rows = []
+        for n in dims:
+            cells = []
+            for k in dims:
+                timed_m = _shrink(m, 2 * n * k, max_flops)
+                a = torch.randn(timed_m, k, device=device, dtype=torch_dtype)
+                copies = max(1, min(64, COLD_BYTES // (n * k * a.element_size())))
+                weights = [torch.randn(n, k, device=device, dtype=torch_dtype) for _ in range(copies)]
+                turn = iter(range(1 << 62))
+                seconds = seconds_per_call(lambda: torch.mm(a, weights[next(turn) % copies].t()), device)
+                cells.append(2 * timed_m * n * k / seconds)
+                tick()
+            rows.append(cells)
+        table.append(rows)
+    return table
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _qkv(batch_heads: int, queries: int, keys: int, head_dim: int, device, dtype, grad: bool):
+    """q, k, v laid out as the model has them: head-split views of wider rows; k, v inside a longer cache."""
+    q = torch.randn(batch_heads, queries, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    cache = torch.randn(2, batch_heads, 1, max(keys, 2 * keys if queries == 1 else keys), head_dim,
+                        device=device, dtype=dtype)
+    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+    if grad:
+        q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    return q, k, v
+
+
+def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_heads: list[int], seqs: list[int],
+                   head_dims: list[int], max_flops: float, tick: Callable[[], None] = lambda: None) -> dict:
+    """FLOP/s (causal count, as `flops.forward_operations`) of `attend` per variant, nested [iBH][iSeq][iD].
+
+    "causal": queries = keys = seq; "causal_backward": its backward (2.5 × the forward's FLOPs, the
+    scores recomputed); "decode": one query per sequence against seq cached keys.
+    """
+    torch_dtype = TORCH_DTYPES[dtype]
+    tables: dict[str, list] = {"causal": [], "causal_backward": [], "decode": []}
+    for bh in batch_heads:
+        rows = {variant: [] for variant in tables}
+        for seq in seqs:
+            cells = {variant: [] for variant in tables}
+            for head_dim in head_dims:
+                causal_flops = 4 * head_dim * seq * (seq + 1) // 2
+                timed = _shrink(bh, 3.5 * causal_flops, max_flops)
+                q, k, v = _qkv(timed, seq, seq, head_dim, device, torch_dtype, grad=False)
+                forward = seconds_per_call(lambda: attend(q, k, v), device)
+                qg, kg, vg = _qkv(timed, seq, seq, head_dim, device, torch_dtype, grad=True)
+                out = attend(qg, kg, vg)
+                grad_out = torch.randn_like(out)
+                both = seconds_per_call(lambda: torch.autograd.grad(attend(qg, kg, vg), (qg, kg, vg), grad_out),
+                                        device)
+                cells["causal"].append(timed * causal_flops / forward)
+                cells["causal_backward"].append(timed * 2.5 * causal_flops / max(both - forward, 0.1 * forward))
+                timed = _shrink(bh, 4 * head_dim * seq, max_flops)
+                q, k, v = _qkv(timed, 1, seq, head_dim, device, torch_dtype, grad=False)
+                cells["decode"].append(timed * 4 * head_dim * seq / seconds_per_call(lambda: attend(q, k, v), device))
+                tick()
+            for variant in tables:
+                rows[variant].append(cells[variant])
+        for variant in tables:
+            tables[variant].append(rows[variant])
+    return tables
+
+
+# ----------------------------------------------------------------------------- memory-bound operations
+
+ROW = 256  # row width of the memory-bound micro-benchmarks (LayerNorm's normalised dimension, the embedding's)
+VOCAB_ROW = 1024  # vocabulary width for cross-entropy and sampling
+
+
+def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable, Callable]:
+    """(forward, forward + backward) callables of one memory-bound kind over `elements` elements."""
+    from gpt.model import sample_next_token
+
+    def randn(*shape, grad=False):
+        return torch.randn(*shape, device=device, dtype=dtype, requires_grad=grad)
+
+    rows = max(1, elements // ROW)
+    if kind == "add":
+        a, b = randn(elements), randn(elements)
+        return (lambda: a + b), None
+    if kind == "copy":
+        x = randn(rows, 4, ROW // 4)
+        return (lambda: x.transpose(0, 1).contiguous()), None
+    if kind in ("layernorm", "gelu"):
+        x, weight, bias = randn(rows, ROW, grad=True), randn(ROW, grad=True), randn(ROW, grad=True)
+        if kind == "layernorm":
+            op = lambda: F.layer_norm(x, (ROW,), weight, bias)  # noqa: E731
+        else:
+            op = lambda: F.gelu(x, approximate="tanh")  # noqa: E731
+        grad = torch.randn(rows, ROW, device=device, dtype=dtype)
+        return op, lambda: torch.autograd.grad(op(), (x,), grad)
+    if kind == "embedding":
+        table = randn(4096, ROW, grad=True)
+        positions = randn(1024, ROW, grad=True)
+        ids = torch.randint(4096, (rows,), device=device)
+        pos = torch.arange(rows, device=device) % 1024
+        op = lambda: F.embedding(ids, table) + F.embedding(pos, positions)  # noqa: E731
+        grad = torch.randn(rows, ROW, device=device, dtype=dtype)
+        return op, lambda: torch.autograd.grad(op(), (table, positions), grad)
+    width = min(VOCAB_ROW, elements)
+    rows = max(1, elements // width)
+    if kind == "cross_entropy":
+        logits = randn(rows, width, grad=True)
+        targets = torch.randint(width, (rows,), device=device)
+        op = lambda: F.cross_entropy(logits.float(), targets)  # noqa: E731
+        return op, lambda: torch.autograd.grad(op(), (logits,))
+    if kind == "sample":
+        logits = randn(rows, width)
+        generator = torch.Generator(device=device).manual_seed(0)
+        return (lambda: sample_next_token(logits, 0.8, generator=generator)), None
+    raise ValueError(f"no micro-benchmark for memory-bound kind {kind!r}")
+
+
+BACKWARD_OF = {"layernorm": "layernorm_backward", "gelu": "gelu_backward", "cross_entropy": "cross_entropy_backward",
+               "embedding": "embedding_backward"}
+MEMORY_KINDS = ("add", "copy", "layernorm", "gelu", "embedding", "cross_entropy", "sample")
+
+
+def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int],
+                  tick: Callable[[], None] = lambda: None) -> dict[str, dict[str, list]]:
+    """Seconds per call of each memory-bound kind (and its backward) over element counts `sizes`."""
+    torch_dtype = TORCH_DTYPES[dtype]
+    tables: dict[str, dict[str, list]] = {}
+    for kind in MEMORY_KINDS:
+        for elements in sizes:
+            forward, both = _memory_work(kind, elements, device, torch_dtype)
+            seconds = seconds_per_call(forward, device)
+            _append(tables, kind, elements, seconds)
+            if both is not None:
+                backward = max(seconds_per_call(both, device) - seconds, 0.1 * seconds)
+                _append(tables, BACKWARD_OF[kind], elements, backward)
+            tick()
+    return tables
+
+
+def _append(tables: dict, kind: str, elements: int, seconds: float) -> None:
+    entry = tables.setdefault(kind, {"elements": [], "seconds": []})
+    entry["elements"].append(elements)
+    entry["seconds"].append(seconds)
+
+
+def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
+    """Bytes/s (read + written) of the largest copy measured."""
+    elements, seconds = tables["copy"]["elements"][-1], tables["copy"]["seconds"][-1]
+    return MEMORY_PASSES["copy"] * elements * bytes_per_element(dtype) / seconds
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def adamw_fit(device: torch.device, cases: list[tuple[int, int]],
+              tick: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Seconds per parameter and per parameter tensor of a training step's optimizer phase.
+
+    Times what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's step
+    (the trainer's own `make_optimizer`), zero the gradients — on `cases` of (tensors, elements per tensor),
+    then fits seconds = a·parameters + b·tensors by least squares.
+    """
+    from gpt.trainer import TrainConfig, make_optimizer
+
+    rows = []
+    for tensors, elements in cases:
+        params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device))
+                                        for _ in range(tensors))
+        grads = [torch.randn(elements, device=device) for _ in range(tensors)]
+        optimizer = make_optimizer(params, TrainConfig(device=str(device)))
+
+        def step() -> None:
+            for param, grad in zip(params, grads):
+                param.grad = grad
+            torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        rows.append((tensors * elements, tensors, seconds_per_call(step, device)))
+        tick()
+    # Normal equations of the two-parameter least-squares fit, in plain floats.
+    spp = sum(p * p for p, _, _ in rows)
+    spt = sum(p * t for p, t, _ in rows)
+    stt = sum(t * t for _, t, _ in rows)
+    sps = sum(p * s for p, _, s in rows)
+    sts = sum(t * s for _, t, s in rows)
+    det = spp * stt - spt * spt
+    per_param, per_tensor = (sps * stt - sts * spt) / det, (spp * sts - spt * sps) / det
+    return {"seconds_per_parameter": max(per_param, 0.0), "seconds_per_tensor": max(per_tensor, 0.0)}
+
+
+# ----------------------------------------------------------------------------- whole tiny models
+
+
+def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, float]:
+    """Seconds of the model's own code paths at a negligible size, where fixed costs are all there is.
+
+    "inference": one forward of one token against a 4-token KV cache (a decode step's forward);
+    "training": forward and backward of the loss over 1 × 4 tokens, as `Trainer.train_step` runs them;
+    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does).
+    """
+    from gpt.model import GPT, KVCache
+
+    model = GPT(config).to(device=device, dtype=TORCH_DTYPES[dtype])
+    tokens = torch.randint(config.vocab_size, (1, 5), device=device)
+    model.eval()
+    cache = KVCache(config, 1, capacity=5, device=device, dtype=TORCH_DTYPES[dtype])
+    with torch.no_grad():
+        model(tokens[:, :4], cache=cache)
+
+        def decode_forward() -> None:
+            model(tokens[:, 4:], cache=cache)
+            cache.pos.sub_(1)  # the same slot again: every call sees the same 4-token context
+
+        inference = seconds_per_call(decode_forward, device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        short = seconds_per_call(lambda: model.generate(tokens[:, :4], 1, 0.8, generator=generator), device)
+        long = seconds_per_call(lambda: model.generate(tokens[:, :4], 9, 0.8, generator=generator), device)
+    model.train()
+
+    def train_micro_step() -> None:
+        _, loss = model(tokens[:, :4], tokens[:, 1:])
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    training = seconds_per_call(train_micro_step, device)
+    return {"inference": inference, "training": training, "token": (long - short) / 8}

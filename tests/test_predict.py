@@ -1,0 +1,195 @@
+"""The predictor: its arithmetic on a synthetic profile against hand counts, profile files and precedence,
+reference profiles, and (slow) a quick calibration against the model's own training and decoding.
+"""
+
+import json
+import time
+
+import pytest
+import torch
+
+from gpt.config import GPTConfig
+from profiling import device_profile, flops, predict
+from profiling.__main__ import main
+from profiling.device_profile import DeviceProfile, ProfileError
+
+MATMUL_RATE = 1e9  # FLOP/s everywhere on the grid
+ATTENTION_RATE = 2e8
+SECONDS_PER_ELEMENT = 1e-9  # every memory-bound kind, at every size
+PER_PARAMETER, PER_TENSOR = 3e-9, 2e-6
+PER_CALL_INFERENCE, PER_CALL_TRAINING = 5e-6, 7e-6
+FIXED = {"forward": 1e-4, "train_micro_step": 3e-4, "token": 2e-4}
+
+
+def flat(rate: float, sizes: int = 3) -> list:
+    return [[[rate] * sizes for _ in range(sizes)] for _ in range(sizes)]
+
+
+def synthetic_profile(overlap: bool = False) -> DeviceProfile:
+    kinds = set(flops.MEMORY_PASSES)
+    return DeviceProfile(
+        device="synthetic", device_class="cpu", kind="measured", dtype="fp32", date="2026-11-23", source="test",
+        peak_flops=2e9, peak_flops_source="test", memory_bandwidth=1e9,
+        matmul={"dims": [1, 64, 4096], "flops_per_sec": flat(MATMUL_RATE)},
+        attention={"backend": "sdpa", "batch_heads": [1, 64, 4096], "seq": [1, 64, 4096], "head_dim": [8, 64, 512],
+                   "flops_per_sec": {v: flat(ATTENTION_RATE) for v in ("causal", "causal_backward", "decode")}},
+        memory={kind: {"elements": [10, 10**9], "seconds": [10 * SECONDS_PER_ELEMENT, SECONDS_PER_ELEMENT * 1e9]}
+                for kind in kinds},
+        adamw={"seconds_per_parameter": PER_PARAMETER, "seconds_per_tensor": PER_TENSOR},
+        overhead={"per_call_s": {"inference": PER_CALL_INFERENCE, "training": PER_CALL_TRAINING},
+                  "fixed_s": dict(FIXED), "overlap": overlap},
+    )
+
+
+CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=64)
+
+
+def test_training_step_time_by_hand():
+    batch, seq, accum = 2, 32, 3
+    L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
+    n = batch * seq
+    # Matmuls: 2 FLOPs per weight per token forward (12 d² per block + the d × V head), 3× for training.
+    matmul_flops = accum * 3 * n * 2 * (L * 12 * d * d + d * V)
+    # Causal attention: T(T+1)/2 (query, key) pairs per head, 4·head_dim FLOPs each (scores and values);
+    # backward 2.5× that.
+    attention_flops = accum * 3.5 * L * batch * 4 * d * seq * (seq + 1) // 2
+    # Memory-bound elements per forward: embedding n·d, 2L+1 LayerNorms, L transposes, 2L adds, L GELUs of 4d,
+    # cross-entropy over the vocabulary; the backward touches the same elements.
+    elements = accum * 2 * (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L) + n * V)
+    # Calls: forward 11L + 4 (2 LayerNorms, 4 matmuls, attention, transpose, 2 adds, GELU per block; embedding,
+    # ln_f, head, loss); backward the same plus one more call per matmul (4L + 1).
+    calls = accum * (11 * L + 4 + 15 * L + 5)
+    params, tensors = flops.param_count(CONFIG), 2 + 12 * L + 2
+    expected = {
+        "matmul": matmul_flops / MATMUL_RATE,
+        "attention": attention_flops / ATTENTION_RATE,
+        "memory_bound": elements * SECONDS_PER_ELEMENT,
+        "optimizer": params * PER_PARAMETER + tensors * PER_TENSOR,
+        "overhead": calls * PER_CALL_TRAINING + accum * FIXED["train_micro_step"],
+    }
+    result = predict.predict_train(CONFIG, batch, seq, accum, synthetic_profile())
+    assert result.breakdown == pytest.approx(expected, rel=1e-12)
+    step = sum(expected.values())
+    assert result.step_seconds == pytest.approx(step, rel=1e-12)
+    assert result.tokens_per_sec == pytest.approx(accum * n / step, rel=1e-12)
+    assert result.mfu == pytest.approx(accum * n * flops.training_flops_per_token(CONFIG, seq) / step / 2e9)
+
+
+def test_decode_is_the_mean_over_the_tokens_sample_py_times():
+    batch, prompt, new = 3, 10, 5
+    L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
+    contexts = range(prompt + 1, prompt + new + 1)  # N one-token forwards; N − 1 draws are timed
+    matmul = new * batch * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
+    attention = sum(L * batch * 4 * d * c for c in contexts) / ATTENTION_RATE
+    forward_elements = batch * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L)  # ... + KV-cache writes (2d per layer)
+    memory = (new * forward_elements + (new - 1) * batch * V) * SECONDS_PER_ELEMENT
+    calls = new * (12 * L + 3) + (new - 1)  # 11L + 3 as in training, + KV writes, no loss
+    overhead = calls * PER_CALL_INFERENCE + new * FIXED["forward"] + (new - 1) * FIXED["token"]
+    steps = new - 1
+    result = predict.predict_decode(CONFIG, batch, prompt, new, synthetic_profile())
+    assert result.breakdown["matmul"] == pytest.approx(matmul / steps, rel=1e-12)
+    assert result.breakdown["attention"] == pytest.approx(attention / steps, rel=1e-12)
+    assert result.breakdown["memory_bound"] == pytest.approx(memory / steps, rel=1e-12)
+    assert result.breakdown["overhead"] == pytest.approx(overhead / steps, rel=1e-12)
+    assert result.tokens_per_sec == pytest.approx(batch * steps / (matmul + attention + memory + overhead))
+
+
+def test_prefill_by_hand():
+    batch, prompt = 2, 16
+    L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
+    n = batch * prompt
+    matmul = n * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
+    attention = L * batch * 4 * d * prompt * (prompt + 1) // 2 / ATTENTION_RATE
+    memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V) * SECONDS_PER_ELEMENT
+    overhead = (12 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["forward"] + FIXED["token"]
+    result = predict.predict_prefill(CONFIG, batch, prompt, synthetic_profile())
+    assert result.step_seconds == pytest.approx(matmul + attention + memory + overhead, rel=1e-12)
+    assert result.tokens_per_sec == pytest.approx(n / result.step_seconds)
+
+
+def test_overlapped_host_time_counts_only_where_it_exceeds_the_device():
+    profile = synthetic_profile(overlap=True)
+    op = flops.Op("x", "add", (1000,), 0, 0, count=4)
+    assert profile.op_seconds(op, training=False) == pytest.approx((4e-6, 4 * (PER_CALL_INFERENCE - 1e-6)))
+    big = flops.Op("x", "add", (10**6,), 0, 0, count=2)
+    assert profile.op_seconds(big, training=False) == pytest.approx((2e-3, 0.0))
+
+
+def test_interpolation_is_linear_in_log_space_and_clamped():
+    profile = synthetic_profile()
+    profile.matmul = {"dims": [1, 100], "flops_per_sec": [[[1e6, 1e6], [1e6, 1e6]], [[1e8, 1e8], [1e8, 1e8]]]}
+    at = lambda m: profile.device_seconds(flops.Op("mm", "matmul", (m, 50, 50), 2 * m * 2500, 0))  # noqa: E731
+    assert 2 * 10 * 2500 / at(10) == pytest.approx(1e7)  # halfway in log M: the geometric mean
+    assert 2 * 1000 * 2500 / at(1000) == pytest.approx(1e8)  # past the grid: the edge's throughput
+
+
+def test_operation_listing_sums_to_the_flop_model():
+    config = GPTConfig.from_preset("gpt2")
+    for seq in (1, 7, 1024):
+        hardware = flops.flop_breakdown(config, seq, causal=True)
+        train = flops.train_step_operations(config, 2, seq, 1)
+        assert sum(op.flops * op.count for op in train) == 2 * seq * hardware.training(recompute_scores=True)
+    decode = flops.decode_operations(config, 3, 50)
+    assert sum(op.flops * op.count for op in decode) == 3 * flops.decode_flops_per_token(config, 50)
+
+
+# ----------------------------------------------------------------------------- files and precedence
+
+
+def test_profile_round_trip_and_bad_files(tmp_path):
+    path = device_profile.save_profile(synthetic_profile(), tmp_path / "p.json")
+    assert device_profile.load_profile(path) == synthetic_profile()
+    data = json.loads(path.read_text())
+    (tmp_path / "old.json").write_text(json.dumps(data | {"version": 0}))
+    (tmp_path / "foreign.json").write_text("{}")
+    (tmp_path / "broken.json").write_text("{")
+    for name, words in [("old.json", "version 0"), ("foreign.json", "not a gptmeter"), ("broken.json", "cannot read"),
+                        ("missing.json", "does not exist")]:
+        with pytest.raises(ProfileError, match=words):
+            device_profile.load_profile(tmp_path / name)
+
+
+def test_measured_beats_reference_and_cpu_is_never_carried_to_a_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(device_profile, "PROFILES_DIR", tmp_path / "none")
+    assert device_profile.resolve_profile("h100-sxm", dtype="bf16").kind == "reference"
+    cpu = synthetic_profile()
+    device_profile.save_profile(cpu, device_profile.cache_path(cpu.device, cpu.dtype))
+    assert device_profile.resolve_profile("cpu", dtype="fp32") == cpu
+    assert device_profile.resolve_profile("h100-sxm", dtype="fp32").kind == "reference"  # the CPU's is not used
+    gpu = synthetic_profile()
+    gpu.device, gpu.device_class, gpu.dtype = "NVIDIA H100 80GB HBM3", "h100-sxm", "bf16"
+    device_profile.save_profile(gpu, device_profile.cache_path(gpu.device, gpu.dtype))
+    assert device_profile.resolve_profile("h100-sxm", dtype="bf16") == gpu
+    with pytest.raises(ProfileError, match="never carried"):
+        device_profile.resolve_profile("a100-80gb", tmp_path / "device_profiles" /
+                                       device_profile.cache_path(gpu.device, gpu.dtype).name)
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ProfileError, match="calibrate"):
+        device_profile.resolve_profile("cpu", dtype="fp32")
+
+
+def test_reference_decode_of_a_large_model_is_bandwidth_bound():
+    """Batch-1 decode of GPT-2 XL on an H100 reads every weight once: time ≈ bytes / achievable bandwidth."""
+    config = GPTConfig.from_preset("gpt2-xl")
+    profile = device_profile.reference_profile("h100-sxm", "bf16")
+    result = predict.predict_decode(config, 1, 100, 50, profile)
+    bandwidth = 3.35e12 * device_profile.REFERENCE_FIGURES["copy_bandwidth_fraction"]["value"]
+    weights = flops.decode_weight_bytes(config, "bf16") / bandwidth
+    assert result.breakdown["matmul"] == pytest.approx(weights, rel=0.05)
+    assert profile.kind == "reference" and "datasheet" in profile.citations
+
+
+def test_cli_json_and_bad_input(capsys):
+    assert main(["predict", "--preset", "gpt2", "--mode", "train", "--batch", "8", "--device", "a100-80gb",
+                 "--dtype", "bf16", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"tokens_per_sec", "step_seconds", "mfu", "breakdown", "profile"}
+    assert set(result["breakdown"]) == set(predict.CATEGORIES)
+    assert result["profile"]["kind"] == "reference" and 0 < result["mfu"] < 1
+    assert main(["predict", "--layers", "2", "--width", "64", "--heads", "3", "--mode", "train", "--batch", "1",
+                 "--device", "h100-sxm"]) == 2
+    assert "divisible" in capsys.readouterr().err
+    assert main(["predict", "--preset", "gpt2", "--mode", "decode", "--batch", "1", "--prompt-tokens", "1000",
+                 "--new-tokens", "100", "--device", "h100-sxm"]) == 2
+    assert "context" in capsys.readouterr().err
