@@ -22,6 +22,7 @@ from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.hf import save_pretrained
 from gpt.model import GPT
+from gpt.rundir import newest_run
 from gpt.tokenizer import TokenizerUnavailable, get_tokenizer
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -29,7 +30,7 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 def export_run(run_dir: Path, out_dir: Path) -> list[str]:
     """Export the checkpoint in run_dir to out_dir; returns the names of the files written."""
-    payload = load_checkpoint(run_dir, map_location="cpu")
+    payload = load_checkpoint(newest_run(Path(run_dir)), map_location="cpu")
     model = GPT(GPTConfig(**payload["model_config"]))
     model.load_state_dict(payload["model"])
     try:
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a gptmeter run's checkpoint as a Hugging Face GPT-2 folder (safetensors).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", type=Path, help="run directory holding ckpt.pt (or the .pt file itself)")
+    parser.add_argument("run_dir", type=Path, help="run directory holding ckpt.pt, or a folder of numbered runs "
+                        "(its newest is exported)")
     parser.add_argument("out_dir", type=Path, help="folder to create; must not already hold a model")
     args = parser.parse_args(argv)
     try:
