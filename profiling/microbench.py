@@ -168,7 +168,7 @@ VOCAB_ROW = 1024  # vocabulary width for cross-entropy and sampling
 
 def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable, Callable]:
     """(forward, forward + backward) callables of one memory-bound kind over `elements` elements."""
-    from gpt.model import sample_next_token
+    from gpt.generate import sample_next_token
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device=device, dtype=dtype, requires_grad=grad)
