@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +37,7 @@ from gpt.cli import (
 )
 from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.errors import ConfigError, GptmeterError
+from gpt.files import check_output_file
 from gpt.memory import generation_bytes, require_fits
 from gpt.rundir import newest_run
 from gpt.tokenizer import TOKENIZERS, Tokenizer, folder_tokenizer, get_tokenizer
@@ -110,7 +110,7 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
         return GPT(config), tokenizer
     if shape_overrides(args):
         raise ConfigError("--layers, --width, --heads, --kv-heads and --block-size shape a model for --init random; "
-                         "a checkpoint keeps its own shape")
+                          "a checkpoint keeps its own shape")
     if folder is not None:
         model = GPT.from_pretrained(folder, attention)
         return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
@@ -148,24 +148,10 @@ def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]
     return ids
 
 
-def check_output_path(path: Path | None) -> None:
-    """Refuse an output file that could not be written, before any work is done."""
-    if path is None:
-        return
-    folder = path.parent
-    if path.is_dir():
-        raise ConfigError(f"--profile-json {path} is a folder; pass a file path such as {path / 'profile.json'}")
-    if not folder.is_dir():
-        raise ConfigError(f"--profile-json {path}: folder {folder} does not exist; create it or pass a path in an "
-                          "existing folder")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"--profile-json {path}: folder {folder} is not writable; pass a path in a writable folder")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        check_output_path(args.profile_json)
+        check_output_file(args.profile_json, "--profile-json")
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         model, tokenizer = load_model(args, device)

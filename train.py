@@ -21,6 +21,7 @@ from gpt.cli import (
     BOARD_WATTS_HELP,
     INIT_HELP,
     RANDOM_INIT,
+    SHAPE_FLAGS,
     HelpFormatter,
     VOCAB_SIZE_HELP,
     add_shape_arguments,
@@ -120,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("device", "dtype", "compile")]
-FIXED_ON_RESUME = {"preset": "preset", "layers": "layer count", "width": "width", "heads": "head count",
-                   "kv_heads": "key/value head count", "block_size": "block size", "vocab_size": "vocabulary size",
-                   "tokenizer": "tokenizer"}  # flag destination -> what it sets; a resumed model keeps the saved ones
+FIXED_ON_RESUME = {"preset": "preset", "block_size": "block size", "vocab_size": "vocabulary size",
+                   "tokenizer": "tokenizer", "layers": "layer count", "width": "width", "heads": "head count",
+                   "kv_heads": "key/value head count"}  # flag destination -> what it sets; a resumed model keeps them
 
 
 def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None, device, dtype: str) -> TrainConfig:
@@ -143,9 +144,8 @@ def resumed_model_config(args: argparse.Namespace, given: set[str], saved: dict,
     """The saved model, with --dropout and --attention applied; a shape, tokenizer or vocabulary flag that
     differs from the saved value is an error naming it."""
     model = saved["model_config"]
-    saved_values = {"preset": saved["run_info"].get("preset"), "layers": model["n_layer"], "width": model["n_embd"],
-                    "heads": model["n_head"], "kv_heads": model["n_kv_head"], "block_size": model["block_size"],
-                    "vocab_size": model["vocab_size"], "tokenizer": saved["tokenizer"]}
+    saved_values = {"preset": saved["run_info"].get("preset"), "vocab_size": model["vocab_size"],
+                    "tokenizer": saved["tokenizer"], **{flag: model[field] for flag, field in SHAPE_FLAGS.items()}}
     for name, what in FIXED_ON_RESUME.items():
         if name in given and getattr(args, name) != saved_values[name]:
             flag = "--" + name.replace("_", "-")

@@ -12,7 +12,8 @@ for everyone). Bandwidth utilisation is the bytes a decode step must read (weigh
 cache at its average length, profiling.flops.decode_bytes_per_step) times steps per second,
 over the copy bandwidth (read + write, the figure the profiler uses on CPUs), and also over
 the read-only bandwidth (summing a buffer): a decode step only reads. Both are measured in this
-process just before and just after each row's rounds, and the better of the two is kept.
+process (profiling.microbench's fastest-batch timer, 128 MiB buffers) just before and just
+after each row's rounds, and the better of the two is kept.
 
     python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--json PATH]
 """
@@ -37,7 +38,10 @@ from gpt.errors import GptmeterError
 from gpt.files import atomic_write_text
 from gpt.model import GPT
 from profiling import flops
-from profiling.hardware import device_name, measure_copy_bandwidth, measure_read_bandwidth
+from profiling.hardware import device_name
+from profiling.microbench import seconds_per_call
+
+ROOF_BYTES = 2**27  # 128 MiB buffers, far beyond the caches
 
 SHAPES = {
     "tiny": GPTConfig.from_preset("tiny"),  # 0.8M parameters, byte vocabulary
@@ -74,8 +78,12 @@ def contenders(model: GPT, new_tokens: int, compile: bool) -> dict:
 
 @torch.no_grad()
 def roofs() -> tuple[float, float]:
-    """Copy (read + write) and read-only bandwidth of this CPU, bytes/s, measured now."""
-    return measure_copy_bandwidth("cpu"), measure_read_bandwidth("cpu")
+    """Copy (bytes read + written) and read-only (summing a buffer) bandwidth of this CPU, bytes/s, measured now."""
+    source = torch.ones(ROOF_BYTES // 4)
+    target = torch.empty_like(source)
+    cpu = torch.device("cpu")
+    return (2 * ROOF_BYTES / seconds_per_call(lambda: target.copy_(source), cpu),
+            ROOF_BYTES / seconds_per_call(source.sum, cpu))
 
 
 def measure(shape: str, batch: int, new_tokens: int, rounds: int, compile: bool) -> dict:

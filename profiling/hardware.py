@@ -6,22 +6,15 @@ plain CUDA-core rate; "tf32" the tensor-core rate PyTorch uses for float32 matmu
 `torch.backends.cuda.matmul.allow_tf32` is on. Bandwidths and memory sizes are decimal
 (1 GB = 1e9 bytes), as datasheets state them.
 
-Measured ceilings are what this machine actually reaches: a large square matmul on random
-data (2·n³ FLOPs per product) and a device-to-device copy (bytes read + bytes written),
-each the median of several timed repeats, cached per device name in
-`$GPTMETER_CACHE_DIR/hardware.json` (default ~/.cache/gptmeter). A CPU has no datasheet
-entry here: its peak is the measured matmul ceiling, and is labelled as measured.
+Measured ceilings are what this machine actually reaches: a view of its calibrated device profile
+(profiling/device_profile.py, `python -m profiling calibrate`): the best matmul of its grid and its
+copy bandwidth (bytes read + bytes written). A CPU has no datasheet entry here: its peak is the
+measured matmul ceiling, and is labelled as measured.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,10 +23,8 @@ if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --he
     import torch
 
 from gpt.errors import GptmeterError
-from gpt.files import cache_root, dumps_json, writable_cache_root, write_json
 from profiling.flops import dtype_name
 
-CACHE_FILE = "hardware.json"
 TABLE_DTYPES = ("bf16", "fp16", "tf32", "fp32")
 
 
@@ -122,10 +113,6 @@ _TABLE = (
 ACCELERATORS: dict[str, Accelerator] = {accelerator.key: accelerator for accelerator in _TABLE}
 
 
-class HardwareCacheError(GptmeterError, ValueError):
-    """The hardware cache file is unreadable or not ours; the message says to delete it."""
-
-
 class UnknownDeviceError(GptmeterError, ValueError):
     """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
 
@@ -186,149 +173,15 @@ def detect_accelerator(device: torch.device | str) -> Accelerator:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """Throughput this device reached in the microbenchmarks (see module docstring)."""
+    """Throughput this device reached: a view of its calibrated profile (see module docstring)."""
 
     device_name: str
     matmul_flops: dict[str, float]  # FLOP/s per dtype
     copy_bandwidth: float  # bytes/s, read + written
-    matmul_size: int  # n of the n × n matmul
-    copy_bytes: int  # size of the copied buffer
+    matmul_size: int  # largest of M, N, K of the fastest matmul measured
+    copy_bytes: int  # size of the largest copy measured
     torch_version: str
     measured_at: str  # ISO 8601, UTC
-
-
-def _median_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `work` over `repeats` runs after one warm-up run; CUDA runs are timed with events."""
-    import torch
-
-    work()
-    times = []
-    if device.type == "cuda":
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for start, end in pairs:
-            start.record()
-            work()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) / 1e3 for start, end in pairs]
-    else:
-        for _ in range(repeats):
-            begin = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-def measure_matmul_flops(
-    device: torch.device | str, dtype: object = "fp32", size: int | None = None, repeats: int = 10
-) -> float:
-    """FLOP/s of an n × n by n × n matmul on random data (n = 8192 on CUDA, 1024 on CPU unless given).
-
-    "fp32" disables TF32 for the measurement and "tf32" enables it; the previous setting is restored.
-    """
-    import torch
-
-    device = torch.device(device)
-    name = dtype_name(dtype)
-    size = size or (8192 if device.type == "cuda" else 1024)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[name]
-    a = torch.randn(size, size, device=device, dtype=torch_dtype)
-    b = torch.randn(size, size, device=device, dtype=torch_dtype)
-    tf32_before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    try:
-        seconds = _median_seconds(lambda: torch.mm(a, b), device, repeats)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32_before
-    return 2 * size**3 / seconds
-
-
-def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None, repeats: int = 10) -> float:
-    """Bytes/s of copying one buffer into another on the device, counting each byte read and written.
-
-    The buffer (1 GiB on CUDA, 128 MiB on CPU unless given) is far larger than the caches.
-    """
-    import torch
-
-    device = torch.device(device)
-    nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
-    source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
-    target = torch.empty_like(source)
-    seconds = _median_seconds(lambda: target.copy_(source), device, repeats)
-    return 2 * source.numel() * 4 / seconds
-
-
-def measure_read_bandwidth(device: torch.device | str, nbytes: int | None = None, repeats: int = 10) -> float:
-    """Bytes/s of only reading a buffer (summing it): the roof of work that reads much and writes little, as a
-    decode step does. Same buffer sizes as measure_copy_bandwidth."""
-    import torch
-
-    device = torch.device(device)
-    nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
-    source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
-    return source.numel() * 4 / _median_seconds(source.sum, device, repeats)
-
-
-def measure_ceilings(
-    device: torch.device | str, matmul_size: int | None = None, copy_bytes: int | None = None
-) -> Ceilings:
-    """Run the microbenchmarks: bf16, tf32 and fp32 matmuls on CUDA (fp32 only on CPU) and the copy."""
-    import torch
-
-    device = torch.device(device)
-    dtypes = ("bf16", "tf32", "fp32") if device.type == "cuda" else ("fp32",)
-    matmul_size = matmul_size or (8192 if device.type == "cuda" else 1024)
-    copy_bytes = copy_bytes or (2**30 if device.type == "cuda" else 2**27)
-    return Ceilings(
-        device_name=device_name(device),
-        matmul_flops={dtype: measure_matmul_flops(device, dtype, matmul_size) for dtype in dtypes},
-        copy_bandwidth=measure_copy_bandwidth(device, copy_bytes),
-        matmul_size=matmul_size,
-        copy_bytes=copy_bytes,
-        torch_version=torch.__version__,
-        measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def _cache_path() -> Path:
-    return cache_root() / CACHE_FILE
-
-
-def _read_cache() -> dict[str, dict]:
-    path = _cache_path()
-    if not path.exists():
-        return {}
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        cache = None
-    fields = {f.name for f in dataclasses.fields(Ceilings)}
-    if not isinstance(cache, dict) or not all(isinstance(v, dict) and v.keys() == fields for v in cache.values()):
-        raise HardwareCacheError(f"hardware cache {path} is not a gptmeter ceilings file; delete it to measure again")
-    return cache
-
-
-def cached_ceilings(name: str) -> Ceilings | None:
-    """Ceilings measured earlier for the device called `name`, if any."""
-    entry = _read_cache().get(name)
-    return Ceilings(**entry) if entry else None
-
-
-def save_ceilings(ceilings: Ceilings) -> Path:
-    path = writable_cache_root() / CACHE_FILE
-    cache = _read_cache()
-    cache[ceilings.device_name] = dataclasses.asdict(ceilings)
-    write_json(path, cache)  # a concurrent reader sees the old file or the new one
-    return path
-
-
-def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceilings:
-    """The cached ceilings of `device`, measured (and cached) first if absent or if `refresh`."""
-    ceilings = None if refresh else cached_ceilings(device_name(device))
-    if ceilings is None:
-        ceilings = measure_ceilings(device)
-        save_ceilings(ceilings)
-    return ceilings
 
 
 # ----------------------------------------------------------------------------- the peaks a run is measured against
@@ -358,13 +211,13 @@ def device_peaks(
     dtype: object = "bf16",
     peak_flops: float | None = None,
     peak_bandwidth: float | None = None,
-    measure: bool = False,
+    measured: Ceilings | None = None,
 ) -> Peaks:
     """Peaks of `device` for `dtype`: hand-given values first, then the datasheet table, then (CPU) the measurement.
 
-    Measured ceilings come from the cache, or are measured now when `measure` is set; a CPU
-    without a hand-given peak is always measured (or read from the cache), since no
-    datasheet covers it. A GPU outside the table needs `peak_flops`.
+    `measured` is the device's measured ceilings (`device_profile.measured_ceilings`, a view of its
+    calibrated profile); a CPU without a hand-given peak needs them, since no datasheet covers it. A GPU
+    outside the table needs `peak_flops`.
     """
     import torch
 
@@ -377,8 +230,9 @@ def device_peaks(
             raise
         entry = None
     is_cpu = entry is not None and entry.key == "cpu"
-    measured = measured_ceilings(device, refresh=measure) if measure or (is_cpu and peak_flops is None) else None
-    measured = measured or cached_ceilings(name)
+    if is_cpu and peak_flops is None and measured is None:
+        raise UnknownDeviceError("a CPU has no datasheet peak: calibrate it (python -m profiling calibrate) or "
+                                 "give its peak by hand (--peak-tflops)")
 
     if peak_flops is not None:
         flops, flops_source = peak_flops, "given by hand"
@@ -423,7 +277,7 @@ def mfu(flops_per_token: float, tokens_per_sec: float, peak_flops: float) -> flo
 # ----------------------------------------------------------------------------- python -m profiling hardware
 
 
-def _table_text() -> str:
+def table_text() -> str:
     header = f"{'key':<16}" + "".join(f"{d + ' TFLOP/s':>14}" for d in TABLE_DTYPES) + f"{'TB/s':>7}{'GB':>6}{'W':>6}"
     rows = [header]
     for entry in _TABLE:
@@ -439,7 +293,7 @@ def _table_text() -> str:
     return "\n".join(rows)
 
 
-def _peaks_text(peaks: Peaks) -> str:
+def peaks_text(peaks: Peaks) -> str:
     lines = [
         f"device: {peaks.device_name} (table entry: {peaks.accelerator or 'none'})",
         f"peak {peaks.dtype}: {peaks.flops / 1e12:.4g} TFLOP/s ({peaks.flops_source})",
@@ -448,7 +302,7 @@ def _peaks_text(peaks: Peaks) -> str:
         lines.append(f"peak bandwidth: {peaks.bandwidth / 1e9:,.0f} GB/s ({peaks.bandwidth_source})")
     ceilings = peaks.measured
     if ceilings is None:
-        lines.append("measured ceilings: none cached; run with --measure")
+        lines.append("measured ceilings: no calibrated profile cached; run with --measure")
         return "\n".join(lines)
     lines.append(f"measured ceilings ({ceilings.measured_at}, torch {ceilings.torch_version}):")
     for dtype, flops in ceilings.matmul_flops.items():
@@ -457,42 +311,3 @@ def _peaks_text(peaks: Peaks) -> str:
     if peaks.measured_flops and peaks.flops_source.startswith("datasheet"):
         lines.append(f"  measured / datasheet {peaks.dtype}: {peaks.measured_flops / peaks.flops:.1%}")
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> object:
-    from gpt.cli import positive_float
-
-    parser = subparsers.add_parser(
-        "hardware",
-        help="peak FLOP/s and bandwidth table, the detected device, measured ceilings",
-        description="Show the datasheet table of accelerators (dense peaks), the peaks of this device, and its "
-        "measured matmul and copy ceilings (cached in $GPTMETER_CACHE_DIR/hardware.json).",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="bf16, fp16, tf32 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--measure", action="store_true", help="run the microbenchmarks now and cache the result")
-    parser.add_argument(
-        "--peak-tflops", type=positive_float, help="dense peak in TFLOP/s, for a device not in the table"
-    )
-    parser.add_argument("--peak-bandwidth-gbs", type=positive_float, help="memory bandwidth in GB/s (1 GB = 1e9 bytes)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    return parser
-
-
-def run(args) -> int:
-    from gpt.cli import resolve_device, resolve_dtype
-
-    device = resolve_device(args.device)
-    peaks = device_peaks(
-        device,
-        resolve_dtype(args.dtype, device),
-        peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
-        peak_bandwidth=args.peak_bandwidth_gbs * 1e9 if args.peak_bandwidth_gbs else None,
-        measure=args.measure,
-    )
-    if args.json:
-        table = {entry.key: dataclasses.asdict(entry) for entry in _TABLE}
-        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
-    else:
-        print(_table_text() + "\n\n" + _peaks_text(peaks))
-    return 0

@@ -21,9 +21,9 @@ import torch
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from profiling import flops, predict
-from profiling.device_profile import DeviceProfile, cached_profile
+from profiling.device_profile import DeviceProfile, cached_profile, measured_ceilings
 from profiling.energy import open_energy_reader
-from profiling.hardware import Peaks, device_name, device_peaks, measured_ceilings
+from profiling.hardware import Peaks, device_name, device_peaks
 from profiling.meter import StepMeter
 from profiling.predict import Prediction
 
@@ -31,8 +31,8 @@ from profiling.predict import Prediction
 def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
     """Datasheet (or given) peaks, with the measured ceilings cached beside them; None (with a warning) if unknown."""
     try:
-        measured_ceilings(device)  # measured once per device, then read from the cache
-        return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+        measured = measured_ceilings(device)  # a view of the calibrated profile; the quick grid if none is cached
+        return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None, measured=measured)
     except GptmeterError as error:
         print(f"{program}: warning: no utilisation figures: {error}", file=sys.stderr)
         return None
@@ -45,6 +45,8 @@ def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile
         profile = cached_profile(device_name(device), dtype)
     except GptmeterError as error:  # a damaged cache file must not stop the run
         return None, f"{how} ({error})"
+    if profile is not None and profile.source.endswith("(quick grid)"):  # the few points measured for the peaks
+        return None, f"{how} (only the quick grid behind the peak figures is cached)"
     return (profile, None) if profile is not None else (None, how)
 
 

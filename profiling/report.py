@@ -100,7 +100,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Summarise RUN_DIR/metrics.jsonl and RUN_DIR/config.json: a table in the terminal, and "
         "throughput.png, mfu.png and loss.png written into RUN_DIR.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out-dir of a train.py run")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="the --out-dir of a train.py run, or a folder of numbered runs such as out/tiny (its newest)")
     parser.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW,
         help=f"steps in the rolling window for 'last N steps' figures and the plots' smoothing "

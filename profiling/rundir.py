@@ -30,14 +30,12 @@ from typing import Any
 
 from gpt.errors import GptmeterError
 from gpt.files import write_json
-from gpt.rundir import newest_run
+from gpt.rundir import CONFIG_FILE, METRICS_FILE, newest_run
 from profiling.energy import is_estimate
 
 PROFILE_MARKER = "gptmeter_profile"  # a sample.py --profile-json file holds {"gptmeter_profile": 1, ...}
 PROFILE_VERSION = 1
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
 KINDS = ("step", "eval", "summary")
 STEP_FIELDS = ("step", "tokens", "step_time_s")
 DEFAULT_WINDOW = 20

@@ -20,7 +20,9 @@ def trained_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("live")
     corpus = folder / "corpus.txt"
     corpus.write_text(Path(json.__file__).read_text() * 5)
-    assert train.main(["--data", str(corpus), "--out-dir", str(folder / "run"), *RUN]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # conftest's cache isolation is per test; this runs before it
+        patch.setenv("GPTMETER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gptmeter-cache"))
+        assert train.main(["--data", str(corpus), "--out-dir", str(folder / "run"), *RUN]) == 0
     return folder / "run"
 
 
