@@ -40,7 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", help="fp32, tf32, bf16 or fp16 (default: bf16 on a GPU, fp32 on CPU)")
     parser.add_argument("--out", metavar="FILE", help="also write the profile here (JSON)")
     parser.add_argument("--quick", action="store_true",
-                        help="a few grid points only (seconds; coarse: predictions from it are rougher)")
+                        help="a few grid points only (seconds; coarse): cached for the hardware view, used for a "
+                        "prediction only through --out FILE and predict --profile FILE")
     return parser
 
 
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     profile = calibrate(str(device), dtype, progress=True, quick=args.quick)
     print(describe(profile))
-    print(f"cached in {cache_path(profile.device, profile.dtype)}")
+    print(f"cached in {cache_path(profile.device, profile.dtype, args.quick)}"
+          + (" (quick grid: for the hardware view only; predictions need the full grid or --out)" if args.quick else ""))
     if args.out:
         print(f"written to {save_profile(profile, args.out)}")
     return 0

@@ -218,9 +218,13 @@ def _file_stem(device: str, dtype: str) -> str:
     return f"{'-'.join(filter(None, safe.split('-')))}-{flops.dtype_name(dtype)}"
 
 
-def cache_path(device: str, dtype: str) -> Path:
-    """Where `calibrate` caches the profile of the device called `device` (hardware.device_name)."""
-    return cache_root() / CACHE_DIR / f"{_file_stem(device, dtype)}.json"
+def cache_path(device: str, dtype: str, quick: bool = False) -> Path:
+    """Where `calibrate` caches the profile of the device called `device` (hardware.device_name).
+
+    A quick-grid profile has its own file: it serves the ceilings view until a full calibration exists,
+    never a prediction (`cached_profile` reads only the full one).
+    """
+    return cache_root() / CACHE_DIR / f"{_file_stem(device, dtype)}{'-quick' if quick else ''}.json"
 
 
 def cached_profile(device: str, dtype: str) -> DeviceProfile | None:
@@ -238,7 +242,8 @@ def _committed_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
 
 def _cached_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
     folder = cache_root() / CACHE_DIR
-    found = [load_profile(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    paths = sorted(path for path in folder.glob("*.json") if not path.stem.endswith("-quick")) if folder.is_dir() else []
+    found = [load_profile(path) for path in paths]
     return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
 
 
@@ -478,8 +483,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
 
     On CUDA it runs on that device (its current stream), with TF32 allowed exactly when `dtype` is "tf32",
     and resets the peak-memory statistics afterwards. `quick` measures a few points only (seconds; what
-    `measured_ceilings` runs when nothing is cached); it is cached too, and says so in `source`, until
-    a full calibration replaces it.
+    `measured_ceilings` runs when nothing is cached); it is cached in its own file, for the ceilings view
+    only: predictions wait for a full calibration.
     """
     import contextlib
 
@@ -565,7 +570,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
-    save_profile(profile, cache_path(profile.device, profile.dtype), "GPTMETER_CACHE_DIR")
+    save_profile(profile, cache_path(profile.device, profile.dtype, quick), "GPTMETER_CACHE_DIR")
     return profile
 
 
@@ -585,7 +590,8 @@ def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
 def cached_ceilings(name: str, dtype: str = "fp32") -> hardware.Ceilings | None:
     """The ceilings of the device called `name` from its cached calibrated `dtype` profile, if any, with the
     fastest matmul of every other dtype calibrated on it (`python -m profiling calibrate --dtype fp16`, ...)."""
-    profile = cached_profile(name, dtype)
+    quick = cache_path(name, dtype, quick=True)
+    profile = cached_profile(name, dtype) or (load_profile(quick) if quick.exists() else None)
     if profile is None:
         return None
     ceilings = as_ceilings(profile)

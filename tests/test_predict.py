@@ -3,10 +3,8 @@ reference profiles, and (slow) a quick calibration against the model's own train
 """
 
 import json
-import time
 
 import pytest
-import torch
 
 from gpt.config import GPTConfig
 from profiling import device_profile, flops, hardware, predict
@@ -211,3 +209,14 @@ def test_skinny_matmuls_of_large_models_read_weights_from_memory():
     assert rate(op(1, 2**30)) == pytest.approx(1e8)
     assert rate(op(1, 2**27)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)  # halfway in log bytes
     assert rate(op(4096, 2**30)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
+
+
+def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
+    quick = synthetic_profile()
+    quick.device = hardware.device_name("cpu")
+    device_profile.save_profile(quick, device_profile.cache_path(quick.device, "fp32", quick=True))
+    assert device_profile.cached_ceilings(quick.device, "fp32") == device_profile.as_ceilings(quick)
+    assert device_profile.cached_profile(quick.device, "fp32") is None
+    with pytest.raises(ProfileError, match="calibrate"):
+        device_profile.resolve_profile("cpu", dtype="fp32")
