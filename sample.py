@@ -33,6 +33,7 @@ from gpt.cli import (
     pretrained_folder,
     resolve_device,
     resolve_dtype,
+    use_device,
     shape_overrides,
 )
 from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
@@ -82,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                     help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="weights' dtype for inference; auto = bfloat16 on GPUs with native bf16 (compute "
+                     "capability >= 8.0), float16 on older GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
     run.add_argument("--compile", action="store_true",
                      help="torch.compile the one-token decode step (CUDA graphs on GPUs); compiled during the "
@@ -153,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_output_file(args.profile_json, "--profile-json")
         device = resolve_device(args.device)
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         model, tokenizer = load_model(args, device)
         prompt_ids = encode_prompt(read_prompt(args), tokenizer, model.config.block_size)
@@ -171,13 +174,17 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     import torch
 
     from gpt.trainer import DTYPES
+    from gpt.warmup import plan_warmup, warm_up
     from profiling.live import GenerationProfiler, describe_generation
     from profiling.rundir import write_profile
 
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
-    # warm-up: first-call allocations, kernel selection and compilation stay untimed
-    model.generate(idx, 2, temperature=0, compile=args.compile)
+    warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
+                         every_key=model.config.attention == "triton")
+    warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
+    if args.compile:  # and the compiled one-token step
+        model.generate(idx, 2, temperature=0, compile=True)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -202,7 +209,7 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     else:
         for row in out.tolist():
             sys.stdout.write(tokenizer.decode(row) + "\n" + "-" * 40 + "\n")
-    profile = profiler.profile(model.config.to_dict())
+    profile = profiler.profile(model.config.to_dict(), warmup)
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:

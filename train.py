@@ -36,6 +36,7 @@ from gpt.cli import (
     resolve_device,
     resolve_dtype,
     shape_overrides,
+    use_device,
 )
 from gpt.config import (
     ATTENTION_BACKENDS,
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                     help="autocast compute dtype; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="autocast compute dtype; auto = bfloat16 on GPUs with native bf16 (compute capability "
+                     ">= 8.0), float16 with loss scaling on older GPUs, float32 on CPU")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = None
     try:
         device = resolve_device(args.device)
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         folder = pretrained_folder(args.init)
         if folder is not None:  # a fine-tuning run is named after its folder, checked before a run folder is made
@@ -272,7 +275,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     if summary["tokens_per_sec"] is None:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
-        mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
+        mfu = f", MFU {summary['mfu']:.1%} of {summary['peak_precision']} peak" if summary["mfu"] is not None else ""
         predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
                                         summary["prediction_note"])
         speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"

@@ -31,11 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._memory import skip_reason, training_bytes
 from gpt.cli import HelpFormatter, fail, positive_int
 from gpt.config import GPTConfig
 from gpt.data import TokenData
 from gpt.errors import GptmeterError
 from gpt.files import write_json
+from gpt.memory import generation_bytes
 from gpt.model import GPT
 from gpt.trainer import Trainer, TrainConfig
 from profiling import flops
@@ -209,6 +211,14 @@ def predicted(config: GPTConfig, workload: str, batch: int, profile: DeviceProfi
     return predict_decode(config, batch, PROMPT_TOKENS, NEW_TOKENS, profile)
 
 
+def case_skip_reason(name: str, config: GPTConfig, batch: int) -> str | None:
+    """Why a (shape, batch) case would not fit in this machine's free memory, or None (bench/_memory.py)."""
+    cpu = torch.device("cpu")
+    return (skip_reason(f"{name} training at batch {batch}", training_bytes(config, batch, "fp32"), cpu)
+            or skip_reason(f"{name} generation at batch {batch}",
+                           generation_bytes(config, batch, PROMPT_TOKENS + NEW_TOKENS, 4), cpu))
+
+
 def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int], anchor_shape: str,
                   steps: int, repeats: int, progress=print) -> list[Row]:
     order = [anchor_shape] + [name for name in shapes if name != anchor_shape]
@@ -217,6 +227,10 @@ def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int],
         config = shape_config(name)
         found = {}
         for batch in batches:
+            skipped = case_skip_reason(name, config, batch)
+            if skipped:  # the case is left out of the rows, with the reason printed
+                progress(skipped)
+                continue
             found[("train", batch)] = measure_training(config, batch, steps)
             found[("prefill", batch)], found[("decode", batch)] = measure_generation(config, batch, repeats)
         measured[name] = found

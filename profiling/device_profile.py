@@ -508,29 +508,25 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
-    tf32_before = torch.backends.cuda.matmul.allow_tf32
-    with guard, tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress) as bar:
+    bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
+    with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
         tick = lambda: bar.update(1)  # noqa: E731
-        try:
-            torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-            matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
-                                            tick=tick)
-            cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
-            cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
-                                          rows=cold_rows, tick=tick)
-            windows = [2**k for k in range(22, grid.cold_bytes.bit_length(), 1)]  # 4 MiB up to the cold window
-            curve = microbench.window_curve(torch_device, dtype, windows)
-            attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
-                                                  grid.head_dims, grid.max_flops, tick)
-            memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
-            adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
-            timings = {}
-            for layers in (1, 3):
-                config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
-                timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
-                tick()
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32_before
+        matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
+                                        tick=tick)
+        cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
+        cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
+                                      rows=cold_rows, tick=tick)
+        windows = [2**k for k in range(22, grid.cold_bytes.bit_length(), 1)]  # 4 MiB up to the cold window
+        curve = microbench.window_curve(torch_device, dtype, windows)
+        attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
+                                              grid.head_dims, grid.max_flops, tick)
+        memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
+        adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
+        timings = {}
+        for layers in (1, 3):
+            config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
+            timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
+            tick()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)
     name = hardware.device_name(torch_device)

@@ -14,7 +14,11 @@ measured matmul ceiling, and is labelled as measured.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import platform
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
     import torch
 
+from gpt.cli import AMPERE_CAPABILITY
 from gpt.errors import GptmeterError
 from profiling.flops import dtype_name
 
@@ -38,6 +43,7 @@ class Accelerator:
     board_power_w: float | None  # maximum board power (TDP/TGP)
     source: str  # datasheet, URL, date
     device_names: tuple[str, ...] = field(default=())  # as torch.cuda.get_device_name reports them
+    mig_slices: tuple[int, int] | None = None  # (compute, memory) slices of a whole GPU in MIG mode; None: no MIG
 
     def peak(self, dtype: object = "bf16") -> float:
         name = dtype_name(dtype)
@@ -54,11 +60,26 @@ def _dense_tflops(**per_dtype: float) -> dict[str, float]:
     return {dtype: tflops * 1e12 for dtype, tflops in per_dtype.items()}
 
 
-_H100_SXM_COMPUTE = _dense_tflops(bf16=989.5, fp16=989.5, tf32=494.5, fp32=67)  # H200 SXM has the same
+_H100_SXM_COMPUTE = _dense_tflops(bf16=989.5, fp16=989.5, tf32=494.5, fp32=67)  # H200, H800, GH200 the same
 _A100_COMPUTE = _dense_tflops(bf16=312, fp16=312, tf32=156, fp32=19.5)  # all A100 variants
 _V100_SXM2_COMPUTE = _dense_tflops(fp16=125, fp32=15.7)  # Volta: no bf16, no tf32
+_V100_PCIE_COMPUTE = _dense_tflops(fp16=112, fp32=14)
 _H100_SOURCE = "NVIDIA H100 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/h100/ (2023)"
+_H100_NVL_SOURCE = (
+    "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (per GPU of the NVLink pair), "
+    "https://www.nvidia.com/en-us/data-center/h100/ (2024)"
+)
 _H200_SOURCE = "NVIDIA H200 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/h200/ (Nov 2023)"
+_H800_SOURCE = (
+    "NVIDIA H800 Tensor Core GPU datasheet (SXM5; the H100 SXM5's Hopper compute and HBM3 with FP64 and NVLink cut "
+    "to 400 GB/s), https://www.nvidia.cn/data-center/h800/ (2023); secondary: https://aiwiki.ai/wiki/nvidia_h800 "
+    "(reviewed Jun 2026)"
+)
+_GH200_SOURCE = (
+    "NVIDIA GH200 Grace Hopper Superchip datasheet (96 GB HBM3 GPU; 480 GB LPDDR5X on the Grace CPU; "
+    "module power 450-1000 W, CPU and memory included), "
+    "https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/ (2023)"
+)
 _A100_SOURCE = (
     "NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf), "
     "https://www.nvidia.com/en-us/data-center/a100/ (2021)"
@@ -68,27 +89,51 @@ _V100_SOURCE = (
     "https://www.nvidia.com/en-us/data-center/v100/ (Jan 2020)"
 )
 GB = 10**9
+_MIG_7 = (7, 8)  # A100/H100/H200 class: 7 compute slices (1/7 of the SMs each), 8 memory slices (1/8 of memory)
+_MIG_USER_GUIDE = (
+    "NVIDIA Multi-Instance GPU User Guide, 'Terminology' (a GPU slice is 1/7 of the SMs of an A100/H100-class GPU, "
+    "a memory slice 1/8 of its memory capacity and bandwidth; 1/4 each on A30), "
+    "https://docs.nvidia.com/datacenter/tesla/mig-user-guide/ (2024)"
+)
 
 _TABLE = (
     Accelerator("h100-sxm", "NVIDIA H100 SXM5 80GB", _H100_SXM_COMPUTE, 3.35e12, 80 * GB, 700, _H100_SOURCE,
-                ("NVIDIA H100 80GB HBM3",)),
+                ("NVIDIA H100 80GB HBM3",), _MIG_7),
     Accelerator("h100-pcie", "NVIDIA H100 PCIe 80GB", _dense_tflops(bf16=756, fp16=756, tf32=378, fp32=51),
-                2.0e12, 80 * GB, 350, _H100_SOURCE, ("NVIDIA H100 PCIe",)),
+                2.0e12, 80 * GB, 350, _H100_SOURCE, ("NVIDIA H100 PCIe",), _MIG_7),
+    Accelerator("h100-nvl", "NVIDIA H100 NVL 94GB", _dense_tflops(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60),
+                3.9e12, 94 * GB, 400, _H100_NVL_SOURCE, ("NVIDIA H100 NVL",), _MIG_7),
+    Accelerator("h800-sxm", "NVIDIA H800 SXM5 80GB", _H100_SXM_COMPUTE, 3.35e12, 80 * GB, 700, _H800_SOURCE,
+                ("NVIDIA H800",), _MIG_7),
+    Accelerator("gh200", "NVIDIA GH200 Grace Hopper 480GB (96GB HBM3 GPU)", _H100_SXM_COMPUTE, 4.0e12, 96 * GB,
+                1000, _GH200_SOURCE, ("NVIDIA GH200 480GB",), _MIG_7),
     Accelerator("h200", "NVIDIA H200 SXM 141GB", _H100_SXM_COMPUTE, 4.8e12, 141 * GB, 700, _H200_SOURCE,
-                ("NVIDIA H200",)),
+                ("NVIDIA H200",), _MIG_7),
     Accelerator("h200-nvl", "NVIDIA H200 NVL 141GB", _dense_tflops(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60),
-                4.8e12, 141 * GB, 600, _H200_SOURCE, ("NVIDIA H200 NVL",)),
+                4.8e12, 141 * GB, 600, _H200_SOURCE, ("NVIDIA H200 NVL",), _MIG_7),
     Accelerator("a100-80gb", "NVIDIA A100 SXM4 80GB", _A100_COMPUTE, 2.039e12, 80 * GB, 400, _A100_SOURCE,
-                ("NVIDIA A100-SXM4-80GB",)),
+                ("NVIDIA A100-SXM4-80GB",), _MIG_7),
     Accelerator("a100-40gb", "NVIDIA A100 SXM4 40GB", _A100_COMPUTE, 1.555e12, 40 * GB, 400, _A100_SOURCE,
-                ("NVIDIA A100-SXM4-40GB",)),
+                ("NVIDIA A100-SXM4-40GB",), _MIG_7),
     Accelerator("a100-pcie-80gb", "NVIDIA A100 PCIe 80GB", _A100_COMPUTE, 1.935e12, 80 * GB, 300, _A100_SOURCE,
-                ("NVIDIA A100 80GB PCIe",)),
+                ("NVIDIA A100 80GB PCIe",), _MIG_7),
     Accelerator("a100-pcie-40gb", "NVIDIA A100 PCIe 40GB", _A100_COMPUTE, 1.555e12, 40 * GB, 250, _A100_SOURCE,
-                ("NVIDIA A100-PCIE-40GB",)),
+                ("NVIDIA A100-PCIE-40GB",), _MIG_7),
+    Accelerator("a30", "NVIDIA A30 24GB", _dense_tflops(bf16=165, fp16=165, tf32=82, fp32=10.3), 933e9, 24 * GB,
+                165, "NVIDIA A30 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/products/a30-gpu/ "
+                "(2021)", ("NVIDIA A30",), (4, 4)),
+    Accelerator("a10", "NVIDIA A10 24GB", _dense_tflops(bf16=125, fp16=125, tf32=62.5, fp32=31.2), 600e9, 24 * GB,
+                150, "NVIDIA A10 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/products/a10-gpu/ "
+                "(2021)", ("NVIDIA A10",)),
+    Accelerator("a40", "NVIDIA A40 48GB", _dense_tflops(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4), 696e9,
+                48 * GB, 300, "NVIDIA A40 GPU datasheet, https://www.nvidia.com/en-us/data-center/a40/ (2021)",
+                ("NVIDIA A40",)),
     Accelerator("l40s", "NVIDIA L40S", _dense_tflops(bf16=362.05, fp16=362.05, tf32=183, fp32=91.6), 864e9,
                 48 * GB, 350, "NVIDIA L40S GPU datasheet, https://www.nvidia.com/en-us/data-center/l40s/ (2023)",
                 ("NVIDIA L40S",)),
+    Accelerator("l40", "NVIDIA L40", _dense_tflops(bf16=181.05, fp16=181.05, tf32=90.5, fp32=90.5), 864e9,
+                48 * GB, 300, "NVIDIA L40 GPU datasheet, https://www.nvidia.com/en-us/data-center/l40/ (2022)",
+                ("NVIDIA L40",)),
     Accelerator("l4", "NVIDIA L4", _dense_tflops(bf16=121, fp16=121, tf32=60, fp32=30.3), 300e9, 24 * GB, 72,
                 "NVIDIA L4 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/l4/ (2023)",
                 ("NVIDIA L4",)),
@@ -106,6 +151,14 @@ _TABLE = (
                 ("Tesla V100-SXM2-32GB",)),
     Accelerator("v100-sxm2-16gb", "NVIDIA V100 SXM2 16GB", _V100_SXM2_COMPUTE, 900e9, 16 * GB, 300, _V100_SOURCE,
                 ("Tesla V100-SXM2-16GB",)),
+    Accelerator("v100-pcie-32gb", "NVIDIA V100 PCIe 32GB", _V100_PCIE_COMPUTE, 900e9, 32 * GB, 250, _V100_SOURCE,
+                ("Tesla V100-PCIE-32GB",)),
+    Accelerator("v100-pcie-16gb", "NVIDIA V100 PCIe 16GB", _V100_PCIE_COMPUTE, 900e9, 16 * GB, 250, _V100_SOURCE,
+                ("Tesla V100-PCIE-16GB",)),
+    Accelerator("t4", "NVIDIA T4 16GB", _dense_tflops(fp16=65, fp32=8.1), 300e9, 16 * GB, 70,
+                "NVIDIA T4 Tensor Core GPU datasheet (Turing: fp16 tensor cores, no bf16, no tf32; 65 TFLOPS is the "
+                "dense FP16/FP32 mixed-precision rate), https://www.nvidia.com/en-us/data-center/tesla-t4/ (2019)",
+                ("Tesla T4",)),
     Accelerator("cpu", "CPU (any)", {}, None, None, None,
                 "no datasheet peak for an arbitrary CPU: its peak is the measured fp32 matmul ceiling "
                 "(python -m profiling hardware --measure)"),
@@ -128,15 +181,60 @@ def accelerator(key: str) -> Accelerator:
     return ACCELERATORS[key]
 
 
+_MIG_NAME = re.compile(
+    r"^(?P<parent>.+?) mig (?P<profile>(?:(?P<compute>\d+)c\.)?(?P<gpu>\d+)g\.(?P<memory>\d+)gb(?:\+\w+)*)$", re.I
+)
+
+
 def accelerator_for_device_name(device_name: str) -> Accelerator:
-    """Table entry whose reported name (torch.cuda.get_device_name) is exactly `device_name`, ignoring case."""
-    wanted = device_name.strip().casefold()
+    """Table entry whose reported name (torch.cuda.get_device_name) is `device_name`, ignoring case.
+
+    A MIG instance ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", or "... MIG 1c.3g.40gb" for a compute
+    instance) is its parent GPU scaled to its slices: see `_mig_instance`.
+    """
+    wanted = " ".join(device_name.split()).casefold()
+    mig = _MIG_NAME.match(wanted)
     for entry in _TABLE:
-        if any(wanted == name.casefold() for name in entry.device_names):
-            return entry
+        if any((mig.group("parent") if mig else wanted) == name.casefold() for name in entry.device_names):
+            return _mig_instance(entry, mig) if mig else entry
+    if mig:
+        raise UnknownDeviceError(
+            f"GPU {device_name!r} is a MIG instance of {mig.group('parent')!r}, which is not in the peak table "
+            "(profiling/hardware.py); pass the instance's dense peak by hand (--peak-tflops, --peak-bandwidth-gbs)"
+        )
     raise UnknownDeviceError(
         f"GPU {device_name!r} is not in the peak table (profiling/hardware.py); pass its dense peak by hand "
         "(--peak-tflops and --peak-bandwidth-gbs, or peak_flops= and peak_bandwidth=), or add it to the table"
+    )
+
+
+def _mig_instance(parent: Accelerator, mig: re.Match) -> Accelerator:
+    """A MIG instance's share of its parent: compute × its GPU slices / the parent's, bandwidth × its memory slices.
+
+    Memory slices are not in the name; they follow from the instance's memory (e.g. 3g.20gb on a
+    40 GB A100 holds 4 of 8). Board power is the whole GPU's and is not split, so it is left out.
+    """
+    profile = mig.group("profile")
+    if parent.mig_slices is None:
+        raise UnknownDeviceError(f"{parent.name} has no MIG mode, so {profile!r} cannot be one of its instances")
+    compute_slices, memory_slices = parent.mig_slices
+    used = int(mig.group("compute") or mig.group("gpu"))
+    memory_bytes = int(mig.group("memory")) * GB
+    used_memory = min(memory_slices, max(1, round(memory_slices * memory_bytes / parent.memory_bytes)))
+    if not 0 < used <= compute_slices:
+        raise UnknownDeviceError(f"MIG profile {profile!r} asks for {used} of {parent.name}'s {compute_slices} slices")
+    return dataclasses.replace(
+        parent,
+        key=f"{parent.key}-mig-{profile}",
+        name=f"{parent.name} MIG {profile}",
+        peak_flops={dtype: flops * used / compute_slices for dtype, flops in parent.peak_flops.items()},
+        memory_bandwidth=parent.memory_bandwidth * used_memory / memory_slices,
+        memory_bytes=memory_bytes,
+        board_power_w=None,
+        source=f"{parent.source}; scaled to {used}/{compute_slices} of the compute and {used_memory}/{memory_slices} "
+        f"of the bandwidth per the {_MIG_USER_GUIDE}",
+        device_names=(),
+        mig_slices=None,
     )
 
 
@@ -204,6 +302,53 @@ class Peaks:
     @property
     def measured_flops(self) -> float | None:
         return self.measured.matmul_flops.get(self.dtype) if self.measured else None
+
+
+def tf32_matmuls_enabled() -> bool:
+    """Whether CUDA float32 matmuls may use TF32 tensor cores, set through either of torch's switches.
+
+    `fp32_precision` (torch >= 2.9) reflects allow_tf32 and set_float32_matmul_precision too; reading
+    the legacy `allow_tf32` after the new switch was used raises, so it is only the fallback.
+    """
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    try:
+        return matmul.fp32_precision == "tf32"
+    except AttributeError:
+        return bool(matmul.allow_tf32)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """CUDA float32 matmuls with TF32 on or off inside the block, restored after, through the same switch
+    that `tf32_matmuls_enabled` reads (the new one where torch has it, so no mixed-API error is raised)."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    name, value = (("fp32_precision", "tf32" if enabled else "ieee") if hasattr(matmul, "fp32_precision")
+                   else ("allow_tf32", enabled))
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+def run_precision(device: torch.device | str, dtype: object) -> str:
+    """The maths a run's matmuls use, and so the peak its MFU is taken against.
+
+    bf16/fp16 (autocast or weights) use their tensor-core rate; float32 uses TF32 on a CUDA device
+    with TF32 tensor cores (compute capability >= 8.0) when TF32 matmuls are enabled (the trainer
+    enables them), and plain fp32 otherwise: CPUs, pre-Ampere GPUs, TF32 off.
+    """
+    import torch
+
+    name, device = dtype_name(dtype), torch.device(device)
+    if name != "fp32" or device.type != "cuda" or not tf32_matmuls_enabled():
+        return name
+    return "tf32" if torch.cuda.get_device_capability(device) >= AMPERE_CAPABILITY else name
 
 
 def device_peaks(

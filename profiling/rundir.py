@@ -205,6 +205,7 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         "hfu": _time_weighted_mean(measured, "hfu"),
         "peak_flops": _first_present("peak_flops", run.summary, run.config),
         "peak_flops_source": _first_present("peak_flops_source", run.summary, run.config),
+        "peak_precision": _first_present("peak_precision", run.summary, run.config),
         "measured_peak_flops": measured_peak,
         "mfu_measured_peak": achieved_flops / measured_peak if achieved_flops and measured_peak else None,
         **_energy(measured),

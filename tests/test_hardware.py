@@ -51,6 +51,16 @@ def cache_cpu_profile(best_matmul: float = 5e10, name: str | None = None) -> dev
         ("NVIDIA GeForce RTX 4090", "rtx-4090"),
         ("Tesla V100-SXM2-16GB", "v100-sxm2-16gb"),
         ("Tesla V100-SXM2-32GB", "v100-sxm2-32gb"),
+        ("Tesla V100-PCIE-16GB", "v100-pcie-16gb"),
+        ("Tesla V100-PCIE-32GB", "v100-pcie-32gb"),
+        ("Tesla T4", "t4"),
+        ("NVIDIA H100 NVL", "h100-nvl"),
+        ("NVIDIA H800", "h800-sxm"),
+        ("NVIDIA GH200 480GB", "gh200"),
+        ("NVIDIA A10", "a10"),
+        ("NVIDIA A30", "a30"),
+        ("NVIDIA A40", "a40"),
+        ("NVIDIA L40", "l40"),
         ("nvidia h100 80gb hbm3 ", "h100-sxm"),  # case and stray spaces do not matter
     ],
 )
@@ -58,10 +68,59 @@ def test_detection_by_reported_name(reported, key):
     assert hardware.accelerator_for_device_name(reported).key == key
 
 
-@pytest.mark.parametrize("reported", ["NVIDIA B200", "NVIDIA H100 NVL", "NVIDIA L40", "NVIDIA A10"])
+@pytest.mark.parametrize("reported", ["NVIDIA B200", "NVIDIA RTX A6000", "NVIDIA A100-SXM4-40GB2"])
 def test_unknown_gpu_says_how_to_pass_peaks(reported):
     with pytest.raises(hardware.UnknownDeviceError, match="--peak-tflops"):
         hardware.accelerator_for_device_name(reported)
+
+
+def test_new_rows_hold_their_datasheet_figures():
+    # Dense = the datasheets' sparsity figures halved (H100 NVL bf16 1,671 TFLOPS*, A10 bf16 250*).
+    nvl, h800, gh200, a10, t4 = (hardware.accelerator(key) for key in ("h100-nvl", "h800-sxm", "gh200", "a10", "t4"))
+    assert (nvl.peak("bf16"), nvl.peak("tf32"), nvl.peak("fp32"), nvl.memory_bandwidth) == (835.5e12, 417.5e12,
+                                                                                          60e12, 3.9e12)
+    assert h800.peak_flops == gh200.peak_flops == hardware.accelerator("h100-sxm").peak_flops
+    assert (gh200.memory_bytes, gh200.memory_bandwidth) == (96e9, 4.0e12)
+    assert (a10.peak("bf16"), a10.peak("tf32"), a10.peak("fp32"), a10.board_power_w) == (125e12, 62.5e12, 31.2e12, 150)
+    assert (t4.peak("fp16"), t4.peak("fp32")) == (65e12, 8.1e12) and "bf16" not in t4.peak_flops
+
+
+@pytest.mark.parametrize(
+    "reported, parent, compute, bandwidth_slices, memory_gb",
+    [
+        ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", "a100-40gb", 1 / 7, 1 / 8, 5),
+        ("NVIDIA A100-SXM4-40GB MIG 3g.20gb", "a100-40gb", 3 / 7, 4 / 8, 20),
+        ("NVIDIA A100-SXM4-40GB MIG 7g.40gb", "a100-40gb", 1, 1, 40),
+        ("NVIDIA A100-SXM4-80GB MIG 2g.20gb", "a100-80gb", 2 / 7, 2 / 8, 20),
+        ("NVIDIA A100-PCIE-40GB MIG 1g.5gb+me", "a100-pcie-40gb", 1 / 7, 1 / 8, 5),
+        ("NVIDIA H100 80GB HBM3 MIG 3g.40gb", "h100-sxm", 3 / 7, 4 / 8, 40),
+        ("NVIDIA H100 80GB HBM3 MIG 1c.3g.40gb", "h100-sxm", 1 / 7, 4 / 8, 40),  # a compute instance of a 3g
+        ("NVIDIA H100 NVL MIG 1g.12gb", "h100-nvl", 1 / 7, 1 / 8, 12),
+        ("NVIDIA A30 MIG 2g.12gb", "a30", 2 / 4, 2 / 4, 12),
+    ],
+)
+def test_mig_instance_is_its_parent_scaled_by_its_slices(reported, parent, compute, bandwidth_slices, memory_gb):
+    whole, instance = hardware.accelerator(parent), hardware.accelerator_for_device_name(reported)
+    for dtype, flops in whole.peak_flops.items():
+        assert instance.peak(dtype) == pytest.approx(flops * compute, rel=1e-12)
+    assert instance.memory_bandwidth == pytest.approx(whole.memory_bandwidth * bandwidth_slices, rel=1e-12)
+    assert instance.memory_bytes == memory_gb * 10**9
+    assert instance.key.startswith(parent + "-mig-") and "Multi-Instance GPU User Guide" in instance.source
+    assert instance.board_power_w is None  # the board's power is not split between instances
+
+
+@pytest.mark.parametrize(
+    "reported, reason",
+    [
+        ("NVIDIA A10 MIG 1g.6gb", "has no MIG mode"),
+        ("NVIDIA B200 MIG 1g.23gb", "MIG instance of 'nvidia b200', which is not in the peak table"),
+        ("NVIDIA A100-SXM4-40GB MIG 8g.40gb", "8 of .* 7 slices"),
+    ],
+)
+def test_unknown_mig_instances_give_a_one_line_reason(reported, reason):
+    with pytest.raises(hardware.UnknownDeviceError, match=reason) as error:
+        hardware.accelerator_for_device_name(reported)
+    assert "\n" not in str(error.value)
 
 
 def test_guide_peaks_are_dense_datasheet_figures():
