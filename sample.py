@@ -4,6 +4,7 @@
     python sample.py --prompt "def main(" --max-new-tokens 200
     echo "class Stack:" | python sample.py --temperature 0.8
     python sample.py --init random --preset gpt2 --num-samples 64 --max-new-tokens 128
+    python sample.py --init path/to/gpt2 --prompt "Hello" --compile   # a local Hugging Face GPT-2 folder
 
 Text goes to standard output (streamed when there is one sample); the timing line
 (prefill and decode tokens/s) goes to standard error, so a pipe gets only text.
@@ -29,7 +30,7 @@ from gpt.cli import (
     positive_float,
     positive_int,
     probability,
-    require_random_init,
+    pretrained_folder,
     resolve_device,
     resolve_dtype,
     use_device,
@@ -40,7 +41,7 @@ from gpt.errors import ConfigError, GptmeterError
 from gpt.files import check_output_file
 from gpt.memory import generation_bytes, require_fits
 from gpt.rundir import newest_run
-from gpt.tokenizer import TOKENIZERS, Tokenizer, get_tokenizer
+from gpt.tokenizer import TOKENIZERS, Tokenizer, folder_tokenizer, get_tokenizer
 
 if TYPE_CHECKING:  # torch loads after the flags are parsed, so that --help answers at once
     import torch
@@ -58,13 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run directory holding ckpt.pt, or a folder of numbered runs (its newest is used)")
     source.add_argument("--init", metavar="random|PATH",
                         help=f"{INIT_HELP} instead of the checkpoint in --out-dir; random = an untrained model of "
-                        "--preset's shape with the overrides below (for timing, no checkpoint needed)")
+                        "--preset's shape with the overrides below (for timing, no checkpoint needed); PATH = a "
+                        "folder with config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt")
     source.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                         help="model shape for --init random")
     add_shape_arguments(source)
     source.add_argument("--vocab-size", type=positive_int, help="for --init random: " + VOCAB_SIZE_HELP)
     source.add_argument("--tokenizer", choices=TOKENIZERS,
-                        help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own")
+                        help="for --init random (default: bytes for tiny, else cl100k); a checkpoint names its own, "
+                        "a model folder brings its vocab.json and merges.txt")
     prompt = parser.add_argument_group("prompt (default: standard input if it is piped, else start from nothing)")
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-file", type=Path, help="read the prompt from this file")
@@ -83,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights' dtype for inference; auto = bfloat16 on GPUs with native bf16 (compute "
                      "capability >= 8.0), float16 on older GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the one-token decode step (CUDA graphs on GPUs); compiled during the "
+                     "untimed warm-up, which then takes a minute or so (docs/decoding.md has CPU timings)")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
                      help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "
@@ -97,8 +103,8 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
     from gpt.model import GPT, resolve_attention
 
     attention = resolve_attention(args.attention, device)
-    if args.init is not None:
-        require_random_init(args.init)
+    folder = pretrained_folder(args.init)
+    if args.init is not None and folder is None:  # random
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         vocab_size = model_vocab_size(args.vocab_size, tokenizer.vocab_size)
         config = GPTConfig.from_preset(args.preset, vocab_size=vocab_size, attention=attention, **shape_overrides(args))
@@ -107,6 +113,9 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
     if shape_overrides(args):
         raise ConfigError("--layers, --width, --heads, --kv-heads and --block-size shape a model for --init random; "
                           "a checkpoint keeps its own shape")
+    if folder is not None:
+        model = GPT.from_pretrained(folder, attention)
+        return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
     payload = load_checkpoint(newest_run(Path(args.out_dir)), map_location="cpu")
     tokenizer = get_tokenizer(payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
@@ -174,22 +183,26 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
                          every_key=model.config.attention == "triton")
     warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
+    if args.compile:  # and the compiled one-token step
+        model.generate(idx, 2, temperature=0, compile=True)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
     profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids), args.board_watts)
 
-    def on_token(tokens: torch.Tensor) -> None:
-        profiler.on_token()
-        if stream and int(tokens[0]) != tokenizer.eos_token:
-            sys.stdout.write(utf8.decode(tokenizer.decode_bytes([int(tokens[0])])))
+    def on_tokens(columns: torch.Tensor) -> None:  # (B, n) new tokens, a chunk at a time: one host sync each
+        profiler.on_tokens(columns.size(1))
+        if stream:
+            ids = [i for i in columns[0].tolist() if i != tokenizer.eos_token]
+            sys.stdout.write(utf8.decode(tokenizer.decode_bytes(ids)))
             sys.stdout.flush()
 
     if stream:
         sys.stdout.write(tokenizer.decode(prompt_ids))
     profiler.start()
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, eos_token=tokenizer.eos_token, generator=generator, on_token=on_token)
+                         top_p=args.top_p, eos_token=tokenizer.eos_token, generator=generator, on_tokens=on_tokens,
+                         compile=args.compile)
     profiler.stop()
     if stream:
         sys.stdout.write(utf8.decode(b"", final=True) + "\n")

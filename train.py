@@ -3,6 +3,7 @@
     python train.py                                  # a few minutes on a laptop CPU
     python train.py --preset gpt2 --device cuda      # GPT-2 124M with bf16 autocast
     python train.py --resume                         # continue the newest run of the preset
+    python train.py --init path/to/gpt2 --data my.txt   # fine-tune a Hugging Face GPT-2 folder (out/gpt2-finetune)
 
 Writes into the run directory: ckpt.pt (+ meta.json), config.json and metrics.jsonl. By default
 every run gets a new numbered folder, out/<preset>/run-001, run-002, ...; an explicit --out-dir
@@ -31,7 +32,7 @@ from gpt.cli import (
     non_negative_int,
     positive_float,
     positive_int,
-    require_random_init,
+    pretrained_folder,
     resolve_device,
     resolve_dtype,
     shape_overrides,
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model")
     model.add_argument("--init", default=RANDOM_INIT, metavar="random|PATH",
-                       help=f"starting weights: {INIT_HELP}")
+                       help=f"starting weights: {INIT_HELP} (config.json, model.safetensors or pytorch_model.bin, "
+                       "vocab.json, merges.txt) to fine-tune, whose shape and tokenizer the run then uses, with "
+                       "generic training defaults; its runs go to out/<folder name>-finetune")
     model.add_argument("--preset", default="tiny", choices=[p for p in PRESETS if p not in SHAPE_ONLY_PRESETS],
                        help="model shape (gpt/config.py); the flags below override parts of it")
     add_shape_arguments(model)
@@ -173,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         use_device(device)
         dtype = resolve_dtype(args.dtype, device)
+        folder = pretrained_folder(args.init)
+        if folder is not None:  # a fine-tuning run is named after its folder, checked before a run folder is made
+            from gpt.hf import read_config
+
+            read_config(folder)
+            args.preset = f"{folder.name}-finetune"
         lock, note = claim_run_dir(Path(args.out_dir) if args.out_dir else None,
                                    Path(DEFAULT_OUT_DIR.format(preset=args.preset)), args.resume, args.overwrite)
         if note:
@@ -192,18 +201,28 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     from gpt.checkpoint import load_checkpoint
     from gpt.data import load_data
     from gpt.memory import require_fits, training_bytes
-    from gpt.model import resolve_attention
+    from gpt.model import GPT, resolve_attention
+    from gpt.tokenizer import folder_tokenizer
     from gpt.trainer import Trainer, TrainingStopped
     from profiling.live import TrainingProfiler, describe_prediction
 
     attention = resolve_attention(args.attention, device)
     saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
+    folder = pretrained_folder(args.init)
+    pretrained = None
     if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
         model_config = resumed_model_config(args, given, saved, attention)
         args.preset = saved["run_info"].get("preset", args.preset)
         tokenizer = get_tokenizer(saved["tokenizer"])
+    elif folder is not None:
+        if shape_overrides(args) or args.vocab_size:
+            raise GptmeterError("--layers, --width, --heads, --kv-heads, --block-size and --vocab-size shape a new "
+                                "model; a model loaded with --init PATH keeps its own shape")
+        pretrained = GPT.from_pretrained(folder, attention)
+        tokenizer = get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
+        model_config = dataclasses.replace(pretrained.config, dropout=args.dropout or 0.0)
+        model_vocab_size(model_config.vocab_size, tokenizer.vocab_size)  # the data's ids must fit the model
     else:
-        require_random_init(args.init)
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         model_config = model_config_from(args, tokenizer.vocab_size, attention)
     train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
@@ -216,7 +235,9 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     data = load_data(args.data, tokenizer, allow_binary=args.allow_binary)
     for warning in data.warnings:
         print(f"train.py: warning: {warning}", file=sys.stderr)
-    trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, {"preset": args.preset})
+    run_info = {"preset": args.preset} | ({"init": str(folder.resolve())} if pretrained else {})
+    trainer = Trainer(model_config, train_config, data, tokenizer.name, out_dir, run_info,
+                      initial_weights=pretrained and pretrained.state_dict())
     if saved:
         trainer.resume(saved)
 

@@ -131,17 +131,17 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
         profiler = GenerationProfiler(config, torch.device("cpu"), "fp32", batch, PROMPT_TOKENS, board_watts=1.0)
         edges = []
 
-        def on_token(_: torch.Tensor) -> None:
+        def on_tokens(columns: torch.Tensor) -> None:
             first = not edges[1:]
             if first:
                 edges.append(clock())  # the prefill ends where the profiler reads its clock, before its bookkeeping
-            profiler.on_token()
+            profiler.on_tokens(columns.size(1))
             if first:
                 edges.append(clock())  # and decoding starts after it
 
         edges.append(clock())
         profiler.start()
-        model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_token=on_token)
+        model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_tokens=on_tokens)
         edges.append(clock())
         profiler.stop()
         profile = profiler.profile(config.to_dict())

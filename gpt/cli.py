@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from gpt.errors import ConfigError
@@ -98,10 +99,9 @@ def shape_overrides(args: argparse.Namespace) -> dict[str, int]:
     return overrides
 
 
-def require_random_init(init: str) -> None:
-    """Until Hugging Face GPT-2 weights can be loaded, --init accepts only "random"."""
-    if init != RANDOM_INIT:
-        raise ConfigError(f"--init {init}: loading a Hugging Face GPT-2 folder is not supported yet; use --init random")
+def pretrained_folder(init: str | None) -> Path | None:
+    """The Hugging Face GPT-2 folder that --init names; None for "random" (or no --init)."""
+    return None if init in (None, RANDOM_INIT) else Path(init)
 
 
 def model_vocab_size(requested: int | None, tokenizer_vocab: int) -> int:

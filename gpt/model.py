@@ -56,18 +56,26 @@ def causal_mask(t_query: int, t_key: int, device: torch.device) -> torch.Tensor:
     return cols <= rows + offset
 
 
-def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+# Each backend takes q (B, H, T, D), k and v (B, Hkv, S, D), and an optional boolean (T, S) mask of
+# the keys each query sees (the KV cache passes one); without it, attention is causal, bottom-right aligned.
+
+
+def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal softmax attention spelled out: scores, mask, softmax, weighted sum."""
     group = q.size(1) // k.size(1)
     k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, D)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    scores = scores.masked_fill(~causal_mask(q.size(2), k.size(2), q.device), float("-inf"))
+    mask = causal_mask(q.size(2), k.size(2), q.device) if mask is None else mask
+    scores = scores.masked_fill(~mask, float("-inf"))
     return F.softmax(scores, dim=-1) @ v  # (B, H, T, D)
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """PyTorch's fused attention. Its `is_causal` aligns top-left, so T != S needs a mask."""
     gqa = bool(q.size(1) != k.size(1))  # a plain bool even when traced (fvcore, torch.jit)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     if q.size(2) == k.size(2):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     if q.size(2) == 1:  # one new token sees every cached key: no mask needed
@@ -76,8 +84,11 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
-def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Our fused FlashAttention-2 style kernel (kernels/), causal, bottom-right aligned."""
+def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Our fused FlashAttention-2 style kernel (kernels/), causal, bottom-right aligned; SDPA for a given mask."""
+    if mask is not None:  # the kernel masks causally only
+        return sdpa_attention(q, k, v, mask)
     from kernels import flash_attention
 
     return flash_attention(q, k, v, causal=True)
@@ -87,22 +98,54 @@ ATTENTION_FUNCTIONS = {"naive": naive_attention, "sdpa": sdpa_attention, "triton
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to block_size."""
+    """Keys and values of every layer, preallocated for `capacity` positions and written in place.
 
-    def __init__(self, n_layer: int) -> None:
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
-        self.length = 0  # tokens stored; advanced by GPT after every layer has appended
+    Its tensors never change shape or address while decoding, so the one-token step can be
+    compiled once (and replayed as a CUDA graph). The next free position `pos` is a device
+    tensor, advanced in place: decoding never asks the host where it is.
+    """
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.keys[layer] is None:
-            shape = (k.size(0), k.size(1), capacity, k.size(3))
-            self.keys[layer] = k.new_empty(shape)
-            self.values[layer] = v.new_empty(shape)
-        end = self.length + k.size(2)
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+    def __init__(self, config: GPTConfig, batch: int, capacity: int | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.capacity = capacity or config.block_size
+        if self.capacity > config.block_size:
+            raise ValueError(f"a KV cache of {self.capacity} positions exceeds the context of {config.block_size}")
+        # One tensor per layer, not views of one: a compiled step then writes each in place (a write
+        # through a view of a graph input makes inductor copy the whole base tensor back, every step).
+        shape = (batch, config.n_kv_head, self.capacity, config.head_dim)  # (B, Hkv, S, D)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.empty = True  # nothing written yet: the first chunk attends only to itself
+        self.new_positions = self.visible = None  # of the forward pass under way (see begin)
+
+    def begin(self, t: int) -> torch.Tensor:
+        """Start a forward pass over t new tokens: their positions (t,), and which slots they see, for every layer."""
+        self.new_positions = self.pos + torch.arange(t, device=self.pos.device)  # (T,)
+        if not self.empty:
+            slots = torch.arange(self.capacity, device=self.pos.device)
+            self.visible = slots <= self.new_positions.unsqueeze(1)  # (T, S)
+        return self.new_positions
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend) -> torch.Tensor:
+        """Store the new keys and values of `layer`, then attend the new queries to everything stored."""
+        keys, values = self.keys[layer], self.values[layer]  # (B, Hkv, S, D)
+        keys.index_copy_(2, self.new_positions, k)
+        values.index_copy_(2, self.new_positions, v)
+        if self.empty:  # a prompt: plain causal attention over its own tokens, with any backend
+            return attend(q, k, v)
+        return attend(q, keys, values, self.visible)
+
+    def advance(self, t: int) -> None:
+        """End the forward pass: the t new tokens are stored."""
+        self.pos.add_(t)
+        self.empty = False
+        self.new_positions = self.visible = None
+
+    def reset(self) -> None:
+        """Forget the stored tokens (the buffers stay, to be overwritten)."""
+        self.pos.zero_()
+        self.empty = True
 
 
 class CausalSelfAttention(nn.Module):
@@ -117,7 +160,6 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attend = ATTENTION_FUNCTIONS[config.attention]
-        self.block_size = config.block_size
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -126,9 +168,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        if cache is not None:
-            k, v = cache.append(self.layer, k, v, self.block_size)  # (B, Hkv, S, D)
-        y = self.attend(q, k, v)  # (B, H, T, D)
+        if cache is None:
+            y = self.attend(q, k, v)  # (B, H, T, D)
+        else:
+            y = cache.attend(self.layer, q, k, v, self.attend)  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -199,6 +242,19 @@ class GPT(nn.Module):
         """Unique parameters (the tied embedding counted once), position table included."""
         return sum(p.numel() for p in self.parameters())
 
+    @classmethod
+    def from_pretrained(cls, folder, attention: str = "sdpa") -> "GPT":
+        """A local Hugging Face GPT-2 folder's weights (format code in gpt/hf.py)."""
+        from gpt.hf import load_pretrained
+
+        return load_pretrained(folder, attention)
+
+    def save_pretrained(self, folder, eos_token: int | None = None) -> None:
+        """Write this model as a Hugging Face GPT-2 folder (gpt/hf.py)."""
+        from gpt.hf import save_pretrained
+
+        save_pretrained(self, folder, eos_token)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -208,24 +264,20 @@ class GPT(nn.Module):
         they are placed after the cache's contents and appended to it.
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.block_size}")
+        pos = cache.begin(T) if cache is not None else torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    # ------------------------------------------------------------------------- generation
-
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -233,63 +285,13 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_token: int | None = None,
-        generator: torch.Generator | None = None,
-        on_token=None,
+        **options,
     ) -> torch.Tensor:
-        """Continue idx (B, T) by up to max_new_tokens tokens, reusing keys and values through a KV cache.
+        """Continue idx (B, T) by up to max_new_tokens tokens through a KV cache; temperature 0 is greedy.
 
-        temperature 0 means greedy. Generation stops once every row has produced
-        `eos_token` (rows that finished early are padded with it). `on_token(tokens)`
-        is called with each new (B,) column, e.g. to stream text or time decoding.
-        Past the context, each step re-encodes the newest block_size tokens: learned
-        absolute positions leave no cached keys valid once the window slides.
+        The decoding loop (static cache, sampling on the device, optional compiled step, end-of-text
+        and streaming options) lives in gpt/generate.py.
         """
-        block_size = self.config.block_size
-        cache = KVCache(self.config.n_layer)
-        logits, _ = self(idx[:, -block_size:], cache=cache)
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
-            if eos_token is not None:
-                next_token = torch.where(finished, torch.full_like(next_token, eos_token), next_token)
-                finished |= next_token == eos_token
-            idx = torch.cat([idx, next_token.unsqueeze(1)], dim=1)
-            if on_token is not None:
-                on_token(next_token)
-            if eos_token is not None and bool(finished.all()):
-                break
-            if cache.length < block_size:
-                logits, _ = self(next_token.unsqueeze(1), cache=cache)
-            else:
-                cache = KVCache(self.config.n_layer)
-                logits, _ = self(idx[:, -block_size:], cache=cache)
-        return idx
+        from gpt.generate import generate
 
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Pick one token per row of logits (B, vocab): greedy at temperature 0, else sample.
-
-    top_k keeps the k most likely tokens; top_p keeps the smallest set whose
-    probability reaches p (nucleus sampling). Both apply after temperature.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth_best = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already ≥ p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, **options)

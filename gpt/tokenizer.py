@@ -1,4 +1,4 @@
-"""Tokenizers, all usable offline: raw bytes, ChatGPT's cl100k, and GPT-2's BPE.
+"""Tokenizers, all usable offline: raw bytes, ChatGPT's cl100k, GPT-2's BPE, and the BPE of a model folder.
 
 Each turns text into integer ids and ids back into bytes; `decode` is the UTF-8
 reading of those bytes. Streaming code should decode bytes incrementally, since one
@@ -33,6 +33,11 @@ class Tokenizer:
     _encode: Callable[[str], list[int]]
     _decode_bytes: Callable[[list[int]], bytes]
     reads_bytes: bool = False  # True: a file's bytes are the ids, whatever they are (no UTF-8 decoding)
+
+    @property
+    def label(self) -> str:
+        """The name, fit for a file name (a folder tokenizer's name is its path)."""
+        return self.name if "/" not in self.name else "bpe-" + hashlib.sha1(self.name.encode()).hexdigest()[:12]
 
     def encode(self, text: str) -> list[int]:
         return self._encode(text)
@@ -137,6 +142,55 @@ def _gpt2_tokenizer() -> Tokenizer:
     return _tiktoken_tokenizer("gpt2", encoding)
 
 
+def _bytes_of_symbol() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, which vocab.json and merges.txt spell tokens with.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 are shifted to U+0100 onwards in
+    byte order (GPT-2's `bytes_to_unicode`).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+
+
+def folder_tokenizer(folder: Path | str) -> Tokenizer:
+    """The byte-level BPE of a Hugging Face GPT-2 folder (vocab.json + merges.txt), through tiktoken, offline.
+
+    tiktoken merges the adjacent pair whose merged token has the lowest id; Hugging Face merges
+    the pair listed first in merges.txt. The two agree when ids follow merges.txt's order, as
+    GPT-2's vocabulary (and any byte-level BPE trained by `tokenizers`) does; we check that.
+    """
+    import json
+
+    import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenising pattern
+
+    folder = Path(folder)
+    missing = [name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
+    if missing:
+        raise TokenizerUnavailable(f"{folder} has no {' or '.join(missing)}; copy the model's tokenizer files into it")
+    try:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        merges = [line.split() for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#version")]
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TokenizerUnavailable(f"{folder}: vocab.json or merges.txt is unreadable ({error})") from None
+    if END_OF_TEXT not in vocab:
+        raise TokenizerUnavailable(f"{folder}/vocab.json has no {END_OF_TEXT} token; it is not a GPT-2 vocabulary")
+    byte_of = _bytes_of_symbol()
+    try:
+        ranks = {bytes(byte_of[c] for c in token): rank for token, rank in vocab.items() if token != END_OF_TEXT}
+        merged = [ranks[bytes(byte_of[c] for c in first + second)] for first, second in merges]
+    except (KeyError, ValueError):
+        raise TokenizerUnavailable(f"{folder}: vocab.json and merges.txt are not a byte-level BPE that agree "
+                                   "(a symbol or merged token is missing)") from None
+    if any(later <= earlier for earlier, later in zip(merged, merged[1:])):
+        raise TokenizerUnavailable(f"{folder}: vocab.json's ids do not follow merges.txt's order, which tiktoken needs")
+    encoding = tiktoken.Encoding(name=f"bpe:{folder}", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                                 special_tokens={END_OF_TEXT: vocab[END_OF_TEXT]})
+    return _tiktoken_tokenizer(str(folder.resolve()), encoding)
+
+
 _FACTORIES: dict[str, Callable[[], Tokenizer]] = {
     "bytes": _byte_tokenizer,
     "cl100k": _cl100k_tokenizer,
@@ -145,7 +199,12 @@ _FACTORIES: dict[str, Callable[[], Tokenizer]] = {
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called `name`; ValueError if unknown, TokenizerUnavailable if its files are missing."""
-    if name not in _FACTORIES:
-        raise ConfigError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
-    return _FACTORIES[name]()
+    """The tokenizer called `name`, or that of the model folder at path `name` (a folder tokenizer's name).
+
+    ConfigError if unknown, TokenizerUnavailable if its files are missing.
+    """
+    if name in _FACTORIES:
+        return _FACTORIES[name]()
+    if Path(name).is_absolute():
+        return folder_tokenizer(name)
+    raise ConfigError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")

@@ -100,6 +100,7 @@ class Trainer:
         tokenizer_name: str,
         out_dir: Path,
         extra_config: dict[str, Any] | None = None,
+        initial_weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
         data.check_fits(model_config.block_size)
         self.model_config, self.config, self.data = model_config, train_config, data
@@ -109,7 +110,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls outside autocast may use TF32
         torch.manual_seed(train_config.seed)
-        self.model = GPT(model_config).to(self.device)
+        self.model = GPT(model_config)
+        if initial_weights is not None:  # fine-tuning: start from these instead of the random initialisation
+            self.model.load_state_dict(initial_weights)
+        self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, train_config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train_config.dtype == "float16")
         self.forward = torch.compile(self.model) if train_config.compile else self.model

@@ -6,6 +6,10 @@ While decoding, the key length grows by one per step, so a new variant or bucket
 steps; timed cold, those steps would include compilation and autotuning. `plan_warmup` lists, for the
 lengths `GPT.generate` will meet, one key length per distinct launch key, and `warm_up` runs one
 forward pass at each, so that the timed run compiles nothing.
+
+Since the static-shape KV cache (gpt/generate.py), a decode step attends through the cache's mask
+with SDPA, so the kernel runs only for the prompt and the full-block re-encodes past the context;
+the per-length decode forwards are then cheap no-ops for the kernel, kept until this plan is trimmed.
 """
 
 from __future__ import annotations
@@ -70,10 +74,13 @@ def warm_up(model: GPT, idx: torch.Tensor, plan: WarmupPlan) -> None:
     A decode step at key length L runs on a cache advanced to L - 1; keys past the prompt hold
     whatever the cache buffer holds, which is fine for compiling: the outputs are thrown away.
     """
-    cache = KVCache(model.config.n_layer)
+    def new_cache() -> KVCache:
+        return KVCache(model.config, idx.size(0), device=idx.device, dtype=model.lm_head.weight.dtype)
+
+    cache = new_cache()
     model(idx, cache=cache)
     for length in plan.decode_key_lengths:
-        cache.length = length - 1
+        cache.pos.fill_(length - 1)
         model(idx[:, -1:], cache=cache)
     if plan.reencode:
-        model(idx.new_zeros(idx.size(0), model.config.block_size), cache=KVCache(model.config.n_layer))
+        model(idx.new_zeros(idx.size(0), model.config.block_size), cache=new_cache())

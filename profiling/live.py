@@ -149,10 +149,11 @@ class GenerationProfiler:
     def start(self) -> None:
         self.prefill.start()
 
-    def on_token(self) -> None:
-        """Called once per generated column; the first one closes the prefill phase."""
-        self.new_tokens += 1
-        if self.new_tokens == 1:
+    def on_tokens(self, count: int) -> None:
+        """Called with each chunk of new columns as generation streams them; the first token closes the prefill."""
+        first = self.new_tokens == 0
+        self.new_tokens += count
+        if first:
             prompt_tokens = self.batch * self.prompt_len
             self.prefill.stop(
                 prompt_tokens,

@@ -184,7 +184,7 @@ VOCAB_ROW = 1024  # vocabulary width for cross-entropy and sampling
 
 def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable, Callable]:
     """(forward, forward + backward) callables of one memory-bound kind over `elements` elements."""
-    from gpt.model import sample_next_token
+    from gpt.generate import sample_next_token
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device=device, dtype=dtype, requires_grad=grad)
@@ -315,13 +315,13 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     model = GPT(config).to(device=device, dtype=TORCH_DTYPES[dtype])
     tokens = torch.randint(config.vocab_size, (1, 5), device=device)
     model.eval()
-    cache = KVCache(config.n_layer)
+    cache = KVCache(config, 1, capacity=5, device=device, dtype=TORCH_DTYPES[dtype])
     with torch.no_grad():
         model(tokens[:, :4], cache=cache)
 
         def decode_forward() -> None:
             model(tokens[:, 4:], cache=cache)
-            cache.length -= 1
+            cache.pos.sub_(1)  # the same slot again: every call sees the same 4-token context
 
         inference = seconds_per_call(decode_forward, device, batches=10)
         generator = torch.Generator(device=device).manual_seed(0)

@@ -177,7 +177,7 @@ def test_flop_counter_agrees_on_a_decode_step_and_kv_bytes():
     config = TINY_GQA
     model = GPT(config).eval()
     batch, prompt = 3, 20
-    cache = KVCache(config.n_layer)
+    cache = KVCache(config, batch, capacity=prompt + 1)  # the decode step attends to every slot: prompt + 1
     with torch.no_grad():
         model(torch.randint(0, config.vocab_size, (batch, prompt)), cache=cache)
         with FlopCounterMode(display=False) as counter:
@@ -185,7 +185,7 @@ def test_flop_counter_agrees_on_a_decode_step_and_kv_bytes():
     assert counter.get_total_flops() == batch * flops.decode_flops_per_token(config, prompt + 1)
 
     allocated = sum(t.numel() * t.element_size() for t in cache.keys + cache.values)
-    per_token = allocated // (batch * config.block_size)  # the cache is preallocated to block_size
+    per_token = allocated // (batch * cache.capacity)  # the cache is preallocated to its capacity
     assert per_token == flops.kv_cache_bytes_per_token(config, "fp32")
 
     read = flops.decode_bytes_per_step(config, prompt + 1, batch, weight_dtype="fp32")

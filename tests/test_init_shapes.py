@@ -49,8 +49,8 @@ def test_heads_alone_reset_the_kv_heads(tmp_path):
 @pytest.mark.parametrize("main, argv, message", [
     (train.main, ["--width", "100", "--heads", "3"], "n_embd (100) must be divisible by n_head (3)"),
     (train.main, ["--heads", "4", "--kv-heads", "3"], "must be a multiple of n_kv_head (3)"),
-    (train.main, ["--init", "hf/gpt2"], "--init hf/gpt2: loading a Hugging Face GPT-2 folder is not supported yet"),
-    (sample.main, ["--init", "hf/gpt2"], "not supported yet; use --init random"),
+    (train.main, ["--init", "hf/gpt2"], "hf/gpt2 is not a folder; pass a Hugging Face GPT-2 folder"),
+    (sample.main, ["--init", "hf/gpt2"], "hf/gpt2 is not a folder; pass a Hugging Face GPT-2 folder"),
     (sample.main, ["--layers", "2"], "shape a model for --init random; a checkpoint keeps its own shape"),
     (sample.main, ["--init", "random", "--layers", "0"], "must be positive"),
 ])

@@ -8,7 +8,8 @@ import torch
 
 from gpt.errors import GptmeterError
 from gpt.config import GPTConfig
-from gpt.model import GPT, causal_mask, naive_attention, sample_next_token, sdpa_attention
+from gpt.generate import sample_next_token
+from gpt.model import GPT, causal_mask, naive_attention, sdpa_attention
 
 
 def small_config(**overrides) -> GPTConfig:
@@ -169,3 +170,54 @@ def test_attention_auto_is_sdpa_on_cpu_and_triton_there_needs_the_interpreter(mo
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(GptmeterError, match="tiny, gpt2"):
         GPTConfig.from_preset("gpt5")
+
+
+def test_end_of_text_and_streaming_do_not_depend_on_how_often_the_host_looks(monkeypatch):
+    import gpt.generate
+
+    model = build(small_config(block_size=64))
+    prompt = torch.randint(0, 61, (3, 4))
+    free = model.generate(prompt, max_new_tokens=50, temperature=0)
+    eos = int(free[0, 4 + 20])  # row 0 meets it at step 20 at the latest; other rows maybe earlier, maybe never
+    results = []
+    for every in (1, 16):
+        monkeypatch.setattr(gpt.generate, "SYNC_EVERY", every)
+        chunks = []
+        out = model.generate(prompt, max_new_tokens=50, temperature=0, eos_token=eos, on_tokens=chunks.append)
+        assert torch.equal(torch.cat(chunks, dim=1), out[:, 4:])  # streamed = returned
+        assert chunks[0].size(1) == 1 and all(c.size(1) <= every for c in chunks)
+        results.append(out)
+    assert torch.equal(results[0], results[1])
+    out = results[0]
+    finished_at = [(row[4:] == eos).nonzero()[0].item() if (row[4:] == eos).any() else None for row in free]
+    done = all(step is not None for step in finished_at)  # then it stops where the last row finished
+    assert out.size(1) == 4 + (max(finished_at) + 1 if done else 50)
+    for row, free_row, step in zip(out, free, finished_at):
+        end = out.size(1) if step is None else 4 + step + 1
+        assert torch.equal(row[:end], free_row[:end]) and (row[end:] == eos).all()  # then padded with eos
+
+
+def test_static_cache_keeps_its_shape_and_address_while_decoding():
+    from gpt.model import KVCache
+
+    config = small_config()
+    model = build(config)
+    cache = KVCache(config, batch=2, capacity=config.block_size)
+    address, shape = cache.keys[1].data_ptr(), cache.keys[1].shape
+    with torch.no_grad():
+        model(torch.randint(0, 61, (2, 5)), cache=cache)
+        for _ in range(3):
+            model(torch.randint(0, 61, (2, 1)), cache=cache)
+    assert cache.keys[1].data_ptr() == address and cache.keys[1].shape == shape and cache.pos.item() == 8
+    with pytest.raises(ValueError, match="exceeds the context"):
+        KVCache(config, batch=1, capacity=config.block_size + 1)
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_eager_tokens():
+    model = build(small_config(n_layer=1, block_size=32))
+    prompt = torch.randint(0, 61, (2, 5))
+    eager = model.generate(prompt, max_new_tokens=30, temperature=0)  # runs past the context of 32
+    assert torch.equal(model.generate(prompt, max_new_tokens=30, temperature=0, compile=True), eager)
+    assert torch.equal(model.generate(prompt[:, :3], max_new_tokens=8, temperature=0, compile=True),
+                       model.generate(prompt[:, :3], max_new_tokens=8, temperature=0))

@@ -1,0 +1,187 @@
+"""Decode speed side by side with Hugging Face `generate`, in one process, same weights, same shape.
+
+For each shape and batch, one set of random weights is loaded into gptmeter's GPT and, through
+a GPT-2 export (gpt/hf.py), into transformers' GPT2LMHeadModel (SDPA attention, its KV cache).
+Each contender generates the same number of greedy tokens from the same prompt; the rounds are
+interleaved (A, B, C, A, B, C, ...) so that a neighbour's load on a shared machine hits all of
+them alike, and the median of each is kept. Before timing, the greedy tokens of every contender
+are compared with each other.
+
+tokens/s counts new tokens over the whole `generate` call (a short prompt's prefill included,
+for everyone). Bandwidth utilisation is the bytes a decode step must read (weights + the KV
+cache at its average length, profiling.flops.decode_bytes_per_step) times steps per second,
+over the copy bandwidth (read + write, the figure the profiler uses on CPUs), and also over
+the read-only bandwidth (summing a buffer): a decode step only reads. Both are measured in this
+process (profiling.microbench's fastest-batch timer, 128 MiB buffers) just before and just
+after each row's rounds, and the better of the two is kept.
+
+    python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from gpt.cli import fail, positive_int
+from gpt.config import GPTConfig
+from gpt.errors import GptmeterError
+from gpt.files import atomic_write_text
+from gpt.model import GPT
+from profiling import flops
+from profiling.hardware import device_name
+from profiling.microbench import seconds_per_call
+
+ROOF_BYTES = 2**27  # 128 MiB buffers, far beyond the caches
+
+SHAPES = {
+    "tiny": GPTConfig.from_preset("tiny"),  # 0.8M parameters, byte vocabulary
+    "30m": GPTConfig(vocab_size=50257, block_size=256, n_layer=6, n_head=6, n_embd=384),  # 30.0M, GPT-2 vocabulary
+    "toy": GPTConfig(vocab_size=97, block_size=32, n_layer=1, n_head=2, n_embd=16),  # for the test
+}
+PROMPT_TOKENS = 16
+
+
+def _hf_twin(model: GPT):
+    """transformers' GPT2LMHeadModel with `model`'s weights, SDPA attention."""
+    from transformers import GPT2LMHeadModel
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(Path(folder) / "model", eos_token=model.config.vocab_size - 1)
+        return GPT2LMHeadModel.from_pretrained(Path(folder) / "model", attn_implementation="sdpa").eval()
+
+
+def contenders(model: GPT, new_tokens: int, compile: bool) -> dict:
+    """name -> function(prompt) returning (B, prompt + new) greedy tokens."""
+    hf = _hf_twin(model)
+
+    def huggingface(prompt: torch.Tensor) -> torch.Tensor:
+        return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                           pad_token_id=model.config.vocab_size - 1)
+
+    runs = {"gptmeter": lambda prompt: model.generate(prompt, new_tokens, temperature=0)}
+    if compile:
+        runs["gptmeter compiled"] = lambda prompt: model.generate(prompt, new_tokens, temperature=0, compile=True)
+    runs["transformers"] = huggingface
+    return runs
+
+
+@torch.no_grad()
+def roofs() -> tuple[float, float]:
+    """Copy (bytes read + written) and read-only (summing a buffer) bandwidth of this CPU, bytes/s, measured now."""
+    source = torch.ones(ROOF_BYTES // 4)
+    target = torch.empty_like(source)
+    cpu = torch.device("cpu")
+    return (2 * ROOF_BYTES / seconds_per_call(lambda: target.copy_(source), cpu),
+            ROOF_BYTES / seconds_per_call(source.sum, cpu))
+
+
+def measure(shape: str, batch: int, new_tokens: int, rounds: int, compile: bool) -> dict:
+    config = SHAPES[shape]
+    if PROMPT_TOKENS + new_tokens > config.block_size:
+        raise GptmeterError(f"--new-tokens {new_tokens} + a {PROMPT_TOKENS}-token prompt exceed the {shape} "
+                            f"context of {config.block_size}; ask for fewer")
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    prompt = torch.randint(config.vocab_size - 1, (batch, PROMPT_TOKENS))
+    runs = contenders(model, new_tokens, compile)
+    outputs = {name: run(prompt) for name, run in runs.items()}  # warm-up (and compilation), and the check
+    reference = outputs["gptmeter"]
+    agree = {name: bool(torch.equal(out, reference)) for name, out in outputs.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    before = roofs()
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run(prompt)
+            seconds[name].append(time.perf_counter() - started)
+    # A neighbour's load lowers a bandwidth measurement as it lowers the rounds: keep the better of the two.
+    copy_bandwidth, read_bandwidth = (max(pair) for pair in zip(before, roofs()))
+    contexts = range(PROMPT_TOKENS + 1, PROMPT_TOKENS + new_tokens)
+    bytes_per_step = statistics.fmean(flops.decode_bytes_per_step(config, c, batch, weight_dtype="fp32")
+                                      for c in contexts)
+    results = {}
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        results[name] = {
+            "tokens_per_sec": batch * new_tokens / median,
+            "median_seconds": median,
+            "seconds": times,
+            "bandwidth_utilisation": bytes_per_step * new_tokens / median / copy_bandwidth,
+            "read_bandwidth_utilisation": bytes_per_step * new_tokens / median / read_bandwidth,
+            "greedy_tokens_equal_gptmeter": agree[name],
+        }
+    hf = results["transformers"]["tokens_per_sec"]
+    for entry in results.values():
+        entry["vs_transformers"] = entry["tokens_per_sec"] / hf
+    return {"shape": shape, "params": model.num_params(), "batch": batch, "prompt_tokens": PROMPT_TOKENS,
+            "new_tokens": new_tokens, "config": config.to_dict(), "decode_bytes_per_step": bytes_per_step,
+            "copy_bandwidth_bytes_per_s": copy_bandwidth, "read_bandwidth_bytes_per_s": read_bandwidth,
+            "results": results}
+
+
+def environment(threads: int, command: list[str]) -> dict:
+    import transformers
+
+    return {"device": device_name("cpu"), "threads": threads, "date": datetime.now(timezone.utc).isoformat(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "dtype": "float32", "command": "python -m bench.decode " + " ".join(command)}
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'shape':<6} {'params':>7} {'batch':>5}  {'contender':<18} {'tok/s':>9} {'vs HF':>6} {'of copy':>8} "
+             f"{'of read':>8}"]
+    for row in report["rows"]:
+        for name, r in row["results"].items():
+            differ = "" if r["greedy_tokens_equal_gptmeter"] else "  (greedy tokens differ)"
+            lines.append(f"{row['shape']:<6} {row['params'] / 1e6:>6.1f}M {row['batch']:>5}  {name:<18} "
+                         f"{r['tokens_per_sec']:>9,.0f} {r['vs_transformers']:>5.2f}x "
+                         f"{r['bandwidth_utilisation']:>8.1%} {r['read_bandwidth_utilisation']:>8.1%}{differ}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "30m"], choices=list(SHAPES),
+                        help="model shapes: tiny (0.8M parameters) and 30m (30.0M, vocabulary 50,257)")
+    parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 16], help="sequences per batch")
+    parser.add_argument("--new-tokens", type=positive_int, default=96, help="tokens generated per sequence")
+    parser.add_argument("--rounds", type=positive_int, default=5, help="timed rounds per contender (median kept)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, all cores)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time gptmeter with its compiled one-token step (compiles for about a minute)")
+    parser.add_argument("--json", type=Path, help="also write the raw results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = sys.argv[1:] if argv is None else argv
+    report = {"environment": environment(torch.get_num_threads(), command), "rows": []}
+    try:
+        for shape in args.shapes:
+            for batch in args.batches:
+                report["rows"].append(measure(shape, batch, args.new_tokens, args.rounds, args.compile))
+                print(format_table({"rows": report["rows"][-1:]}).split("\n", 1)[1], file=sys.stderr)
+    except GptmeterError as error:
+        fail("bench.decode", str(error))
+    print(format_table(report))
+    copy = max(row["copy_bandwidth_bytes_per_s"] for row in report["rows"])
+    read = max(row["read_bandwidth_bytes_per_s"] for row in report["rows"])
+    print(f"bandwidth (best of each row's before and after): copy {copy / 1e9:.1f} GB/s (read + write), read-only "
+          f"{read / 1e9:.1f} GB/s; {report['environment']['device']}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""The decode benchmark runs end to end on a toy shape: same greedy tokens as transformers, figures consistent."""
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("transformers")
+
+from bench.decode import main  # noqa: E402
+
+
+def test_decode_benchmark_runs_and_agrees_with_transformers(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--shapes", "toy", "--batches", "1", "3", "--rounds", "2", "--new-tokens", "6",
+                     "--threads", "1", "--json", str(tmp_path / "decode.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads((tmp_path / "decode.json").read_text())
+    assert [row["batch"] for row in report["rows"]] == [1, 3]
+    for row in report["rows"]:
+        assert set(row["results"]) == {"gptmeter", "transformers"}
+        for result in row["results"].values():
+            assert result["greedy_tokens_equal_gptmeter"]  # same weights, same greedy tokens
+            assert len(result["seconds"]) == 2
+            assert result["tokens_per_sec"] == pytest.approx(row["batch"] * 6 / result["median_seconds"])
+            assert result["bandwidth_utilisation"] == pytest.approx(
+                row["decode_bytes_per_step"] * 6 / result["median_seconds"] / row["copy_bandwidth_bytes_per_s"])
+        assert row["results"]["transformers"]["vs_transformers"] == pytest.approx(1.0)
+    assert "gptmeter" in capsys.readouterr().out

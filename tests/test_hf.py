@@ -1,0 +1,196 @@
+"""Hugging Face GPT-2 folders in and out, checked against `transformers` itself (a test-only dependency)."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: transformers must never reach for the network
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+
+from gpt.config import GPTConfig  # noqa: E402
+from gpt.export import main as export_main  # noqa: E402
+from gpt.hf import HFFormatError, load_pretrained, save_pretrained  # noqa: E402
+from gpt.model import GPT  # noqa: E402
+from gpt.tokenizer import TokenizerUnavailable, folder_tokenizer  # noqa: E402
+
+VOCAB = 400
+SHAPE = dict(n_positions=32, n_embd=48, n_layer=2, n_head=4)
+SAMPLE_TEXT = ("def main(argv):\n    return 0  # it's done, we'll see\n\n\tTabs\u00a0and é, ü, 日本語 🙂   "
+               "She said: \"3.14159 isn't 22/7!\"\r\n")
+
+
+def training_text() -> str:
+    return Path(json.__file__).read_text() + SAMPLE_TEXT
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    """A random GPT2LMHeadModel saved by transformers, with a byte-level BPE trained by `tokenizers`."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder = tmp_path_factory.mktemp("hf-gpt2")
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator([training_text()], vocab_size=VOCAB - 1, show_progress=False)
+    tokenizer.save_model(str(folder))
+    vocab = json.loads((folder / "vocab.json").read_text())
+    vocab["<|endoftext|>"] = len(vocab)  # GPT-2's last id
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, **SHAPE)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def hf_logits(folder: Path, idx: torch.Tensor) -> torch.Tensor:
+    model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(idx).logits
+
+
+def our_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(idx)[0]
+
+
+def test_imported_model_gives_transformers_logits(hf_folder):
+    idx = torch.randint(0, VOCAB, (2, 32))
+    model = GPT.from_pretrained(hf_folder)
+    assert model.lm_head.weight is model.transformer.wte.weight  # tied, one parameter
+    reference = transformers.GPT2LMHeadModel.from_pretrained(hf_folder)
+    assert model.num_params() == sum(p.numel() for p in reference.parameters())
+    torch.testing.assert_close(our_logits(model, idx), hf_logits(hf_folder, idx), atol=1e-4, rtol=0)
+
+
+def test_pytorch_bin_of_a_bare_gpt2model_with_mask_buffers_loads(hf_folder, tmp_path):
+    """OpenAI's upload: names without "transformer.", causal-mask buffers beside the weights, a .bin file."""
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_folder)
+    state = {name.removeprefix("transformer."): tensor for name, tensor in hf.state_dict().items()}
+    state.pop("lm_head.weight", None)
+    state["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 32, 32))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    shutil.copy(hf_folder / "config.json", tmp_path)
+    idx = torch.randint(0, VOCAB, (1, 16))
+    torch.testing.assert_close(our_logits(load_pretrained(tmp_path), idx), hf_logits(hf_folder, idx),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_export_round_trip_into_transformers(tmp_path, bias):
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(vocab_size=70, block_size=16, n_layer=2, n_head=2, n_embd=32, bias=bias))
+    for parameter in model.parameters():  # non-zero everywhere, so a misplaced tensor cannot hide
+        parameter.data.normal_(0, 0.2)
+    model.save_pretrained(tmp_path / "out", eos_token=69)
+    idx = torch.randint(0, 70, (2, 16))
+    torch.testing.assert_close(hf_logits(tmp_path / "out", idx), our_logits(model, idx), atol=1e-4, rtol=0)
+    torch.testing.assert_close(our_logits(GPT.from_pretrained(tmp_path / "out"), idx), our_logits(model, idx),
+                               atol=0, rtol=0)
+
+
+def test_export_refuses_what_gpt2_cannot_hold_and_never_overwrites(tmp_path):
+    gqa = GPT(GPTConfig(vocab_size=70, block_size=16, n_layer=1, n_head=4, n_kv_head=2, n_embd=32))
+    with pytest.raises(HFFormatError, match="grouped-query"):
+        save_pretrained(gqa, tmp_path / "gqa")
+    assert not (tmp_path / "gqa").exists()
+    plain = GPT(GPTConfig(vocab_size=70, block_size=16, n_layer=1, n_head=4, n_embd=32))
+    save_pretrained(plain, tmp_path / "once")
+    before = (tmp_path / "once" / "model.safetensors").read_bytes()
+    with pytest.raises(HFFormatError, match="already holds a model"):
+        save_pretrained(plain, tmp_path / "once")
+    assert (tmp_path / "once" / "model.safetensors").read_bytes() == before
+
+
+def broken_copy(hf_folder: Path, tmp_path: Path, edit) -> Path:
+    folder = tmp_path / "broken"
+    shutil.copytree(hf_folder, folder)
+    edit(folder)
+    return folder
+
+
+def _set_config(**changes):
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+    return edit
+
+
+def _truncate(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _drop_tensor(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["transformer.h.1.mlp.c_fc.bias"]
+    save_file(tensors, folder / "model.safetensors")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: (f / "config.json").unlink(), "has no config.json"),
+    (lambda f: (f / "model.safetensors").unlink(), "has no model.safetensors or pytorch_model.bin"),
+    (_set_config(model_type="llama"), "'llama' model; only GPT-2"),
+    (_set_config(activation_function="relu"), "activation_function = 'relu' is not supported"),
+    (_set_config(n_layer=3), "lacks 12 tensor(s) GPT-2 needs, e.g. 'h.2.attn.c_attn.bias'"),
+    (_set_config(n_embd=64), "has shape"),
+    (_truncate, "truncated or not a safetensors file"),
+    (_drop_tensor, "lacks 1 tensor(s) GPT-2 needs, e.g. 'h.1.mlp.c_fc.bias'"),
+])
+def test_a_broken_folder_gets_a_one_line_error(hf_folder, tmp_path, edit, message):
+    with pytest.raises(HFFormatError) as caught:
+        load_pretrained(broken_copy(hf_folder, tmp_path, edit))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_folder_tokenizer_encodes_like_transformers(hf_folder):
+    reference = transformers.GPT2Tokenizer.from_pretrained(hf_folder)
+    tokenizer = folder_tokenizer(hf_folder)
+    text = training_text()[:5000] + SAMPLE_TEXT
+    assert tokenizer.encode(text) == reference.encode(text)
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert (tokenizer.vocab_size, tokenizer.eos_token) == (VOCAB, VOCAB - 1)
+
+
+def test_folder_tokenizer_refuses_merges_out_of_id_order(hf_folder, tmp_path):
+    def swap_two_merges(folder: Path) -> None:
+        lines = (folder / "merges.txt").read_text().splitlines()
+        lines[1], lines[2] = lines[2], lines[1]
+        (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+
+    with pytest.raises(TokenizerUnavailable, match="do not follow merges.txt"):
+        folder_tokenizer(broken_copy(hf_folder, tmp_path, swap_two_merges))
+
+
+def test_fine_tune_sample_and_export_from_the_command_lines(hf_folder, tmp_path, capsys):
+    import sample
+    import train
+
+    data = tmp_path / "corpus.txt"
+    data.write_text(training_text() * 2)
+    run = tmp_path / "run"
+    assert train.main(["--init", str(hf_folder), "--data", str(data), "--out-dir", str(run), "--max-iters", "3",
+                       "--batch-size", "2", "--eval-interval", "3", "--eval-iters", "1", "--no-progress",
+                       "--device", "cpu"]) == 0
+    assert sample.main(["--out-dir", str(run), "--prompt", "def", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+    assert sample.main(["--init", str(hf_folder), "--prompt", "def", "--max-new-tokens", "5",
+                        "--device", "cpu"]) == 0
+    assert export_main([str(run), str(tmp_path / "exported")]) == 0
+    assert {p.name for p in (tmp_path / "exported").iterdir()} == {"config.json", "model.safetensors",
+                                                                 "vocab.json", "merges.txt"}
+    from gpt.checkpoint import load_checkpoint
+
+    trained = GPT(GPTConfig(**load_checkpoint(run)["model_config"]))
+    trained.load_state_dict(load_checkpoint(run)["model"])
+    idx = torch.randint(0, VOCAB, (1, 12))
+    torch.testing.assert_close(hf_logits(tmp_path / "exported", idx), our_logits(trained, idx), atol=1e-4, rtol=0)
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--init", str(tmp_path / "missing"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "is not a folder" in capsys.readouterr().err
