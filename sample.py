@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,10 +32,12 @@ from gpt.cli import (
     require_random_init,
     resolve_device,
     resolve_dtype,
+    use_device,
     shape_overrides,
 )
 from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.errors import ConfigError, GptmeterError
+from gpt.files import check_output_file
 from gpt.memory import generation_bytes, require_fits
 from gpt.rundir import newest_run
 from gpt.tokenizer import TOKENIZERS, Tokenizer, get_tokenizer
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                     help="weights' dtype for inference; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="weights' dtype for inference; auto = bfloat16 on GPUs with native bf16 (compute "
+                     "capability >= 8.0), float16 on older GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
@@ -104,7 +106,7 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
         return GPT(config), tokenizer
     if shape_overrides(args):
         raise ConfigError("--layers, --width, --heads, --kv-heads and --block-size shape a model for --init random; "
-                         "a checkpoint keeps its own shape")
+                          "a checkpoint keeps its own shape")
     payload = load_checkpoint(newest_run(Path(args.out_dir)), map_location="cpu")
     tokenizer = get_tokenizer(payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
@@ -139,25 +141,12 @@ def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]
     return ids
 
 
-def check_output_path(path: Path | None) -> None:
-    """Refuse an output file that could not be written, before any work is done."""
-    if path is None:
-        return
-    folder = path.parent
-    if path.is_dir():
-        raise ConfigError(f"--profile-json {path} is a folder; pass a file path such as {path / 'profile.json'}")
-    if not folder.is_dir():
-        raise ConfigError(f"--profile-json {path}: folder {folder} does not exist; create it or pass a path in an "
-                          "existing folder")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"--profile-json {path}: folder {folder} is not writable; pass a path in a writable folder")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        check_output_path(args.profile_json)
+        check_output_file(args.profile_json, "--profile-json")
         device = resolve_device(args.device)
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         model, tokenizer = load_model(args, device)
         prompt_ids = encode_prompt(read_prompt(args), tokenizer, model.config.block_size)
@@ -176,12 +165,15 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     import torch
 
     from gpt.trainer import DTYPES
+    from gpt.warmup import plan_warmup, warm_up
     from profiling.live import GenerationProfiler, describe_generation
     from profiling.rundir import write_profile
 
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
-    model.generate(idx, 2, temperature=0)  # warm-up: first-call allocations and kernel selection stay untimed
+    warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
+                         every_key=model.config.attention == "triton")
+    warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -204,7 +196,7 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     else:
         for row in out.tolist():
             sys.stdout.write(tokenizer.decode(row) + "\n" + "-" * 40 + "\n")
-    profile = profiler.profile(model.config.to_dict())
+    profile = profiler.profile(model.config.to_dict(), warmup)
     profiler.close()
     print(describe_generation(profile), file=sys.stderr)
     if args.profile_json:

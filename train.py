@@ -20,6 +20,7 @@ from gpt.cli import (
     BOARD_WATTS_HELP,
     INIT_HELP,
     RANDOM_INIT,
+    SHAPE_FLAGS,
     HelpFormatter,
     VOCAB_SIZE_HELP,
     add_shape_arguments,
@@ -34,6 +35,7 @@ from gpt.cli import (
     resolve_device,
     resolve_dtype,
     shape_overrides,
+    use_device,
 )
 from gpt.config import (
     ATTENTION_BACKENDS,
@@ -85,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                     help="autocast compute dtype; auto = bfloat16 on recent GPUs, float32 on CPU")
+                     help="autocast compute dtype; auto = bfloat16 on GPUs with native bf16 (compute capability "
+                     ">= 8.0), float16 with loss scaling on older GPUs, float32 on CPU")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
@@ -117,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_FLAGS = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("device", "dtype", "compile")]
-FIXED_ON_RESUME = {"preset": "preset", "layers": "layer count", "width": "width", "heads": "head count",
-                   "kv_heads": "key/value head count", "block_size": "block size", "vocab_size": "vocabulary size",
-                   "tokenizer": "tokenizer"}  # flag destination -> what it sets; a resumed model keeps the saved ones
+FIXED_ON_RESUME = {"preset": "preset", "block_size": "block size", "vocab_size": "vocabulary size",
+                   "tokenizer": "tokenizer", "layers": "layer count", "width": "width", "heads": "head count",
+                   "kv_heads": "key/value head count"}  # flag destination -> what it sets; a resumed model keeps them
 
 
 def train_config_from(args: argparse.Namespace, preset: str, saved: dict | None, device, dtype: str) -> TrainConfig:
@@ -140,9 +143,8 @@ def resumed_model_config(args: argparse.Namespace, given: set[str], saved: dict,
     """The saved model, with --dropout and --attention applied; a shape, tokenizer or vocabulary flag that
     differs from the saved value is an error naming it."""
     model = saved["model_config"]
-    saved_values = {"preset": saved["run_info"].get("preset"), "layers": model["n_layer"], "width": model["n_embd"],
-                    "heads": model["n_head"], "kv_heads": model["n_kv_head"], "block_size": model["block_size"],
-                    "vocab_size": model["vocab_size"], "tokenizer": saved["tokenizer"]}
+    saved_values = {"preset": saved["run_info"].get("preset"), "vocab_size": model["vocab_size"],
+                    "tokenizer": saved["tokenizer"], **{flag: model[field] for flag, field in SHAPE_FLAGS.items()}}
     for name, what in FIXED_ON_RESUME.items():
         if name in given and getattr(args, name) != saved_values[name]:
             flag = "--" + name.replace("_", "-")
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = None
     try:
         device = distributed.init(resolve_device(args.device))
+        use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         lock, folder = claim_on_main(args)
         return train(args, given, device, dtype, folder)
@@ -283,7 +286,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     if summary["tokens_per_sec"] is None:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
     else:
-        mfu = f", MFU {summary['mfu']:.1%}" if summary["mfu"] is not None else ""
+        mfu = f", MFU {summary['mfu']:.1%} of {summary['peak_precision']} peak" if summary["mfu"] is not None else ""
         predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
                                         summary["prediction_note"])
         speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"

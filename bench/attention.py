@@ -10,7 +10,8 @@ head_dim). FLOPs follow the same convention: 4·B·H·T²·D per forward (two ma
 2 FLOPs per multiply-add), halved when causal (only the lower triangle is
 computed), and backward = 2.5 × forward (five matmuls instead of two).
 
-Every provider's output is checked on each shape before it is timed, against a
+A shape whose tensors would not fit in the device's free memory is skipped with the reason printed
+and recorded (bench/_memory.py). Every provider's output is checked on each shape before it is timed, against a
 float64 reference on the first (batch, head) slice; ours is also checked on all
 three gradients. Results go to bench/results/attention-<device>-<time>.json (rewritten
 after each shape, so an interrupted run keeps what it measured), a PNG plot beside
@@ -32,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from bench._memory import skip_reason
 from gpt.files import write_json
 from gpt.cli import positive_int
 
@@ -232,7 +234,16 @@ def time_provider(attend: Attention, q, k, v, grad_out, timer) -> dict[str, floa
 # --------------------------------------------------------------------------- one shape
 
 
+def case_bytes(shape: Shape) -> int:
+    """Memory a shape's case needs at once: q, k, v, dO, the output, dq, dk, dv and as many backward temporaries."""
+    return 12 * shape.batch * shape.heads * shape.seq * shape.head_dim * torch.finfo(DTYPES[shape.dtype]).bits // 8
+
+
 def run_shape(shape: Shape, device: str, timer) -> list[dict]:
+    reason = skip_reason(shape.label, case_bytes(shape), torch.device(device))
+    if reason:
+        print(f"  {reason}", file=sys.stderr, flush=True)
+        return [{**dataclasses.asdict(shape), "provider": "triton (ours)", "status": reason}]
     generator = torch.Generator(device=device).manual_seed(0)
     dtype = DTYPES[shape.dtype]
 

@@ -3,8 +3,11 @@
 For each shape, workload and batch (training, prefill and decode at batch 1 and 16 by default):
 
   measured     training: tokens/s of `gpt.trainer.Trainer.train_step` (train.py's step: forward, backward,
-               clipping, AdamW), median of a few steps after warm-up. Prefill and decode: `GPT.generate`
-               timed by `profiling.live.GenerationProfiler`, exactly as sample.py does, median of a few calls
+               clipping, AdamW), the fastest of a few steps after warm-up. Prefill and decode: `GPT.generate`
+               timed at the edges sample.py's `profiling.live.GenerationProfiler` uses, the fastest of a few
+               calls. The clock is the process's CPU time at one thread (profiling.microbench.host_clock), and
+               the fastest run is kept, as calibration does: on a shared machine other jobs only add time.
+               The tools' own wall-clock figures (median) are kept beside them in the JSON
   predictor    `profiling.predict` on this device's profile (python -m profiling calibrate, or --profile)
   constant     the method `profiling scale` used before the predictor: the efficiency measured on one model
                (--anchor, the default `tiny` preset that train.py trains) carried unchanged to every other
@@ -21,17 +24,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench._memory import skip_reason, training_bytes
 from gpt.cli import HelpFormatter, fail, positive_int
 from gpt.config import GPTConfig
 from gpt.data import TokenData
 from gpt.errors import GptmeterError
 from gpt.files import write_json
+from gpt.memory import generation_bytes
 from gpt.model import GPT
 from gpt.trainer import Trainer, TrainConfig
 from profiling import flops
@@ -64,8 +70,8 @@ class Row:
     params: int
     workload: str  # train, prefill or decode
     batch: int
-    measured: float  # tokens/s, by the bench's clock (process CPU time at one thread)
-    wall: float  # tokens/s by the tools' own wall clock, other jobs' load included
+    measured: float  # tokens/s, by the bench's clock (process CPU time at one thread), fastest run
+    wall: float  # tokens/s by the tools' own wall clock (median), other jobs' load included
     predicted: float  # tokens/s, the predictor
     constant: float | None  # tokens/s, the constant-efficiency method (None for the anchor itself)
     breakdown: dict[str, float]  # the predictor's seconds per step by category
@@ -91,7 +97,7 @@ class Measured:
 
 
 def measure_training(config: GPTConfig, batch: int, steps: int) -> Measured:
-    """Median tokens/s of `Trainer.train_step` on random tokens, after two warm-up steps."""
+    """Tokens/s of `Trainer.train_step` on random tokens: the fastest of `steps` after two warm-up steps."""
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, 20 * CONTEXT * batch, dtype=np.int64)
     data = TokenData(train=tokens, val=tokens[: 4 * CONTEXT], source="random tokens")
     trainer = Trainer(config, TrainConfig(batch_size=batch, max_iters=10**6, device="cpu"), data, "bytes",
@@ -105,11 +111,11 @@ def measure_training(config: GPTConfig, batch: int, steps: int) -> Measured:
         wall.append(trainer.train_step().step_time_s)
         times.append(clock() - started)
     tokens = batch * config.block_size
-    return Measured(tokens / statistics.median(times), tokens / statistics.median(wall))
+    return Measured(tokens / min(times), tokens / statistics.median(wall))
 
 
 def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Measured, Measured]:
-    """Median prefill and decode tokens/s of `GPT.generate`, timed as sample.py's GenerationProfiler times them.
+    """Prefill and decode tokens/s of `GPT.generate` (fastest of `repeats`), timed at sample.py's edges.
 
     The profiler's wall-clock figures are kept; the bench's clock marks the same edges: the call, the
     first new token (end of prefill), the end of the call.
@@ -126,23 +132,26 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
         edges = []
 
         def on_token(_: torch.Tensor) -> None:
+            first = not edges[1:]
+            if first:
+                edges.append(clock())  # the prefill ends where the profiler reads its clock, before its bookkeeping
             profiler.on_token()
-            if not edges[1:]:
-                edges.append(clock())
+            if first:
+                edges.append(clock())  # and decoding starts after it
 
         edges.append(clock())
         profiler.start()
         model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_token=on_token)
-        profiler.stop()
         edges.append(clock())
+        profiler.stop()
         profile = profiler.profile(config.to_dict())
         profiler.close()
         prefill.append(batch * PROMPT_TOKENS / (edges[1] - edges[0]))
-        decode.append(batch * (NEW_TOKENS - 1) / (edges[2] - edges[1]))
+        decode.append(batch * (NEW_TOKENS - 1) / (edges[3] - edges[2]))
         wall_prefill.append(profile["prefill_tokens_per_sec"])
         wall_decode.append(profile["decode_tokens_per_sec"])
     median = statistics.median
-    return Measured(median(prefill), median(wall_prefill)), Measured(median(decode), median(wall_decode))
+    return Measured(max(prefill), median(wall_prefill)), Measured(max(decode), median(wall_decode))
 
 
 # ----------------------------------------------------------------------------- the constant-efficiency method
@@ -202,6 +211,14 @@ def predicted(config: GPTConfig, workload: str, batch: int, profile: DeviceProfi
     return predict_decode(config, batch, PROMPT_TOKENS, NEW_TOKENS, profile)
 
 
+def case_skip_reason(name: str, config: GPTConfig, batch: int) -> str | None:
+    """Why a (shape, batch) case would not fit in this machine's free memory, or None (bench/_memory.py)."""
+    cpu = torch.device("cpu")
+    return (skip_reason(f"{name} training at batch {batch}", training_bytes(config, batch, "fp32"), cpu)
+            or skip_reason(f"{name} generation at batch {batch}",
+                           generation_bytes(config, batch, PROMPT_TOKENS + NEW_TOKENS, 4), cpu))
+
+
 def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int], anchor_shape: str,
                   steps: int, repeats: int, progress=print) -> list[Row]:
     order = [anchor_shape] + [name for name in shapes if name != anchor_shape]
@@ -210,6 +227,10 @@ def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int],
         config = shape_config(name)
         found = {}
         for batch in batches:
+            skipped = case_skip_reason(name, config, batch)
+            if skipped:  # the case is left out of the rows, with the reason printed
+                progress(skipped)
+                continue
             found[("train", batch)] = measure_training(config, batch, steps)
             found[("prefill", batch)], found[("decode", batch)] = measure_generation(config, batch, repeats)
         measured[name] = found
@@ -254,13 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 16], help="sequences per step")
     parser.add_argument("--anchor", choices=list(SHAPES), default="tiny",
                         help="shape whose efficiencies the constant-efficiency method carries")
-    parser.add_argument("--steps", type=positive_int, default=3, help="timed training steps per point (median)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed generate calls per point (median)")
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed training steps per point (fastest kept)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed generate calls per point (fastest kept)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row (and the profile) as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
+        started = time.perf_counter()
         profile = load_profile(args.profile) if args.profile else calibrate("cpu", "fp32")
+        calibration_seconds = None if args.profile else time.perf_counter() - started
         if profile.device_class != "cpu" or profile.threads != args.threads:
             raise GptmeterError(f"{args.profile} profiles {profile.device}, not this CPU at {args.threads} threads; "
                                 "calibrate with the same --threads")
@@ -270,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                          progress=lambda line: print(line, file=sys.stderr))
     print(format_rows(rows, args.anchor))
     if args.json:
-        result = {"device": profile.device, "threads": args.threads, "profile": asdict(profile),
+        result = {"device": profile.device, "threads": args.threads, "calibration_wall_seconds": calibration_seconds,
+                  "profile": asdict(profile),
                   "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
                   "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}
         write_json(args.json, result)

@@ -18,6 +18,7 @@ import torch
 
 from gpt.errors import GptmeterError
 from gpt.files import atomic_write, write_json
+from gpt.rundir import holds_run
 
 CHECKPOINT_FORMAT = "gptmeter-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -50,7 +51,9 @@ def load_checkpoint(out_dir_or_file: Path, map_location: str | torch.device = "c
     """Read and validate a checkpoint; CheckpointError with a remedy for every way it can fail."""
     path = checkpoint_path(out_dir_or_file)
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}; train one first with: python train.py --out-dir {path.parent}")
+        overwrite = " --overwrite" if holds_run(path.parent) else ""  # a run that ended before its first checkpoint
+        raise CheckpointError(
+            f"no checkpoint at {path}; train one first with: python train.py --out-dir {path.parent}{overwrite}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:

@@ -128,15 +128,33 @@ def resolve_device(name: str) -> "torch.device":
     return device
 
 
+def use_device(device: "torch.device") -> None:
+    """Make a CUDA device the current one. Triton launches, CUDA events and streams follow the current
+    device rather than the tensors', so `--device cuda:1` must select it before any of them runs."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+
+
+AMPERE_CAPABILITY = (8, 0)  # the first CUDA compute capability with bfloat16 and TF32 tensor cores
+
+
 def resolve_dtype(name: str, device: "torch.device") -> str:
-    """"auto": bfloat16 on GPUs that support it, float16 on older ones, float32 on CPU."""
+    """"auto": bfloat16 on GPUs with native bfloat16 (compute capability >= 8.0), float16 on older ones
+    (the trainer then scales the loss with a GradScaler), float32 on CPU.
+
+    The capability is that of `device` itself, not the current device; `torch.cuda.is_bf16_supported()`
+    is not used because it also counts bfloat16 emulated on pre-Ampere GPUs (V100, T4), which is slow
+    and has no datasheet peak.
+    """
     if name != "auto":
         return name
     if device.type != "cuda":
         return "float32"
     import torch
 
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if torch.cuda.get_device_capability(device) >= AMPERE_CAPABILITY else "float16"
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:

@@ -88,10 +88,18 @@ def text_files_under(path: Path) -> tuple[Path, list[Path]]:
     return path, files
 
 
+def read_bytes(path: Path, limit: int = -1) -> bytes:
+    """The first `limit` bytes of a data file (all by default); DataError if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit)
+    except OSError as error:
+        raise DataError(f"cannot read {path} ({error.strerror}); make it readable or leave it out of --data") from None
+
+
 def binary_offset(path: Path) -> int | None:
     """Offset of a NUL byte in the first BINARY_SNIFF_BYTES of `path`, or None if there is none (text)."""
-    with open(path, "rb") as handle:
-        offset = handle.read(BINARY_SNIFF_BYTES).find(b"\0")
+    offset = read_bytes(path, BINARY_SNIFF_BYTES).find(b"\0")
     return None if offset < 0 else offset
 
 
@@ -135,7 +143,7 @@ def _tokenise_files(files: list[Path], tokenizer: Tokenizer, label: str, replace
     pieces: list[np.ndarray] = []
     dtype = token_dtype(tokenizer.vocab_size)
     for path in tqdm(files, desc=f"tokenising {label}", unit="file", leave=False, disable=len(files) < 20):
-        ids, count = tokenizer.encode_file(path.read_bytes())
+        ids, count = tokenizer.encode_file(read_bytes(path))
         if count:
             replaced[str(path)] = count
         pieces.append(np.asarray(ids + [tokenizer.eos_token], dtype=dtype))

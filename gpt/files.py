@@ -42,6 +42,19 @@ def writable_folder(folder: Path, named_by: str) -> Path:
     return folder
 
 
+def check_output_file(path: Path | None, flag: str) -> None:
+    """Refuse an output file that could not be written (its folder missing or read-only), before any work."""
+    if path is None:
+        return
+    path, folder = Path(path), Path(path).parent
+    if path.is_dir():
+        raise PathError(f"{flag} {path} is a folder; pass a file path such as {path / 'out.json'}")
+    if not folder.is_dir():
+        raise PathError(f"{flag} {path}: folder {folder} does not exist; create it or pass a path in an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise PathError(f"{flag} {path}: folder {folder} is not writable; pass a path in a writable folder")
+
+
 def writable_cache_root() -> Path:
     """cache_root(), created and checked writable."""
     return writable_folder(cache_root(), "GPTMETER_CACHE_DIR")

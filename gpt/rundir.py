@@ -22,7 +22,9 @@ from gpt.errors import GptmeterError
 from gpt.files import writable_folder
 
 LOCK_NAME = ".lock"
-RUN_FILES = ("ckpt.pt", "meta.json", "config.json", "metrics.jsonl")  # any of them marks a folder as a run
+CONFIG_FILE = "config.json"  # the resolved configuration, written when the run starts (Trainer.write_config)
+METRICS_FILE = "metrics.jsonl"  # one JSON object per step, evaluation and run end (Trainer.log)
+RUN_FILES = ("ckpt.pt", "meta.json", CONFIG_FILE, METRICS_FILE)  # any of them marks a folder as a run
 RUN_PREFIX = "run-"
 _NUMBERED = re.compile(rf"{RUN_PREFIX}(\d+)")
 _TEMPORARY = re.compile(r".+\.\d+\.tmp")
@@ -46,10 +48,12 @@ def numbered_runs(folder: Path) -> list[Path]:
 
 
 def newest_run(folder: Path) -> Path:
-    """What a reader given `folder` should read: the folder itself if it holds a run, else its newest run-N."""
+    """What a reader given `folder` should read: its newest run-N that holds a run, else the folder itself.
+
+    Numbered runs win over run files directly in `folder`: those are an older run of the layout before
+    numbered folders (out/tiny itself), and the numbered ones were written after it.
+    """
     folder = Path(folder)
-    if holds_run(folder):
-        return folder
     runs = [path for path in numbered_runs(folder) if holds_run(path)]
     return runs[-1] if runs else folder
 

@@ -145,7 +145,7 @@ _FACTORIES: dict[str, Callable[[], Tokenizer]] = {
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called `name`; TokenizerUnavailable if it is unknown or its files are missing."""
+    """The tokenizer called `name`; ValueError if unknown, TokenizerUnavailable if its files are missing."""
     if name not in _FACTORIES:
         raise ConfigError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
     return _FACTORIES[name]()

@@ -26,6 +26,7 @@ from gpt.config import DTYPE_NAMES, GPTConfig, TrainConfig
 from gpt.data import TokenData
 from gpt.files import atomic_write_text, dumps_json, write_json
 from gpt.model import GPT
+from gpt.rundir import CONFIG_FILE, METRICS_FILE
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -183,11 +184,12 @@ class Trainer:
         """The stop for a diverged run, naming the checkpoint that is kept and a flag value to try next."""
         lower = f"--learning-rate {self.config.learning_rate / 10:.3g}"
         if self.saved_step is None:
-            kept = f"no checkpoint was written (none had finite weights and validation loss). Start again with {lower}"
+            kept = (f"no checkpoint was written (none had finite weights and validation loss). Start again with "
+                    f"python train.py --out-dir {self.out_dir} --overwrite {lower}")
         else:
             kept = (f"the checkpoint of step {self.saved_step} (finite weights and validation loss) is kept in "
                     f"{self.out_dir}. Continue with: python train.py --resume --out-dir {self.out_dir} {lower}")
-        return TrainingStopped(f"the run diverged: {what}; {kept}, a higher --warmup-iters or --dtype float32",
+        return TrainingStopped(f"the run diverged: {what}; {kept} (or raise --warmup-iters, or use --dtype float32)",
                                exit_code=3)
 
     def check_healthy(self) -> None:
@@ -258,7 +260,7 @@ class Trainer:
 
     @property
     def metrics_path(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
+        return self.out_dir / METRICS_FILE
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one strict JSON object to metrics.jsonl (a NaN loss is written as null); rank 0 only."""
@@ -295,7 +297,7 @@ class Trainer:
         if not distributed.is_main():
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.out_dir / "config.json", resolved)
+        write_json(self.out_dir / CONFIG_FILE, resolved)
 
     def run(
         self,

@@ -39,6 +39,7 @@ FlopCounterMode).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -98,6 +99,20 @@ def _length_bucket(length: int) -> int:
     return triton.next_power_of_2(max(length, 16))
 
 
+def _specialisation(value: int) -> str:
+    """How Triton specialises an integer argument: a constant 1, divisible by 16, or neither."""
+    return "1" if value == 1 else "16" if value % 16 == 0 else "-"
+
+
+def launch_key(seq_q: int, seq_k: int) -> tuple[int, int, str, str]:
+    """The part of a forward launch's keys that its sequence lengths set: the autotuning bucket of each
+    and Triton's specialisation of each. A launch whose key was not seen before (the tensors' strides
+    aside) compiles a kernel, and with a new bucket also autotunes: seconds on a GPU. Decoding meets a
+    new key every few steps as the key length grows; timed runs warm them up first (gpt/warmup.py).
+    """
+    return _length_bucket(seq_q), _length_bucket(seq_k), _specialisation(seq_q), _specialisation(seq_k)
+
+
 _TUNING_KEY = ["seq_q_bucket", "seq_k_bucket", "HEAD_DIM", "CAUSAL"]
 _PRUNE = {"early_config_prune": _prune_configs}
 
@@ -154,14 +169,26 @@ def _forward_key_tiles(acc, row_sum, row_max, q, k_ptrs, v_ptrs, stride_kn, stri
 
 
 @triton.jit
-def _query_block(num_heads, group_size, BLOCK_M: tl.constexpr):
+def _block_of(length, BLOCK: tl.constexpr):
+    """This program's block of `length` and its (batch, head) index, on the one-dimensional grid.
+
+    Axis 0 of a grid allows 2^31 - 1 programs where axes 1 and 2 allow 65,535, so the
+    launchers put every (batch, head) × block there (see `_flat_grid`). A head's blocks
+    are adjacent, so the programs running together share its keys and values in L2.
+    """
+    num_blocks = tl.cdiv(length, BLOCK)
+    return tl.program_id(0) % num_blocks, tl.program_id(0) // num_blocks, num_blocks
+
+
+@triton.jit
+def _query_block(seq_q, num_heads, group_size, BLOCK_M: tl.constexpr):
     """This program's first query row, batch, query head and the key/value head it shares (GQA).
 
     Causal query blocks near the end see the most keys: they are launched first, so
     the short ones fill the gaps at the end of the grid.
     """
-    start_m = (tl.num_programs(0) - 1 - tl.program_id(0)) * BLOCK_M
-    batch_head = tl.program_id(1)
+    block, batch_head, num_blocks = _block_of(seq_q, BLOCK_M)
+    start_m = (num_blocks - 1 - block) * BLOCK_M
     batch = (batch_head // num_heads).to(tl.int64)
     head = batch_head % num_heads
     kv_head = (head // group_size).to(tl.int64)
@@ -196,7 +223,7 @@ def _forward_kernel(Q, K, V, Out, LSE, sm_scale,
                     num_heads, group_size, seq_q, seq_k, seq_q_bucket, seq_k_bucket,
                     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m, batch, head, kv_head = _query_block(num_heads, group_size, BLOCK_M)
+    start_m, batch, head, kv_head = _query_block(seq_q, num_heads, group_size, BLOCK_M)
 
     rows = start_m + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -238,8 +265,8 @@ def _backward_delta_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_om, stri
                            stride_dob, stride_doh, stride_dom, stride_dod, num_heads, seq_q,
                            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta = rowsum(dO ∘ O), one float32 per query row."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    batch_head = tl.program_id(1)
+    block, batch_head, _ = _block_of(seq_q, BLOCK_M)
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
     batch = (batch_head // num_heads).to(tl.int64)
     head = (batch_head % num_heads).to(tl.int64)
     dims = tl.arange(0, HEAD_DIM)
@@ -294,9 +321,9 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, Delta, DK, DV, sm_scale,
                           num_heads, group_size, seq_q, seq_k, seq_q_bucket, seq_k_bucket,
                           HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_n = tl.program_id(0) * BLOCK_N
+    block, batch_kv_head, _ = _block_of(seq_k, BLOCK_N)
+    start_n = block * BLOCK_N
     num_kv_heads = num_heads // group_size
-    batch_kv_head = tl.program_id(1)
     batch = (batch_kv_head // num_kv_heads).to(tl.int64)
     kv_head = batch_kv_head % num_kv_heads
 
@@ -385,7 +412,7 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, Delta, DQ, sm_scale,
                         num_heads, group_size, seq_q, seq_k, seq_q_bucket, seq_k_bucket,
                         HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    start_m, batch, head, kv_head = _query_block(num_heads, group_size, BLOCK_M)
+    start_m, batch, head, kv_head = _query_block(seq_q, num_heads, group_size, BLOCK_M)
 
     rows = start_m + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -428,6 +455,17 @@ def _dot_precision(t: Tensor) -> str:
     return "ieee" if t.dtype == torch.float32 else "tf32"
 
 
+def _device_guard(device: torch.device):
+    """Triton launches on the *current* CUDA device, not the tensors': make it theirs (cuda:1 tensors
+    launched on cuda:0 fault on their pointers)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _flat_grid(length: int, block: str, batch_heads: int):
+    """Launch grid of every (batch, head) × block of `length` (BLOCK_M or BLOCK_N long), on axis 0 alone."""
+    return lambda meta: (triton.cdiv(length, meta[block]) * batch_heads,)
+
+
 def _unit_stride_last(t: Tensor) -> Tensor:
     """Any strides work, but a unit stride along head_dim keeps loads vectorised."""
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -441,11 +479,11 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, causal: bool, sm_scale: float) -> 
     lse = _allocate((batch, heads, seq_q), q, torch.float32)
     if out.numel() == 0:
         return out, lse
-    grid = lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-    _forward_kernel[grid](
-        q, k, v, out, lse, sm_scale, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, heads // k.shape[1], seq_q, seq_k, _length_bucket(seq_q), _length_bucket(seq_k),
-        HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q))
+    with _device_guard(q.device):
+        _forward_kernel[_flat_grid(seq_q, "BLOCK_M", batch * heads)](
+            q, k, v, out, lse, sm_scale, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            heads, heads // k.shape[1], seq_q, seq_k, _length_bucket(seq_q), _length_bucket(seq_k),
+            HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q))
     return out, lse
 
 
@@ -461,16 +499,17 @@ def _backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = _allocate((batch, heads, seq_q), q, torch.float32)
     delta_block = 32
-    _backward_delta_kernel[(triton.cdiv(seq_q, delta_block), batch * heads)](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q,
-        HEAD_DIM=head_dim, BLOCK_M=delta_block)
     shape_args = (heads, heads // kv_heads, seq_q, seq_k, _length_bucket(seq_q), _length_bucket(seq_k))
     constants = dict(HEAD_DIM=head_dim, CAUSAL=causal, DOT_PRECISION=_dot_precision(q))
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
-    _backward_dkdv_kernel[lambda meta: (triton.cdiv(seq_k, meta["BLOCK_N"]), batch * kv_heads)](
-        q, k, v, grad_out, lse, delta, dk, dv, sm_scale, *strides, *shape_args, **constants)
-    _backward_dq_kernel[lambda meta: (triton.cdiv(seq_q, meta["BLOCK_M"]), batch * heads)](
-        q, k, v, grad_out, lse, delta, dq, sm_scale, *strides, *shape_args, **constants)
+    with _device_guard(q.device):
+        _backward_delta_kernel[_flat_grid(seq_q, "BLOCK_M", batch * heads)](
+            out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q,
+            HEAD_DIM=head_dim, BLOCK_M=delta_block)
+        _backward_dkdv_kernel[_flat_grid(seq_k, "BLOCK_N", batch * kv_heads)](
+            q, k, v, grad_out, lse, delta, dk, dv, sm_scale, *strides, *shape_args, **constants)
+        _backward_dq_kernel[_flat_grid(seq_q, "BLOCK_M", batch * heads)](
+            q, k, v, grad_out, lse, delta, dq, sm_scale, *strides, *shape_args, **constants)
     return dq, dk, dv
 
 

@@ -16,7 +16,7 @@ from gpt.errors import GptmeterError
 
 SUBCOMMANDS = (
     "profiling.flops",
-    "profiling.hardware",
+    "profiling.hardware_cli",
     "profiling.calibrate",
     "profiling.predict",
     "profiling.report",

@@ -32,25 +32,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="measure this device's profile (matmuls, attention, memory-bound ops, AdamW, per-call overhead)",
         description="Time matmuls over an (M, N, K) grid, attention over sequence lengths and head sizes, "
         "memory-bound operations over sizes, the AdamW step per parameter and the fixed cost of an operator call, "
-        "and write the device profile JSON that python -m profiling predict uses. About 2 minutes on a 2-core CPU. "
+        "and write the device profile JSON that python -m profiling predict uses. Under a minute on a 2-core CPU "
+        "(22 s at one thread on the project's 2-vCPU VM). "
         "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/.",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", help="fp32, tf32, bf16 or fp16 (default: bf16 on a GPU, fp32 on CPU)")
     parser.add_argument("--out", metavar="FILE", help="also write the profile here (JSON)")
-    parser.add_argument("--quick", action="store_true", help="a few grid points only (seconds; for tests, not cached)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few grid points only (seconds; coarse): cached for the hardware view, used for a "
+                        "prediction only through --out FILE and predict --profile FILE")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt.cli import resolve_device
+    from gpt.files import check_output_file, writable_cache_root
 
+    check_output_file(args.out, "--out")  # before minutes of measuring, not after
+    if not args.quick:
+        writable_cache_root()
     device = resolve_device(args.device)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     profile = calibrate(str(device), dtype, progress=True, quick=args.quick)
     print(describe(profile))
-    if not args.quick:
-        print(f"cached in {cache_path(profile.device, profile.dtype)}")
+    print(f"cached in {cache_path(profile.device, profile.dtype, args.quick)}"
+          + (" (quick grid: for the hardware view only; predictions need the full grid or --out)" if args.quick else ""))
     if args.out:
         print(f"written to {save_profile(profile, args.out)}")
     return 0

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gpt.files import dumps_json
 from profiling.prices import (
     FACILITY, Facility, PriceError, Sourced, device_price, load_overrides, require_fraction, require_positive,
 )

@@ -36,11 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from gpt.data import cache_root
 from gpt.errors import GptmeterError
-from gpt.files import write_json
+from gpt.files import cache_root, writable_folder, write_json
 from profiling import flops, hardware
 from profiling.flops import MEMORY_PASSES, Op
 
@@ -88,7 +85,7 @@ class DeviceProfile:
     def device_seconds(self, op: Op) -> float:
         """Seconds of one call of `op` from the tables, without the per-call overhead."""
         if op.kind == "matmul":
-            return op.flops / _grid_value(self.matmul["flops_per_sec"], [self.matmul["dims"]] * 3, op.shape)
+            return op.flops / self._matmul_rate(op)
         if op.kind == "attention":
             table = self.attention["flops_per_sec"].get(op.variant)
             if table is None:
@@ -103,6 +100,31 @@ class DeviceProfile:
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
         return _size_curve(table["elements"], table["seconds"], op.shape[0])
+
+    def _matmul_rate(self, op: Op) -> float:
+        """FLOP/s at the op's shape; a skinny product of a model whose weights outgrow the warm window is
+        interpolated (log-log in the model's weight bytes) towards the cold table."""
+        dims = self.matmul["dims"]
+        warm = _grid_value(self.matmul["flops_per_sec"], [dims] * 3, op.shape)
+        cold = self.matmul.get("cold")
+        if not cold or op.shape[0] > cold["rows"][-1] or op.working_set <= self.matmul["window_bytes"]:
+            return warm
+        cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
+        weight = self._coldness(op.working_set)
+        return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
+
+    def _coldness(self, working_set: int) -> float:
+        """0 at the warm window, 1 at the cold one: how far the measured skinny-matmul slowdown has gone at
+        `working_set` bytes of weights (`window_curve`), or log-linear in bytes when no curve was measured."""
+        warm, cold = self.matmul["window_bytes"], self.matmul["cold"]["window_bytes"]
+        curve = self.matmul.get("window_curve")
+        if working_set >= cold:
+            return 1.0
+        if not curve:
+            return _bracket([warm, cold], working_set)[2]
+        at = lambda size: _size_curve(curve["bytes"], curve["flops_per_sec"], size) / size  # noqa: E731
+        slowdown, full = math.log(at(warm) / at(working_set)), math.log(at(warm) / at(cold))
+        return min(max(slowdown / full, 0.0), 1.0) if full > 0 else 0.0
 
     def per_call_seconds(self, phase: str) -> float:
         return self.overhead["per_call_s"]["training" if phase != "inference" else "inference"]
@@ -161,9 +183,10 @@ def _size_curve(sizes: list[int], seconds: list[float], size: int) -> float:
 # ----------------------------------------------------------------------------- files
 
 
-def save_profile(profile: DeviceProfile, path: str | Path) -> Path:
+def save_profile(profile: DeviceProfile, path: str | Path, named_by: str = "--out") -> Path:
+    """Write `profile` as strict JSON; `named_by` is the flag or variable the path came from, for errors."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent, named_by)
     write_json(path, dataclasses.asdict(profile))
     return path
 
@@ -195,9 +218,13 @@ def _file_stem(device: str, dtype: str) -> str:
     return f"{'-'.join(filter(None, safe.split('-')))}-{flops.dtype_name(dtype)}"
 
 
-def cache_path(device: str, dtype: str) -> Path:
-    """Where `calibrate` caches the profile of the device called `device` (hardware.device_name)."""
-    return cache_root() / CACHE_DIR / f"{_file_stem(device, dtype)}.json"
+def cache_path(device: str, dtype: str, quick: bool = False) -> Path:
+    """Where `calibrate` caches the profile of the device called `device` (hardware.device_name).
+
+    A quick-grid profile has its own file: it serves the ceilings view until a full calibration exists,
+    never a prediction (`cached_profile` reads only the full one).
+    """
+    return cache_root() / CACHE_DIR / f"{_file_stem(device, dtype)}{'-quick' if quick else ''}.json"
 
 
 def cached_profile(device: str, dtype: str) -> DeviceProfile | None:
@@ -215,7 +242,8 @@ def _committed_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
 
 def _cached_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
     folder = cache_root() / CACHE_DIR
-    found = [load_profile(path) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    paths = sorted(path for path in folder.glob("*.json") if not path.stem.endswith("-quick")) if folder.is_dir() else []
+    found = [load_profile(path) for path in paths]
     return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
 
 
@@ -223,9 +251,13 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
                     dtype: str = "bf16") -> DeviceProfile:
     """The profile a prediction for `device_key` uses: `path` > measured (committed, then cache) > reference.
 
-    `device_key` is a key of profiling.hardware's table ("h100-sxm", ..., "cpu"); None means this machine
-    (its CUDA GPU if it has one, else its CPU). A CPU has no reference profile: calibrate it first.
+    `device_key` is a key of profiling.hardware's table ("h100-sxm", ...); None means this machine (its CUDA
+    GPU if it has one, else its CPU), and "cpu" this machine's CPU at its current thread count: only its
+    own cached profile stands for it, since a CPU has no reference profile and CPUs differ. A GPU class
+    takes a measured profile of that class (committed under profiles/, else cached), else its reference.
     """
+    import torch
+
     dtype = flops.dtype_name(dtype)
     if path is not None:
         profile = load_profile(path)
@@ -233,20 +265,21 @@ def resolve_profile(device_key: str | None = None, path: str | Path | None = Non
             raise ProfileError(f"{path} profiles {profile.device} ({profile.device_class}), not {device_key}; a "
                                "profile is never carried to another device class: drop --device or pick its file")
         return profile
-    if device_key is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device_key = hardware.detect_accelerator(device).key
+    if device_key in (None, "cpu"):  # this machine: CPUs differ too much for one CPU's profile to stand for another
+        device = torch.device("cuda" if device_key is None and torch.cuda.is_available() else "cpu")
         here = cached_profile(hardware.device_name(device), dtype)
         if here is not None:
             return here
+        if device.type == "cpu":
+            raise ProfileError(f"no measured {dtype} profile of this CPU ({hardware.device_name(device)}); run: "
+                               f"python -m profiling calibrate --device cpu --dtype {dtype} (a CPU has no datasheet "
+                               "to build a reference from)")
+        device_key = hardware.detect_accelerator(device).key
     if device_key not in hardware.ACCELERATORS:
         raise ProfileError(f"unknown device {device_key!r}; choose one of {', '.join(hardware.ACCELERATORS)}")
     measured = _committed_profiles(device_key, dtype) + _cached_profiles(device_key, dtype)
     if measured:
         return measured[0]
-    if device_key == "cpu":
-        raise ProfileError(f"no measured {dtype} profile of this CPU; run: python -m profiling calibrate "
-                           f"--device cpu --dtype {dtype} (a CPU has no datasheet to build a reference from)")
     return reference_profile(device_key, dtype)
 
 
@@ -364,6 +397,8 @@ def graphed(profile: DeviceProfile) -> DeviceProfile:
 
 
 def software_versions() -> dict[str, str]:
+    import torch
+
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     try:
         import triton
@@ -385,20 +420,27 @@ class Grid:
     head_dims: list[int]
     sizes: list[int]  # elements of the memory-bound operations
     adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
+    cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
 
 
 GRIDS = {
-    # 7³ matmuls + 4³ attention shapes × 3 variants + 6 sizes × 11 memory kinds: about 2 minutes on 2 cores.
+    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 11 memory kinds: 22 s at one
+    # thread on the project's 2-vCPU VM (docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)]),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
-    # For tests: a handful of points, a few seconds.
-    "quick": Grid(dims=[1, 32, 512], max_flops=5e7, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
-                  sizes=[2**8, 2**14, 2**20], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)]),
+    # A handful of points in seconds: for tests, and what train.py and sample.py measure when nothing is cached.
+    # It keeps one 1024³ matmul and a 32 MiB copy, so that the ceilings it shows (a CPU's MFU peak) are those of
+    # shapes and sizes past the caches, not of the small ones.
+    "quick": Grid(dims=[1, 32, 1024], max_flops=2.2e9, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
+                  sizes=[2**8, 2**14, 2**20, 2**23], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)],
+                  cold_bytes=64 * 2**20),
 }
+
+COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights that come from memory
 
 # The model the fixed costs are measured on: 8 wide, so that only the per-call and per-step costs remain.
 OVERHEAD_SHAPE = dict(vocab_size=8, block_size=16, n_head=1, n_embd=8)
@@ -440,11 +482,13 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     """Measure this device's profile over `GRIDS` (see module docstring) and cache it per device name.
 
     On CUDA it runs on that device (its current stream), with TF32 allowed exactly when `dtype` is "tf32",
-    and resets the peak-memory statistics afterwards. `quick` measures a few points only (for tests) and is
-    not cached.
+    and resets the peak-memory statistics afterwards. `quick` measures a few points only (seconds; what
+    `measured_ceilings` runs when nothing is cached); it is cached in its own file, for the ceilings view
+    only: predictions wait for a full calibration.
     """
     import contextlib
 
+    import torch
     from tqdm import tqdm
 
     from gpt.config import GPTConfig
@@ -460,44 +504,56 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         raise ProfileError(f"CPU calibration measures fp32 only (the CPU tools run float32), not {dtype}; "
                            "use --dtype fp32")
     grid = GRIDS["quick" if quick else torch_device.type]
-    steps = len(grid.dims) ** 3 + len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
+    steps = len(grid.dims) ** 2 * (len(grid.dims) + sum(m <= COLD_MAX_ROWS for m in grid.dims))
+    steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
-    tf32_before = torch.backends.cuda.matmul.allow_tf32
-    with guard, tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress) as bar:
+    bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
+    with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
         tick = lambda: bar.update(1)  # noqa: E731
-        try:
-            torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
-            matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, tick)
-            attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
-                                                  grid.head_dims, grid.max_flops, tick)
-            memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
-            adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
-            timings = {}
-            for layers in (1, 3):
-                config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
-                timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
-                tick()
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = tf32_before
+        matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
+                                        tick=tick)
+        cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
+        cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
+                                      rows=cold_rows, tick=tick)
+        windows = [2**k for k in range(22, grid.cold_bytes.bit_length(), 1)]  # 4 MiB up to the cold window
+        curve = microbench.window_curve(torch_device, dtype, windows)
+        attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
+                                              grid.head_dims, grid.max_flops, tick)
+        memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
+        adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
+        timings = {}
+        for layers in (1, 3):
+            config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
+            timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
+            tick()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)
     name = hardware.device_name(torch_device)
     best = max(value for plane in matmul for row in plane for value in row)
+    entry = None
     if on_cuda:
-        entry = hardware.detect_accelerator(torch_device)
+        try:
+            entry = hardware.detect_accelerator(torch_device)
+        except hardware.UnknownDeviceError:  # a GPU outside the table still gets its measured profile
+            entry = None
+    if entry is not None and dtype in entry.peak_flops:
         peak, peak_source = entry.peak(dtype), f"datasheet: {entry.source}"
         bandwidth = entry.memory_bandwidth or microbench.copy_bandwidth(memory, dtype)
         device_class = entry.key
     else:
-        peak, peak_source = best, "best measured fp32 matmul of the calibration grid (no datasheet for a CPU)"
-        bandwidth, device_class = microbench.copy_bandwidth(memory, dtype), "cpu"
+        peak = best
+        peak_source = f"best measured {dtype} matmul of the calibration grid (no datasheet {dtype} peak for {name})"
+        bandwidth = microbench.copy_bandwidth(memory, dtype)
+        device_class = "cpu" if not on_cuda else name
     profile = DeviceProfile(
         device=name, device_class=device_class, kind="measured", dtype=dtype, date=now_iso(),
         source=f"python -m profiling calibrate --device {torch_device.type} --dtype {dtype}"
                + (" (quick grid)" if quick else ""),
         peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
-        matmul={"dims": grid.dims, "flops_per_sec": matmul},
+        matmul={"dims": grid.dims, "flops_per_sec": matmul, "window_bytes": microbench.WARM_BYTES,
+                "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": grid.cold_bytes},
+                "window_curve": {"bytes": windows, "flops_per_sec": curve}},
         attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
                    "head_dim": grid.head_dims, "flops_per_sec": attention},
         memory=memory, adamw=adamw, overhead={},
@@ -510,9 +566,54 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
-    if not quick:
-        save_profile(profile, cache_path(profile.device, profile.dtype))
+    save_profile(profile, cache_path(profile.device, profile.dtype, quick), "GPTMETER_CACHE_DIR")
     return profile
+
+
+def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
+    """The view `python -m profiling hardware` shows of a measured profile: its fastest matmul and copy."""
+    table, dims = profile.matmul["flops_per_sec"], profile.matmul["dims"]
+    best, size = max((value, max(dims[i], dims[j], dims[k])) for i, plane in enumerate(table)
+                     for j, row in enumerate(plane) for k, value in enumerate(row))
+    copy = profile.memory["copy"]
+    copy_bytes = MEMORY_PASSES["copy"] * copy["elements"][-1] * flops.bytes_per_element(profile.dtype)
+    return hardware.Ceilings(device_name=profile.device, matmul_flops={profile.dtype: best},
+                             copy_bandwidth=copy_bytes / copy["seconds"][-1], matmul_size=size,
+                             copy_bytes=copy_bytes, torch_version=profile.software.get("torch", ""),
+                             measured_at=profile.date)
+
+
+def cached_ceilings(name: str, dtype: str = "fp32") -> hardware.Ceilings | None:
+    """The ceilings of the device called `name` from its cached calibrated `dtype` profile, if any, with the
+    fastest matmul of every other dtype calibrated on it (`python -m profiling calibrate --dtype fp16`, ...)."""
+    quick = cache_path(name, dtype, quick=True)
+    profile = cached_profile(name, dtype) or (load_profile(quick) if quick.exists() else None)
+    if profile is None:
+        return None
+    ceilings = as_ceilings(profile)
+    for other in hardware.TABLE_DTYPES:
+        extra = cached_profile(name, other) if other != profile.dtype else None
+        if extra is not None:
+            ceilings.matmul_flops[other] = as_ceilings(extra).matmul_flops[other]
+    return ceilings
+
+
+def measured_ceilings(device: Any, refresh: bool = False) -> hardware.Ceilings:
+    """The ceilings of `device` (a torch device or its name): a view of its calibrated profile.
+
+    The profile of the dtype the tools run (fp32 on a CPU, bf16 on a GPU) is read from the cache. If
+    absent it is measured first: the full grid when `refresh` (`hardware --measure`), and on a GPU; on a
+    CPU, the quick grid (seconds), until `python -m profiling calibrate` replaces it.
+    """
+    import torch
+
+    device = torch.device(device)
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    ceilings = None if refresh else cached_ceilings(hardware.device_name(device), dtype)
+    if ceilings is None:
+        quick = device.type == "cpu" and not refresh
+        ceilings = as_ceilings(calibrate(str(device), dtype, progress=not quick, quick=quick))
+    return ceilings
 
 
 def now_iso() -> str:

@@ -251,10 +251,13 @@ class Op:
     count: int = 1
     phase: str = "forward"  # forward, backward or optimizer
     variant: str = ""
+    working_set: int = 0  # matmuls: bytes of all the model's weights, which pass through the caches between calls
 
 
-def _matmul(name: str, m: int, n: int, k: int, elem: int, count: int = 1, phase: str = "forward") -> Op:
-    return Op(name, "matmul", (m, n, k), 2 * m * n * k, (m * k + k * n + m * n) * elem, count, phase)
+def _matmul(name: str, m: int, n: int, k: int, elem: int, count: int = 1, phase: str = "forward",
+            working_set: int = 0) -> Op:
+    return Op(name, "matmul", (m, n, k), 2 * m * n * k, (m * k + k * n + m * n) * elem, count, phase,
+              working_set=working_set)
 
 
 def _memory(name: str, kind: str, elements: int, elem: int, count: int = 1, phase: str = "forward") -> Op:
@@ -288,19 +291,20 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
                          f"got {batch}, {queries}, {keys}")
     elem, n_layer = bytes_per_element(dtype), config.n_layer
     tokens, d, d_kv, vocab = batch * queries, config.n_embd, config.n_kv_head * config.head_dim, config.vocab_size
+    weights = param_count(config) * elem
     ops = [
         _memory("embedding", "embedding", tokens * d, elem),
         _memory("ln", "layernorm", tokens * d, elem, 2 * n_layer),
-        _matmul("qkv", tokens, d + 2 * d_kv, d, elem, n_layer),
+        _matmul("qkv", tokens, d + 2 * d_kv, d, elem, n_layer, working_set=weights),
         _attention(config, batch, queries, keys, elem, "causal" if keys == queries else "decode"),
         _memory("attention_out", "copy", tokens * d, elem, n_layer),
-        _matmul("attention_proj", tokens, d, d, elem, n_layer),
+        _matmul("attention_proj", tokens, d, d, elem, n_layer, working_set=weights),
         _memory("residual", "add", tokens * d, elem, 2 * n_layer),
-        _matmul("mlp_fc", tokens, 4 * d, d, elem, n_layer),
+        _matmul("mlp_fc", tokens, 4 * d, d, elem, n_layer, working_set=weights),
         _memory("gelu", "gelu", tokens * 4 * d, elem, n_layer),
-        _matmul("mlp_proj", tokens, d, 4 * d, elem, n_layer),
+        _matmul("mlp_proj", tokens, d, 4 * d, elem, n_layer, working_set=weights),
         _memory("ln_f", "layernorm", tokens * d, elem),
-        _matmul("head", tokens, vocab, d, elem),
+        _matmul("head", tokens, vocab, d, elem, working_set=weights),
     ]
     if loss:
         ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
@@ -316,8 +320,8 @@ def backward_operations(config: GPTConfig, forward: list[Op], batch: int, seq_le
     for op in forward:
         if op.kind == "matmul":
             m, n, k = op.shape
-            ops.append(_matmul(op.name + "_grad_input", m, k, n, elem, op.count, "backward"))
-            ops.append(_matmul(op.name + "_grad_weight", n, k, m, elem, op.count, "backward"))
+            ops.append(_matmul(op.name + "_grad_input", m, k, n, elem, op.count, "backward", op.working_set))
+            ops.append(_matmul(op.name + "_grad_weight", n, k, m, elem, op.count, "backward", op.working_set))
         elif op.kind == "attention":
             ops.append(_attention(config, batch, seq_len, seq_len, elem, "causal_backward"))
         else:

@@ -6,22 +6,19 @@ plain CUDA-core rate; "tf32" the tensor-core rate PyTorch uses for float32 matmu
 `torch.backends.cuda.matmul.allow_tf32` is on. Bandwidths and memory sizes are decimal
 (1 GB = 1e9 bytes), as datasheets state them.
 
-Measured ceilings are what this machine actually reaches: a large square matmul on random
-data (2·n³ FLOPs per product) and a device-to-device copy (bytes read + bytes written),
-each the median of several timed repeats, cached per device name in
-`$GPTMETER_CACHE_DIR/hardware.json` (default ~/.cache/gptmeter). A CPU has no datasheet
-entry here: its peak is the measured matmul ceiling, and is labelled as measured.
+Measured ceilings are what this machine actually reaches: a view of its calibrated device profile
+(profiling/device_profile.py, `python -m profiling calibrate`): the best matmul of its grid and its
+copy bandwidth (bytes read + bytes written). A CPU has no datasheet entry here: its peak is the
+measured matmul ceiling, and is labelled as measured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime
-import json
 import platform
-import statistics
-import time
-from collections.abc import Callable
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,11 +26,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads inside the functions that measure, so that --help answers at once
     import torch
 
+from gpt.cli import AMPERE_CAPABILITY
 from gpt.errors import GptmeterError
-from gpt.files import cache_root, dumps_json, writable_cache_root, write_json
 from profiling.flops import dtype_name
 
-CACHE_FILE = "hardware.json"
 TABLE_DTYPES = ("bf16", "fp16", "tf32", "fp32")
 
 
@@ -47,6 +43,7 @@ class Accelerator:
     board_power_w: float | None  # maximum board power (TDP/TGP)
     source: str  # datasheet, URL, date
     device_names: tuple[str, ...] = field(default=())  # as torch.cuda.get_device_name reports them
+    mig_slices: tuple[int, int] | None = None  # (compute, memory) slices of a whole GPU in MIG mode; None: no MIG
 
     def peak(self, dtype: object = "bf16") -> float:
         name = dtype_name(dtype)
@@ -63,11 +60,26 @@ def _dense_tflops(**per_dtype: float) -> dict[str, float]:
     return {dtype: tflops * 1e12 for dtype, tflops in per_dtype.items()}
 
 
-_H100_SXM_COMPUTE = _dense_tflops(bf16=989.5, fp16=989.5, tf32=494.5, fp32=67)  # H200 SXM has the same
+_H100_SXM_COMPUTE = _dense_tflops(bf16=989.5, fp16=989.5, tf32=494.5, fp32=67)  # H200, H800, GH200 the same
 _A100_COMPUTE = _dense_tflops(bf16=312, fp16=312, tf32=156, fp32=19.5)  # all A100 variants
 _V100_SXM2_COMPUTE = _dense_tflops(fp16=125, fp32=15.7)  # Volta: no bf16, no tf32
+_V100_PCIE_COMPUTE = _dense_tflops(fp16=112, fp32=14)
 _H100_SOURCE = "NVIDIA H100 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/h100/ (2023)"
+_H100_NVL_SOURCE = (
+    "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (per GPU of the NVLink pair), "
+    "https://www.nvidia.com/en-us/data-center/h100/ (2024)"
+)
 _H200_SOURCE = "NVIDIA H200 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/h200/ (Nov 2023)"
+_H800_SOURCE = (
+    "NVIDIA H800 Tensor Core GPU datasheet (SXM5; the H100 SXM5's Hopper compute and HBM3 with FP64 and NVLink cut "
+    "to 400 GB/s), https://www.nvidia.cn/data-center/h800/ (2023); secondary: https://aiwiki.ai/wiki/nvidia_h800 "
+    "(reviewed Jun 2026)"
+)
+_GH200_SOURCE = (
+    "NVIDIA GH200 Grace Hopper Superchip datasheet (96 GB HBM3 GPU; 480 GB LPDDR5X on the Grace CPU; "
+    "module power 450-1000 W, CPU and memory included), "
+    "https://www.nvidia.com/en-us/data-center/grace-hopper-superchip/ (2023)"
+)
 _A100_SOURCE = (
     "NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf), "
     "https://www.nvidia.com/en-us/data-center/a100/ (2021)"
@@ -77,27 +89,51 @@ _V100_SOURCE = (
     "https://www.nvidia.com/en-us/data-center/v100/ (Jan 2020)"
 )
 GB = 10**9
+_MIG_7 = (7, 8)  # A100/H100/H200 class: 7 compute slices (1/7 of the SMs each), 8 memory slices (1/8 of memory)
+_MIG_USER_GUIDE = (
+    "NVIDIA Multi-Instance GPU User Guide, 'Terminology' (a GPU slice is 1/7 of the SMs of an A100/H100-class GPU, "
+    "a memory slice 1/8 of its memory capacity and bandwidth; 1/4 each on A30), "
+    "https://docs.nvidia.com/datacenter/tesla/mig-user-guide/ (2024)"
+)
 
 _TABLE = (
     Accelerator("h100-sxm", "NVIDIA H100 SXM5 80GB", _H100_SXM_COMPUTE, 3.35e12, 80 * GB, 700, _H100_SOURCE,
-                ("NVIDIA H100 80GB HBM3",)),
+                ("NVIDIA H100 80GB HBM3",), _MIG_7),
     Accelerator("h100-pcie", "NVIDIA H100 PCIe 80GB", _dense_tflops(bf16=756, fp16=756, tf32=378, fp32=51),
-                2.0e12, 80 * GB, 350, _H100_SOURCE, ("NVIDIA H100 PCIe",)),
+                2.0e12, 80 * GB, 350, _H100_SOURCE, ("NVIDIA H100 PCIe",), _MIG_7),
+    Accelerator("h100-nvl", "NVIDIA H100 NVL 94GB", _dense_tflops(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60),
+                3.9e12, 94 * GB, 400, _H100_NVL_SOURCE, ("NVIDIA H100 NVL",), _MIG_7),
+    Accelerator("h800-sxm", "NVIDIA H800 SXM5 80GB", _H100_SXM_COMPUTE, 3.35e12, 80 * GB, 700, _H800_SOURCE,
+                ("NVIDIA H800",), _MIG_7),
+    Accelerator("gh200", "NVIDIA GH200 Grace Hopper 480GB (96GB HBM3 GPU)", _H100_SXM_COMPUTE, 4.0e12, 96 * GB,
+                1000, _GH200_SOURCE, ("NVIDIA GH200 480GB",), _MIG_7),
     Accelerator("h200", "NVIDIA H200 SXM 141GB", _H100_SXM_COMPUTE, 4.8e12, 141 * GB, 700, _H200_SOURCE,
-                ("NVIDIA H200",)),
+                ("NVIDIA H200",), _MIG_7),
     Accelerator("h200-nvl", "NVIDIA H200 NVL 141GB", _dense_tflops(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60),
-                4.8e12, 141 * GB, 600, _H200_SOURCE, ("NVIDIA H200 NVL",)),
+                4.8e12, 141 * GB, 600, _H200_SOURCE, ("NVIDIA H200 NVL",), _MIG_7),
     Accelerator("a100-80gb", "NVIDIA A100 SXM4 80GB", _A100_COMPUTE, 2.039e12, 80 * GB, 400, _A100_SOURCE,
-                ("NVIDIA A100-SXM4-80GB",)),
+                ("NVIDIA A100-SXM4-80GB",), _MIG_7),
     Accelerator("a100-40gb", "NVIDIA A100 SXM4 40GB", _A100_COMPUTE, 1.555e12, 40 * GB, 400, _A100_SOURCE,
-                ("NVIDIA A100-SXM4-40GB",)),
+                ("NVIDIA A100-SXM4-40GB",), _MIG_7),
     Accelerator("a100-pcie-80gb", "NVIDIA A100 PCIe 80GB", _A100_COMPUTE, 1.935e12, 80 * GB, 300, _A100_SOURCE,
-                ("NVIDIA A100 80GB PCIe",)),
+                ("NVIDIA A100 80GB PCIe",), _MIG_7),
     Accelerator("a100-pcie-40gb", "NVIDIA A100 PCIe 40GB", _A100_COMPUTE, 1.555e12, 40 * GB, 250, _A100_SOURCE,
-                ("NVIDIA A100-PCIE-40GB",)),
+                ("NVIDIA A100-PCIE-40GB",), _MIG_7),
+    Accelerator("a30", "NVIDIA A30 24GB", _dense_tflops(bf16=165, fp16=165, tf32=82, fp32=10.3), 933e9, 24 * GB,
+                165, "NVIDIA A30 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/products/a30-gpu/ "
+                "(2021)", ("NVIDIA A30",), (4, 4)),
+    Accelerator("a10", "NVIDIA A10 24GB", _dense_tflops(bf16=125, fp16=125, tf32=62.5, fp32=31.2), 600e9, 24 * GB,
+                150, "NVIDIA A10 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/products/a10-gpu/ "
+                "(2021)", ("NVIDIA A10",)),
+    Accelerator("a40", "NVIDIA A40 48GB", _dense_tflops(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4), 696e9,
+                48 * GB, 300, "NVIDIA A40 GPU datasheet, https://www.nvidia.com/en-us/data-center/a40/ (2021)",
+                ("NVIDIA A40",)),
     Accelerator("l40s", "NVIDIA L40S", _dense_tflops(bf16=362.05, fp16=362.05, tf32=183, fp32=91.6), 864e9,
                 48 * GB, 350, "NVIDIA L40S GPU datasheet, https://www.nvidia.com/en-us/data-center/l40s/ (2023)",
                 ("NVIDIA L40S",)),
+    Accelerator("l40", "NVIDIA L40", _dense_tflops(bf16=181.05, fp16=181.05, tf32=90.5, fp32=90.5), 864e9,
+                48 * GB, 300, "NVIDIA L40 GPU datasheet, https://www.nvidia.com/en-us/data-center/l40/ (2022)",
+                ("NVIDIA L40",)),
     Accelerator("l4", "NVIDIA L4", _dense_tflops(bf16=121, fp16=121, tf32=60, fp32=30.3), 300e9, 24 * GB, 72,
                 "NVIDIA L4 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/l4/ (2023)",
                 ("NVIDIA L4",)),
@@ -115,15 +151,19 @@ _TABLE = (
                 ("Tesla V100-SXM2-32GB",)),
     Accelerator("v100-sxm2-16gb", "NVIDIA V100 SXM2 16GB", _V100_SXM2_COMPUTE, 900e9, 16 * GB, 300, _V100_SOURCE,
                 ("Tesla V100-SXM2-16GB",)),
+    Accelerator("v100-pcie-32gb", "NVIDIA V100 PCIe 32GB", _V100_PCIE_COMPUTE, 900e9, 32 * GB, 250, _V100_SOURCE,
+                ("Tesla V100-PCIE-32GB",)),
+    Accelerator("v100-pcie-16gb", "NVIDIA V100 PCIe 16GB", _V100_PCIE_COMPUTE, 900e9, 16 * GB, 250, _V100_SOURCE,
+                ("Tesla V100-PCIE-16GB",)),
+    Accelerator("t4", "NVIDIA T4 16GB", _dense_tflops(fp16=65, fp32=8.1), 300e9, 16 * GB, 70,
+                "NVIDIA T4 Tensor Core GPU datasheet (Turing: fp16 tensor cores, no bf16, no tf32; 65 TFLOPS is the "
+                "dense FP16/FP32 mixed-precision rate), https://www.nvidia.com/en-us/data-center/tesla-t4/ (2019)",
+                ("Tesla T4",)),
     Accelerator("cpu", "CPU (any)", {}, None, None, None,
                 "no datasheet peak for an arbitrary CPU: its peak is the measured fp32 matmul ceiling "
                 "(python -m profiling hardware --measure)"),
 )
 ACCELERATORS: dict[str, Accelerator] = {accelerator.key: accelerator for accelerator in _TABLE}
-
-
-class HardwareCacheError(GptmeterError, ValueError):
-    """The hardware cache file is unreadable or not ours; the message says to delete it."""
 
 
 class UnknownDeviceError(GptmeterError, ValueError):
@@ -141,15 +181,60 @@ def accelerator(key: str) -> Accelerator:
     return ACCELERATORS[key]
 
 
+_MIG_NAME = re.compile(
+    r"^(?P<parent>.+?) mig (?P<profile>(?:(?P<compute>\d+)c\.)?(?P<gpu>\d+)g\.(?P<memory>\d+)gb(?:\+\w+)*)$", re.I
+)
+
+
 def accelerator_for_device_name(device_name: str) -> Accelerator:
-    """Table entry whose reported name (torch.cuda.get_device_name) is exactly `device_name`, ignoring case."""
-    wanted = device_name.strip().casefold()
+    """Table entry whose reported name (torch.cuda.get_device_name) is `device_name`, ignoring case.
+
+    A MIG instance ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", or "... MIG 1c.3g.40gb" for a compute
+    instance) is its parent GPU scaled to its slices: see `_mig_instance`.
+    """
+    wanted = " ".join(device_name.split()).casefold()
+    mig = _MIG_NAME.match(wanted)
     for entry in _TABLE:
-        if any(wanted == name.casefold() for name in entry.device_names):
-            return entry
+        if any((mig.group("parent") if mig else wanted) == name.casefold() for name in entry.device_names):
+            return _mig_instance(entry, mig) if mig else entry
+    if mig:
+        raise UnknownDeviceError(
+            f"GPU {device_name!r} is a MIG instance of {mig.group('parent')!r}, which is not in the peak table "
+            "(profiling/hardware.py); pass the instance's dense peak by hand (--peak-tflops, --peak-bandwidth-gbs)"
+        )
     raise UnknownDeviceError(
         f"GPU {device_name!r} is not in the peak table (profiling/hardware.py); pass its dense peak by hand "
         "(--peak-tflops and --peak-bandwidth-gbs, or peak_flops= and peak_bandwidth=), or add it to the table"
+    )
+
+
+def _mig_instance(parent: Accelerator, mig: re.Match) -> Accelerator:
+    """A MIG instance's share of its parent: compute × its GPU slices / the parent's, bandwidth × its memory slices.
+
+    Memory slices are not in the name; they follow from the instance's memory (e.g. 3g.20gb on a
+    40 GB A100 holds 4 of 8). Board power is the whole GPU's and is not split, so it is left out.
+    """
+    profile = mig.group("profile")
+    if parent.mig_slices is None:
+        raise UnknownDeviceError(f"{parent.name} has no MIG mode, so {profile!r} cannot be one of its instances")
+    compute_slices, memory_slices = parent.mig_slices
+    used = int(mig.group("compute") or mig.group("gpu"))
+    memory_bytes = int(mig.group("memory")) * GB
+    used_memory = min(memory_slices, max(1, round(memory_slices * memory_bytes / parent.memory_bytes)))
+    if not 0 < used <= compute_slices:
+        raise UnknownDeviceError(f"MIG profile {profile!r} asks for {used} of {parent.name}'s {compute_slices} slices")
+    return dataclasses.replace(
+        parent,
+        key=f"{parent.key}-mig-{profile}",
+        name=f"{parent.name} MIG {profile}",
+        peak_flops={dtype: flops * used / compute_slices for dtype, flops in parent.peak_flops.items()},
+        memory_bandwidth=parent.memory_bandwidth * used_memory / memory_slices,
+        memory_bytes=memory_bytes,
+        board_power_w=None,
+        source=f"{parent.source}; scaled to {used}/{compute_slices} of the compute and {used_memory}/{memory_slices} "
+        f"of the bandwidth per the {_MIG_USER_GUIDE}",
+        device_names=(),
+        mig_slices=None,
     )
 
 
@@ -186,138 +271,15 @@ def detect_accelerator(device: torch.device | str) -> Accelerator:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """Throughput this device reached in the microbenchmarks (see module docstring)."""
+    """Throughput this device reached: a view of its calibrated profile (see module docstring)."""
 
     device_name: str
     matmul_flops: dict[str, float]  # FLOP/s per dtype
     copy_bandwidth: float  # bytes/s, read + written
-    matmul_size: int  # n of the n × n matmul
-    copy_bytes: int  # size of the copied buffer
+    matmul_size: int  # largest of M, N, K of the fastest matmul measured
+    copy_bytes: int  # size of the largest copy measured
     torch_version: str
     measured_at: str  # ISO 8601, UTC
-
-
-def _median_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of `work` over `repeats` runs after one warm-up run; CUDA runs are timed with events."""
-    import torch
-
-    work()
-    times = []
-    if device.type == "cuda":
-        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for start, end in pairs:
-            start.record()
-            work()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) / 1e3 for start, end in pairs]
-    else:
-        for _ in range(repeats):
-            begin = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-def measure_matmul_flops(
-    device: torch.device | str, dtype: object = "fp32", size: int | None = None, repeats: int = 10
-) -> float:
-    """FLOP/s of an n × n by n × n matmul on random data (n = 8192 on CUDA, 1024 on CPU unless given).
-
-    "fp32" disables TF32 for the measurement and "tf32" enables it; the previous setting is restored.
-    """
-    import torch
-
-    device = torch.device(device)
-    name = dtype_name(dtype)
-    size = size or (8192 if device.type == "cuda" else 1024)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[name]
-    a = torch.randn(size, size, device=device, dtype=torch_dtype)
-    b = torch.randn(size, size, device=device, dtype=torch_dtype)
-    tf32_before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    try:
-        seconds = _median_seconds(lambda: torch.mm(a, b), device, repeats)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32_before
-    return 2 * size**3 / seconds
-
-
-def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None, repeats: int = 10) -> float:
-    """Bytes/s of copying one buffer into another on the device, counting each byte read and written.
-
-    The buffer (1 GiB on CUDA, 128 MiB on CPU unless given) is far larger than the caches.
-    """
-    import torch
-
-    device = torch.device(device)
-    nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
-    source = torch.ones(nbytes // 4, device=device, dtype=torch.float32)
-    target = torch.empty_like(source)
-    seconds = _median_seconds(lambda: target.copy_(source), device, repeats)
-    return 2 * source.numel() * 4 / seconds
-
-
-def measure_ceilings(
-    device: torch.device | str, matmul_size: int | None = None, copy_bytes: int | None = None
-) -> Ceilings:
-    """Run the microbenchmarks: bf16, tf32 and fp32 matmuls on CUDA (fp32 only on CPU) and the copy."""
-    import torch
-
-    device = torch.device(device)
-    dtypes = ("bf16", "tf32", "fp32") if device.type == "cuda" else ("fp32",)
-    matmul_size = matmul_size or (8192 if device.type == "cuda" else 1024)
-    copy_bytes = copy_bytes or (2**30 if device.type == "cuda" else 2**27)
-    return Ceilings(
-        device_name=device_name(device),
-        matmul_flops={dtype: measure_matmul_flops(device, dtype, matmul_size) for dtype in dtypes},
-        copy_bandwidth=measure_copy_bandwidth(device, copy_bytes),
-        matmul_size=matmul_size,
-        copy_bytes=copy_bytes,
-        torch_version=torch.__version__,
-        measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def _cache_path() -> Path:
-    return cache_root() / CACHE_FILE
-
-
-def _read_cache() -> dict[str, dict]:
-    path = _cache_path()
-    if not path.exists():
-        return {}
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        cache = None
-    fields = {f.name for f in dataclasses.fields(Ceilings)}
-    if not isinstance(cache, dict) or not all(isinstance(v, dict) and v.keys() == fields for v in cache.values()):
-        raise HardwareCacheError(f"hardware cache {path} is not a gptmeter ceilings file; delete it to measure again")
-    return cache
-
-
-def cached_ceilings(name: str) -> Ceilings | None:
-    """Ceilings measured earlier for the device called `name`, if any."""
-    entry = _read_cache().get(name)
-    return Ceilings(**entry) if entry else None
-
-
-def save_ceilings(ceilings: Ceilings) -> Path:
-    path = writable_cache_root() / CACHE_FILE
-    cache = _read_cache()
-    cache[ceilings.device_name] = dataclasses.asdict(ceilings)
-    write_json(path, cache)  # a concurrent reader sees the old file or the new one
-    return path
-
-
-def measured_ceilings(device: torch.device | str, refresh: bool = False) -> Ceilings:
-    """The cached ceilings of `device`, measured (and cached) first if absent or if `refresh`."""
-    ceilings = None if refresh else cached_ceilings(device_name(device))
-    if ceilings is None:
-        ceilings = measure_ceilings(device)
-        save_ceilings(ceilings)
-    return ceilings
 
 
 # ----------------------------------------------------------------------------- the peaks a run is measured against
@@ -342,18 +304,65 @@ class Peaks:
         return self.measured.matmul_flops.get(self.dtype) if self.measured else None
 
 
+def tf32_matmuls_enabled() -> bool:
+    """Whether CUDA float32 matmuls may use TF32 tensor cores, set through either of torch's switches.
+
+    `fp32_precision` (torch >= 2.9) reflects allow_tf32 and set_float32_matmul_precision too; reading
+    the legacy `allow_tf32` after the new switch was used raises, so it is only the fallback.
+    """
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    try:
+        return matmul.fp32_precision == "tf32"
+    except AttributeError:
+        return bool(matmul.allow_tf32)
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool) -> Iterator[None]:
+    """CUDA float32 matmuls with TF32 on or off inside the block, restored after, through the same switch
+    that `tf32_matmuls_enabled` reads (the new one where torch has it, so no mixed-API error is raised)."""
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    name, value = (("fp32_precision", "tf32" if enabled else "ieee") if hasattr(matmul, "fp32_precision")
+                   else ("allow_tf32", enabled))
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
+def run_precision(device: torch.device | str, dtype: object) -> str:
+    """The maths a run's matmuls use, and so the peak its MFU is taken against.
+
+    bf16/fp16 (autocast or weights) use their tensor-core rate; float32 uses TF32 on a CUDA device
+    with TF32 tensor cores (compute capability >= 8.0) when TF32 matmuls are enabled (the trainer
+    enables them), and plain fp32 otherwise: CPUs, pre-Ampere GPUs, TF32 off.
+    """
+    import torch
+
+    name, device = dtype_name(dtype), torch.device(device)
+    if name != "fp32" or device.type != "cuda" or not tf32_matmuls_enabled():
+        return name
+    return "tf32" if torch.cuda.get_device_capability(device) >= AMPERE_CAPABILITY else name
+
+
 def device_peaks(
     device: torch.device | str,
     dtype: object = "bf16",
     peak_flops: float | None = None,
     peak_bandwidth: float | None = None,
-    measure: bool = False,
+    measured: Ceilings | None = None,
 ) -> Peaks:
     """Peaks of `device` for `dtype`: hand-given values first, then the datasheet table, then (CPU) the measurement.
 
-    Measured ceilings come from the cache, or are measured now when `measure` is set; a CPU
-    without a hand-given peak is always measured (or read from the cache), since no
-    datasheet covers it. A GPU outside the table needs `peak_flops`.
+    `measured` is the device's measured ceilings (`device_profile.measured_ceilings`, a view of its
+    calibrated profile); a CPU without a hand-given peak needs them, since no datasheet covers it. A GPU
+    outside the table needs `peak_flops`.
     """
     import torch
 
@@ -366,8 +375,9 @@ def device_peaks(
             raise
         entry = None
     is_cpu = entry is not None and entry.key == "cpu"
-    measured = measured_ceilings(device, refresh=measure) if measure or (is_cpu and peak_flops is None) else None
-    measured = measured or cached_ceilings(name)
+    if is_cpu and peak_flops is None and measured is None:
+        raise UnknownDeviceError("a CPU has no datasheet peak: calibrate it (python -m profiling calibrate) or "
+                                 "give its peak by hand (--peak-tflops)")
 
     if peak_flops is not None:
         flops, flops_source = peak_flops, "given by hand"
@@ -412,7 +422,7 @@ def mfu(flops_per_token: float, tokens_per_sec: float, peak_flops: float) -> flo
 # ----------------------------------------------------------------------------- python -m profiling hardware
 
 
-def _table_text() -> str:
+def table_text() -> str:
     header = f"{'key':<16}" + "".join(f"{d + ' TFLOP/s':>14}" for d in TABLE_DTYPES) + f"{'TB/s':>7}{'GB':>6}{'W':>6}"
     rows = [header]
     for entry in _TABLE:
@@ -428,7 +438,7 @@ def _table_text() -> str:
     return "\n".join(rows)
 
 
-def _peaks_text(peaks: Peaks) -> str:
+def peaks_text(peaks: Peaks) -> str:
     lines = [
         f"device: {peaks.device_name} (table entry: {peaks.accelerator or 'none'})",
         f"peak {peaks.dtype}: {peaks.flops / 1e12:.4g} TFLOP/s ({peaks.flops_source})",
@@ -437,7 +447,7 @@ def _peaks_text(peaks: Peaks) -> str:
         lines.append(f"peak bandwidth: {peaks.bandwidth / 1e9:,.0f} GB/s ({peaks.bandwidth_source})")
     ceilings = peaks.measured
     if ceilings is None:
-        lines.append("measured ceilings: none cached; run with --measure")
+        lines.append("measured ceilings: no calibrated profile cached; run with --measure")
         return "\n".join(lines)
     lines.append(f"measured ceilings ({ceilings.measured_at}, torch {ceilings.torch_version}):")
     for dtype, flops in ceilings.matmul_flops.items():
@@ -446,42 +456,3 @@ def _peaks_text(peaks: Peaks) -> str:
     if peaks.measured_flops and peaks.flops_source.startswith("datasheet"):
         lines.append(f"  measured / datasheet {peaks.dtype}: {peaks.measured_flops / peaks.flops:.1%}")
     return "\n".join(lines)
-
-
-def add_parser(subparsers) -> object:
-    from gpt.cli import positive_float
-
-    parser = subparsers.add_parser(
-        "hardware",
-        help="peak FLOP/s and bandwidth table, the detected device, measured ceilings",
-        description="Show the datasheet table of accelerators (dense peaks), the peaks of this device, and its "
-        "measured matmul and copy ceilings (cached in $GPTMETER_CACHE_DIR/hardware.json).",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="bf16, fp16, tf32 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--measure", action="store_true", help="run the microbenchmarks now and cache the result")
-    parser.add_argument(
-        "--peak-tflops", type=positive_float, help="dense peak in TFLOP/s, for a device not in the table"
-    )
-    parser.add_argument("--peak-bandwidth-gbs", type=positive_float, help="memory bandwidth in GB/s (1 GB = 1e9 bytes)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    return parser
-
-
-def run(args) -> int:
-    from gpt.cli import resolve_device, resolve_dtype
-
-    device = resolve_device(args.device)
-    peaks = device_peaks(
-        device,
-        resolve_dtype(args.dtype, device),
-        peak_flops=args.peak_tflops * 1e12 if args.peak_tflops else None,
-        peak_bandwidth=args.peak_bandwidth_gbs * 1e9 if args.peak_bandwidth_gbs else None,
-        measure=args.measure,
-    )
-    if args.json:
-        table = {entry.key: dataclasses.asdict(entry) for entry in _TABLE}
-        print(dumps_json({"table": table, "device": dataclasses.asdict(peaks)}, indent=2))
-    else:
-        print(_table_text() + "\n\n" + _peaks_text(peaks))
-    return 0

@@ -20,22 +20,31 @@ import torch
 
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
+from gpt.warmup import WarmupPlan
 from profiling import flops, predict
-from profiling.device_profile import DeviceProfile, cached_profile
+from profiling.device_profile import DeviceProfile, cached_profile, measured_ceilings
 from profiling.energy import open_energy_reader
-from profiling.hardware import Peaks, device_name, device_peaks, measured_ceilings
-from profiling.meter import StepMeter
+from profiling.hardware import Peaks, device_name, device_peaks, run_precision
+from profiling.meter import StepMeter, reset_peak_memory
 from profiling.predict import Prediction
 
 
 def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
-    """Datasheet (or given) peaks, with the measured ceilings cached beside them; None (with a warning) if unknown."""
+    """Peaks for the maths the run uses (see hardware.run_precision): datasheet or given, with the measured
+    ceilings cached beside them; None (with a warning) if unknown.
+
+    Measuring the ceilings allocates benchmark buffers, so the peak-memory count restarts afterwards:
+    the peak a profiler reports belongs to its run.
+    """
     try:
-        measured_ceilings(device)  # measured once per device, then read from the cache
-        return device_peaks(device, dtype, peak_flops=peak_tflops * 1e12 if peak_tflops else None)
+        measured = measured_ceilings(device)  # a view of the calibrated profile; the quick grid if none is cached
+        peak_flops = peak_tflops * 1e12 if peak_tflops else None
+        return device_peaks(device, run_precision(device, dtype), peak_flops=peak_flops, measured=measured)
     except GptmeterError as error:
         print(f"{program}: warning: no utilisation figures: {error}", file=sys.stderr)
         return None
+    finally:
+        reset_peak_memory(device)
 
 
 def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile | None, str | None]:
@@ -45,6 +54,8 @@ def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile
         profile = cached_profile(device_name(device), dtype)
     except GptmeterError as error:  # a damaged cache file must not stop the run
         return None, f"{how} ({error})"
+    if profile is not None and profile.source.endswith("(quick grid)"):  # the few points measured for the peaks
+        return None, f"{how} (only the quick grid behind the peak figures is cached)"
     return (profile, None) if profile is not None else (None, how)
 
 
@@ -73,10 +84,11 @@ def _board_watts(peaks: Peaks | None, given: float | None) -> float | None:
 
 def _peak_fields(peaks: Peaks | None) -> dict[str, Any]:
     if peaks is None:
-        return {"device": None, "peak_flops_source": None, "peak_bandwidth_source": None}
+        return {"device": None, "peak_precision": None, "peak_flops_source": None, "peak_bandwidth_source": None}
     return {
         "device": peaks.device_name,
         "accelerator": peaks.accelerator,
+        "peak_precision": peaks.dtype,  # the maths MFU is measured against: bf16, fp16, tf32 or fp32
         "peak_flops_source": peaks.flops_source,
         "peak_bandwidth_source": peaks.bandwidth_source,
     }
@@ -168,8 +180,11 @@ class GenerationProfiler:
         self.prefill.flush()
         self.decode.flush()
 
-    def profile(self, model_config: dict[str, Any]) -> dict[str, Any]:
-        """The figures of this generation, as `rundir.write_profile` stores them (schema in docs/cost.md)."""
+    def profile(self, model_config: dict[str, Any], warmup: WarmupPlan | None = None) -> dict[str, Any]:
+        """The figures of this generation, as `rundir.write_profile` stores them (schema in docs/cost.md).
+
+        `warmup`, the untimed warm-up that ran before, says which steps (none) were left out and why.
+        """
         prefill, decode = self.prefill.summary(), self.decode.summary()
         decode_tokens_per_sec = decode["tokens_per_sec"] if decode["measured_tokens"] else None
         return {
@@ -186,6 +201,7 @@ class GenerationProfiler:
             "joules_per_token": decode["joules_per_token"],
             "energy_source": decode["energy_source"],
             "peak_memory_bytes": decode["peak_memory_bytes"],
+            **(warmup.profile_fields() if warmup else {}),
             "model": model_config,
             **self._predictions(prefill["tokens_per_sec"], decode_tokens_per_sec),
         }
@@ -216,8 +232,11 @@ def describe_generation(profile: dict[str, Any]) -> str:
     def percent(value: float | None) -> str:
         return f"{value:.1%}" if value is not None else "n/a"
 
+    mfu = percent(profile["prefill_mfu"])
+    if profile["prefill_mfu"] is not None:
+        mfu += f" of {profile['peak_precision']} peak"
     line = (f"prefill: {profile['prompt_tokens'] * profile['batch']:,} tokens at "
-            f"{profile['prefill_tokens_per_sec']:,.1f} tokens/s (MFU {percent(profile['prefill_mfu'])})")
+            f"{profile['prefill_tokens_per_sec']:,.1f} tokens/s (MFU {mfu})")
     if profile["decode_tokens_per_sec"] is not None:
         line += (f"; decode: {(profile['new_tokens'] - 1) * profile['batch']:,} tokens at "
                  f"{profile['decode_tokens_per_sec']:,.1f} tokens/s (bandwidth "

@@ -31,10 +31,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import operator
+import re
 import resource
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -119,12 +121,35 @@ def _utilisation(amount: float | None, rate: float, peak: float | None) -> float
     return amount * rate / peak
 
 
+_PROC_STATUS, _PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
-    """Peak memory in bytes and what it is: CUDA's caching-allocator peak, or the whole process's max RSS on CPU."""
+    """Peak memory in bytes since the last `reset_peak_memory` (else since the process began), and what it is:
+    CUDA's caching-allocator peak, or the whole process's peak resident set on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda max_memory_allocated"
+    if _PROC_STATUS.exists():
+        match = re.search(r"^VmHWM:\s+(\d+) kB", _PROC_STATUS.read_text(), re.M)
+        if match:
+            return int(match.group(1)) * 1024, "process peak RSS"
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (max_rss if sys.platform == "darwin" else max_rss * 1024), "process max RSS"  # Linux reports KiB
+    return (max_rss if sys.platform == "darwin" else max_rss * 1024), "process max RSS since start"  # Linux: KiB
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Restart the peak-memory count from what is in use now, so that a peak read later belongs to the run.
+
+    The profilers call it after measuring ceilings (gigabytes of benchmark buffers). On CPU it resets
+    Linux's peak RSS (writing 5 to /proc/self/clear_refs); elsewhere the CPU peak stays since process start.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif _PROC_CLEAR_REFS.exists():
+        try:
+            _PROC_CLEAR_REFS.write_text("5")
+        except OSError:  # not permitted here: the peak stays the process's
+            pass
 
 
 class StepMeter:
@@ -200,7 +225,7 @@ class StepMeter:
             torch.cuda.synchronize(self.device)
         if self._uses_events:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the metered device's stream, not the current one
             return event
         return time.perf_counter()
 

@@ -1,7 +1,9 @@
 """Micro-benchmarks behind a device profile: each times one kind of operation over a grid of shapes.
 
-Every figure is the median over a few batches of back-to-back calls on the tensors' own device (CUDA
-events on that device's current stream, the host clock on a CPU), after one untimed warm-up call.
+Every figure is the fastest of a few batches of back-to-back calls on the tensors' own device (CUDA
+events on that device's current stream, the host clock on a CPU), after one untimed warm-up call: on a
+shared machine other jobs only ever add time (cache and memory traffic, preemption), so the fastest batch
+is the steadiest estimate of what the device does.
 A batch repeats a call until it lasts `MIN_BATCH_SECONDS`, so microsecond-scale calls are not lost in
 the timer's resolution. A grid point whose work would exceed `max_flops` is measured with its first
 dimension (rows, or batch × heads) shrunk until it fits; throughput is flat in that dimension once it
@@ -13,7 +15,6 @@ This module only measures; `profiling.device_profile` turns the numbers into a p
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterable
 
@@ -23,8 +24,10 @@ import torch.nn.functional as F
 from profiling.flops import MEMORY_PASSES, bytes_per_element
 
 MIN_BATCH_SECONDS = 2e-3
-BATCHES = 3
-COLD_BYTES = 32 * 2**20  # matmul weights rotate through this many bytes of copies, as a model's layers do
+BATCHES = 5
+# Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
+# large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
+WARM_BYTES = 64 * 2**20
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -44,7 +47,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def seconds_per_call(work: Callable[[], object], device: torch.device, batches: int = BATCHES) -> float:
-    """Median seconds of one call of `work`, timed in batches of back-to-back calls (see module docstring)."""
+    """Seconds of one call of `work`: the fastest of `batches` batches of back-to-back calls (module docstring)."""
     clock = host_clock(torch.get_num_threads())[1]
     work()
     _synchronize(device)
@@ -69,7 +72,7 @@ def seconds_per_call(work: Callable[[], object], device: torch.device, batches: 
             for _ in range(calls):
                 work()
             times.append((clock() - started) / calls)
-    return statistics.median(times)
+    return min(times)
 
 
 def _shrink(first: int, work_of_one: float, max_flops: float) -> int:
@@ -82,32 +85,45 @@ def _shrink(first: int, work_of_one: float, max_flops: float) -> int:
 # ----------------------------------------------------------------------------- matmuls
 
 
-def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: float,
-                tick: Callable[[], None] = lambda: None) -> list:
-    """FLOP/s of (M × K) @ (K × N) for every M, N, K in `dims`, laid out like `F.linear` (weight transposed).
+def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: float, window: int,
+                rows: list[int] | None = None, tick: Callable[[], None] = lambda: None) -> list:
+    """FLOP/s of `F.linear` — (M × K) @ (K × N)ᵀ plus a bias — for M in `rows` (default `dims`) and N, K in `dims`.
 
-    Successive calls use different copies of the weight, COLD_BYTES in all, so that a weight is not
-    still in a core's cache from the previous call: in a model, every other layer's weights pass through
-    the cache before a layer's own come round again. Returns nested lists [iM][iN][iK].
+    Successive calls read their weight from successive places of a `window`-byte buffer, so a weight is
+    not still in cache from the previous call: in a model, every other layer's weights pass through the
+    caches before a layer's own come round again, and a model whose weights exceed the last-level cache
+    reads them from memory. Returns nested lists [iM][iN][iK].
     """
     torch_dtype = TORCH_DTYPES[dtype]
+    element = torch.tensor([], dtype=torch_dtype).element_size()
+    buffer = torch.randn(max(window // element, max(dims) ** 2), device=device, dtype=torch_dtype)
     table = []
-    for m in dims:
-        rows = []
+    for m in rows or dims:
+        plane = []
         for n in dims:
             cells = []
             for k in dims:
                 timed_m = _shrink(m, 2 * n * k, max_flops)
                 a = torch.randn(timed_m, k, device=device, dtype=torch_dtype)
-                copies = max(1, min(64, COLD_BYTES // (n * k * a.element_size())))
-                weights = [torch.randn(n, k, device=device, dtype=torch_dtype) for _ in range(copies)]
+                bias = torch.randn(n, device=device, dtype=torch_dtype)
+                places = max(1, window // (element * n * k))  # weights that fit in the window, read in turn
                 turn = iter(range(1 << 62))
-                seconds = seconds_per_call(lambda: torch.mm(a, weights[next(turn) % copies].t()), device)
-                cells.append(2 * timed_m * n * k / seconds)
+
+                def call() -> torch.Tensor:
+                    start = (next(turn) % places) * n * k
+                    return F.linear(a, buffer[start : start + n * k].view(n, k), bias)
+
+                cells.append(2 * timed_m * n * k / seconds_per_call(call, device))
                 tick()
-            rows.append(cells)
-        table.append(rows)
+            plane.append(cells)
+        table.append(plane)
     return table
+
+
+def window_curve(device: torch.device, dtype: str, windows: list[int], size: int = 1024) -> list[float]:
+    """FLOP/s of one skinny product (1 × size) @ (size × size)ᵀ with its weight read from windows of each size:
+    how the time of reading weights grows as a model's weights outgrow each level of cache."""
+    return [matmul_grid(device, dtype, [size], 2 * size * size, window, rows=[1])[0][0][0] for window in windows]
 
 
 # ----------------------------------------------------------------------------- attention
@@ -307,10 +323,10 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
             model(tokens[:, 4:], cache=cache)
             cache.length -= 1
 
-        inference = seconds_per_call(decode_forward, device)
+        inference = seconds_per_call(decode_forward, device, batches=10)
         generator = torch.Generator(device=device).manual_seed(0)
-        short = seconds_per_call(lambda: model.generate(tokens[:, :4], 1, 0.8, generator=generator), device)
-        long = seconds_per_call(lambda: model.generate(tokens[:, :4], 9, 0.8, generator=generator), device)
+        short = seconds_per_call(lambda: model.generate(tokens[:, :4], 1, 0.8, generator=generator), device, 10)
+        long = seconds_per_call(lambda: model.generate(tokens[:, :4], 9, 0.8, generator=generator), device, 10)
     model.train()
 
     def train_micro_step() -> None:
@@ -318,5 +334,5 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    training = seconds_per_call(train_micro_step, device)
+    training = seconds_per_call(train_micro_step, device, batches=10)
     return {"inference": inference, "training": training, "token": (long - short) / 8}

@@ -39,6 +39,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a two-column table for the terminal."""
     peak = summary["peak_flops"]
     peak_text = "n/a" if not peak else f"{_flop_rate_text(peak)} ({summary['peak_flops_source'] or 'source unknown'})"
+    of_peak = f"of the {summary['peak_precision']} peak" if summary["peak_precision"] else "model FLOPs / peak"
     rows = [
         ("run", summary["run_dir"]),
         ("device", f"{summary['device'] or 'unknown'} ({summary['dtype'] or 'dtype unknown'})"),
@@ -49,7 +50,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         (f"tokens/s, last {summary['window_steps']} steps", _number(summary["window_tokens_per_sec"])),
         ("model FLOPs per token", _number(summary["flops_per_token"])),
         ("peak FLOP/s", peak_text),
-        ("MFU (model FLOPs / peak)", _percent(summary["mfu"])),
+        (f"MFU ({of_peak})", _percent(summary["mfu"])),
         (f"MFU, last {summary['window_steps']} steps", _percent(summary["window_mfu"])),
     ]
     if summary["measured_peak_flops"] and summary["measured_peak_flops"] != peak:
@@ -100,7 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Summarise RUN_DIR/metrics.jsonl and RUN_DIR/config.json: a table in the terminal, and "
         "throughput.png, mfu.png and loss.png written into RUN_DIR.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the --out-dir of a train.py run")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="the --out-dir of a train.py run, or a folder of numbered runs such as out/tiny (its newest)")
     parser.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW,
         help=f"steps in the rolling window for 'last N steps' figures and the plots' smoothing "

@@ -30,14 +30,12 @@ from typing import Any
 
 from gpt.errors import GptmeterError
 from gpt.files import write_json
-from gpt.rundir import newest_run
+from gpt.rundir import CONFIG_FILE, METRICS_FILE, newest_run
 from profiling.energy import is_estimate
 
 PROFILE_MARKER = "gptmeter_profile"  # a sample.py --profile-json file holds {"gptmeter_profile": 1, ...}
 PROFILE_VERSION = 1
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
 KINDS = ("step", "eval", "summary")
 STEP_FIELDS = ("step", "tokens", "step_time_s")
 DEFAULT_WINDOW = 20
@@ -207,6 +205,7 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         "hfu": _time_weighted_mean(measured, "hfu"),
         "peak_flops": _first_present("peak_flops", run.summary, run.config),
         "peak_flops_source": _first_present("peak_flops_source", run.summary, run.config),
+        "peak_precision": _first_present("peak_precision", run.summary, run.config),
         "measured_peak_flops": measured_peak,
         "mfu_measured_peak": achieved_flops / measured_peak if achieved_flops and measured_peak else None,
         **_energy(measured),

@@ -31,7 +31,6 @@ value given on the command line).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -318,8 +317,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
     conflicting = [SHAPE_FLAGS[name] for name, value in request.shape.items() if value is not None]
     if request.model is not None and conflicting:
-        raise ScaleError(f"--model {request.model} fixes the whole shape, so {' '.join(conflicting)} would be ignored; "
-                         "drop them, or drop --model and give the shape: --layers N --width D --heads H")
+        raise ScaleError(f"--model {request.model} fixes the whole shape, so {' '.join(conflicting)} would be "
+                         "ignored; drop them, or drop --model and give the shape: --layers N --width D --heads H")
     config = resolve_model(request.model, None if request.model else request.shape)
     device = device_spec(request.device)
     dtype = flops.dtype_name(request.dtype)

@@ -156,3 +156,20 @@ def test_an_unwritable_cache_dir_is_one_clear_error(tmp_path, monkeypatch):
     (tmp_path / "a.txt").write_text("print(1)\n" * 100)
     with pytest.raises(GptmeterError, match="GPTMETER_CACHE_DIR"):
         load_data(str(tmp_path / "a.txt"), BYTES)
+
+
+def test_an_unreadable_data_file_is_one_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("print(1)\n" * 100)
+    real_open = builtins.open
+
+    def denied(file, *args, **kwargs):  # what a file without read permission does (chmod cannot stop root)
+        if Path(file) == secret:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(DataError, match="cannot read .*secret.txt \\(Permission denied\\)"):
+        load_data(str(secret), BYTES)

@@ -13,7 +13,7 @@ LAYERS = {
     "measure": {"energy", "meter", "rundir"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict"},
     "economics": {"prices", "cost", "scenarios", "scale"},
-    "presentation": {"live", "report", "cost_report", "cost_cli", "plots", "__main__", "__init__"},
+    "presentation": {"live", "report", "cost_report", "cost_cli", "hardware_cli", "plots", "__main__", "__init__"},
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 

@@ -20,7 +20,9 @@ def trained_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("live")
     corpus = folder / "corpus.txt"
     corpus.write_text(Path(json.__file__).read_text() * 5)
-    assert train.main(["--data", str(corpus), "--out-dir", str(folder / "run"), *RUN]) == 0
+    with pytest.MonkeyPatch.context() as patch:  # conftest's cache isolation is per test; this runs before it
+        patch.setenv("GPTMETER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gptmeter-cache"))
+        assert train.main(["--data", str(corpus), "--out-dir", str(folder / "run"), *RUN]) == 0
     return folder / "run"
 
 
@@ -69,3 +71,29 @@ def test_sample_profile_and_run_feed_cost_and_scale(trained_run, tmp_path, capsy
     priced = json.loads(capsys.readouterr().out)["tokens_per_sec_per_device"]
     assert priced == {"value": profile["decode_tokens_per_sec"],
                       "source": f"measured (from {profile_path}), decode tokens/s"}
+
+
+def test_the_reported_peak_memory_excludes_the_ceiling_benchmark(monkeypatch):
+    """Measuring ceilings allocates large buffers; the run's peak must not include them."""
+    import torch
+
+    from gpt.config import GPTConfig as Config
+    from profiling import live
+
+    from profiling.meter import peak_memory
+
+    peak_with_buffers = []
+
+    def measure_with_big_buffers(device):
+        buffers = torch.ones(384 * 2**20, dtype=torch.uint8)  # stands in for the copy benchmark's buffers
+        del buffers
+        peak_with_buffers.append(peak_memory(device)[0])
+
+    monkeypatch.setattr(live, "measured_ceilings", measure_with_big_buffers)
+    profiler = live.TrainingProfiler(Config.from_preset("tiny"), torch.device("cpu"), "float32", batch=1, grad_accum=1,
+                                    peak_tflops=1.0)
+    profiler.on_step(type("Record", (), {"tokens": 10, "step_time_s": 0.1, "step": 1})())
+    summary = profiler.summary()
+    profiler.close()
+    assert summary["peak_memory_kind"] == "process peak RSS"
+    assert summary["peak_memory_bytes"] < peak_with_buffers[0] - 300 * 2**20

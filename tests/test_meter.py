@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from profiling.energy import CpuUtilisationEstimate
-from profiling.meter import StepMeter, peak_memory
+from profiling.meter import StepMeter, peak_memory, reset_peak_memory
 
 
 def busy_wait(seconds: float) -> None:
@@ -180,8 +180,28 @@ def test_misuse_is_reported():
 def test_peak_memory_on_cpu_is_process_rss():
     block = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
     bytes_used, kind = peak_memory(torch.device("cpu"))
-    assert kind == "process max RSS"
+    assert kind == "process peak RSS"
     assert bytes_used >= block.numel()
+
+
+def test_peak_memory_restarts_at_a_reset():
+    cpu = torch.device("cpu")
+    block = torch.ones(256 * 2**20, dtype=torch.uint8)  # a ceiling benchmark's buffers, say
+    del block
+    before, _ = peak_memory(cpu)
+    reset_peak_memory(cpu)
+    after, _ = peak_memory(cpu)
+    assert after <= before - 200 * 2**20  # the freed 256 MiB no longer counts
+
+
+def test_peak_memory_on_cuda_is_the_metered_devices(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: calls.append(("read", device)) or 7)
+    device = torch.device("cuda", 1)
+    reset_peak_memory(device)
+    assert peak_memory(device) == (7, "cuda max_memory_allocated")
+    assert calls == [("reset", device), ("read", device)]
 
 
 @pytest.mark.gpu

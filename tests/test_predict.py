@@ -3,13 +3,11 @@ reference profiles, and (slow) a quick calibration against the model's own train
 """
 
 import json
-import time
 
 import pytest
-import torch
 
 from gpt.config import GPTConfig
-from profiling import device_profile, flops, predict
+from profiling import device_profile, flops, hardware, predict
 from profiling.__main__ import main
 from profiling.device_profile import DeviceProfile, ProfileError
 
@@ -153,7 +151,12 @@ def test_measured_beats_reference_and_cpu_is_never_carried_to_a_gpu(tmp_path, mo
     monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(device_profile, "PROFILES_DIR", tmp_path / "none")
     assert device_profile.resolve_profile("h100-sxm", dtype="bf16").kind == "reference"
+    other_cpu = synthetic_profile()  # another CPU's profile in the same cache is not this one's
+    device_profile.save_profile(other_cpu, device_profile.cache_path(other_cpu.device, other_cpu.dtype))
+    with pytest.raises(ProfileError, match="no measured fp32 profile of this CPU"):
+        device_profile.resolve_profile("cpu", dtype="fp32")
     cpu = synthetic_profile()
+    cpu.device = hardware.device_name("cpu")
     device_profile.save_profile(cpu, device_profile.cache_path(cpu.device, cpu.dtype))
     assert device_profile.resolve_profile("cpu", dtype="fp32") == cpu
     assert device_profile.resolve_profile("h100-sxm", dtype="fp32").kind == "reference"  # the CPU's is not used
@@ -193,3 +196,27 @@ def test_cli_json_and_bad_input(capsys):
     assert main(["predict", "--preset", "gpt2", "--mode", "decode", "--batch", "1", "--prompt-tokens", "1000",
                  "--new-tokens", "100", "--device", "h100-sxm"]) == 2
     assert "context" in capsys.readouterr().err
+
+
+def test_skinny_matmuls_of_large_models_read_weights_from_memory():
+    """Below the warm window the warm table holds; past the cold window the cold one; between, log-log."""
+    profile = synthetic_profile()
+    profile.matmul |= {"window_bytes": 2**25, "cold": {"rows": [1, 64], "flops_per_sec": flat(1e8)[:2],
+                                                        "window_bytes": 2**29}}
+    op = lambda m, weights: flops.Op("mm", "matmul", (m, 64, 64), 2 * m * 4096, 0, working_set=weights)  # noqa: E731
+    rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
+    assert rate(op(1, 2**24)) == pytest.approx(MATMUL_RATE)
+    assert rate(op(1, 2**30)) == pytest.approx(1e8)
+    assert rate(op(1, 2**27)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)  # halfway in log bytes
+    assert rate(op(4096, 2**30)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
+
+
+def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
+    quick = synthetic_profile()
+    quick.device = hardware.device_name("cpu")
+    device_profile.save_profile(quick, device_profile.cache_path(quick.device, "fp32", quick=True))
+    assert device_profile.cached_ceilings(quick.device, "fp32") == device_profile.as_ceilings(quick)
+    assert device_profile.cached_profile(quick.device, "fp32") is None
+    with pytest.raises(ProfileError, match="calibrate"):
+        device_profile.resolve_profile("cpu", dtype="fp32")

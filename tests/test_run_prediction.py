@@ -90,9 +90,10 @@ def test_without_a_profile_the_run_says_how_to_make_one(corpus, tmp_path, capsys
     note = "no profile: run python -m profiling calibrate --device cpu --dtype fp32"
     assert note in capsys.readouterr().err
     summary = _summary(run)
-    assert summary["predicted_tokens_per_sec"] is None and summary["prediction_note"] == note
+    # The peaks may have cached a quick grid of a few points; that is not a profile to predict with.
+    assert summary["predicted_tokens_per_sec"] is None and summary["prediction_note"].startswith(note)
     assert profiling_main(["report", str(run), "--no-cost", "--no-plots"]) == 0
-    assert note in capsys.readouterr().out
+    assert summary["prediction_note"] in capsys.readouterr().out
 
 
 def test_sampling_records_prefill_and_decode_predictions(tmp_path, cached_profile, capsys):

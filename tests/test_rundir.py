@@ -37,6 +37,9 @@ def test_default_folders_are_numbered_and_readers_take_the_newest(tmp_path):
     fake_run(second)
     assert newest_run(parent) == second
     assert newest_run(second) == second and newest_run(tmp_path / "none") == tmp_path / "none"
+    fake_run(parent)  # a run of the layout before numbered folders, directly in out/tiny: older than run-NNN
+    assert newest_run(parent) == second
+    assert newest_run(fake_run(tmp_path / "flat")) == tmp_path / "flat"
 
 
 def test_a_folder_holding_a_run_is_refused_and_left_intact(tmp_path):
@@ -127,3 +130,17 @@ def test_running_the_default_command_twice_keeps_both_runs(tmp_path, monkeypatch
         path.unlink()
     assert sample.main(["--prompt", "import ", "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("import ")
+
+
+def test_a_run_without_a_checkpoint_is_pointed_to_overwrite(tmp_path):
+    from gpt.checkpoint import CheckpointError, load_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match=r"--out-dir \S+run$"):
+        load_checkpoint(run)
+    (run / "config.json").write_text("{}")  # a run that stopped before its first checkpoint
+    with pytest.raises(CheckpointError, match="--overwrite"):
+        load_checkpoint(run)
+    lock, _ = claim_run_dir(run, tmp_path, resume=False, overwrite=True)  # and that hint works
+    lock.release()

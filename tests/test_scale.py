@@ -140,11 +140,11 @@ def cli(capsys):
     (["cost", "--tokens-per-sec", "0", "--usd-per-device-hour", "2"], "tokens_per_sec must be a positive number"),
     (["cost", "--scenario", "nope"], "unknown scenario 'nope'; known: semianalysis-2023"),
     (["cost", "--device", "h100-sxm"], "give a throughput"),
+    (["cost", "--model", "gpt2"], "--model needs --device KEY"),
+    (["cost", "--model", "gpt2", "--device", "cpu", "--dtype", "fp32"], "'cpu' has no datasheet"),
     (["scale", "--model", "gpt2", "--context", "4096", "--device", "h100-sxm"], "--context would be ignored"),
     (["scale", "--model", "gpt2", "--layers", "2", "--heads", "2", "--device", "h100-sxm"], "--layers --heads would"),
     (["scale", "--model", "gpt2", "--device", "h100-sxm", "--peak-to-average", "0.1"], "at least 1, got 0.1"),
-    (["cost", "--model", "gpt2"], "--model needs --device KEY"),
-    (["cost", "--model", "gpt2", "--device", "cpu", "--dtype", "fp32"], "'cpu' has no datasheet"),
 ])
 def test_bad_input_is_one_line_and_status_2(cli, argv, message):
     status, out, err = cli(*argv)

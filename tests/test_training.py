@@ -314,10 +314,13 @@ def test_sample_checks_the_profile_path_before_generating(tmp_path, capsys):
     json.loads((tmp_path / "p.json").read_text(), parse_constant=pytest.fail)
 
 
-@pytest.mark.parametrize("program", ["train.py", "sample.py"])
-def test_help_answers_without_importing_torch(program):
-    probe = (f"import sys, runpy; sys.argv = ['{program}', '--help']\n"
-             f"try:\n    runpy.run_path('{REPO / program}', run_name='__main__')\n"
+@pytest.mark.parametrize("argv", [["train.py"], ["sample.py"], ["-m", "profiling", "scale"]])
+def test_help_answers_without_importing_torch(argv):
+    """`python -m profiling CMD --help` builds every subcommand's parser, so one probe covers them all."""
+    run = (f"runpy.run_module('profiling', run_name='__main__')" if argv[0] == "-m"
+           else f"runpy.run_path('{REPO / argv[0]}', run_name='__main__')")
+    probe = (f"import sys, runpy; sys.argv = {[argv[-1], '--help']!r}\n"
+             f"try:\n    {run}\n"
              "except SystemExit as e:\n    assert e.code == 0\n"
              "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO, capture_output=True,
