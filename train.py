@@ -48,7 +48,7 @@ from gpt.config import (
     TrainConfig,
 )
 from gpt.errors import GptmeterError
-from gpt.rundir import claim_run_dir
+from gpt.rundir import RunLock, claim_run_dir
 from gpt.tokenizer import TOKENIZERS, get_tokenizer
 
 DEFAULT_OUT_DIR = "out/{preset}"
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation (defaults: generic; tiny preset in brackets; gpt/trainer.py)")
     flags = {
         "max_iters": (positive_int, "optimizer steps in the whole run"),
-        "batch_size": (positive_int, "sequences per micro-batch"),
+        "batch_size": (positive_int, "sequences per micro-batch on each card (process); under torchrun the global batch is this times the world size"),
         "grad_accum": (positive_int, "micro-batches per optimizer step"),
         "learning_rate": (positive_float, "peak learning rate, reached after warm-up"),
         "min_lr": (non_negative_float, "learning rate at the end of the cosine decay"),
@@ -171,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
+    from gpt import distributed  # imports torch, which --help must not wait for
+
     lock = None
     try:
-        device = resolve_device(args.device)
+        device = distributed.init(resolve_device(args.device))
         use_device(device)
         dtype = resolve_dtype(args.dtype, device)
         folder = pretrained_folder(args.init)
@@ -182,22 +184,43 @@ def main(argv: list[str] | None = None) -> int:
 
             read_config(folder)
             args.preset = f"{folder.name}-finetune"
-        lock, note = claim_run_dir(Path(args.out_dir) if args.out_dir else None,
-                                   Path(DEFAULT_OUT_DIR.format(preset=args.preset)), args.resume, args.overwrite)
-        if note:
-            print(f"train.py: {note}", file=sys.stderr)
-        return train(args, given, device, dtype, lock.folder)
+        lock, run_folder = claim_on_main(args)
+        return train(args, given, device, dtype, run_folder)
     except GptmeterError as error:
         fail("train.py", str(error))
     finally:
         if lock is not None:
             lock.release()
+        distributed.teardown()
+
+
+def claim_on_main(args: argparse.Namespace) -> tuple[RunLock | None, Path]:
+    """Rank 0 claims and locks the run directory and tells the other ranks which it is; they take no lock."""
+    from gpt import distributed
+
+    lock, folder, problem = None, None, None
+    if distributed.is_main():
+        try:
+            lock, note = claim_run_dir(Path(args.out_dir) if args.out_dir else None,
+                                       Path(DEFAULT_OUT_DIR.format(preset=args.preset)), args.resume, args.overwrite)
+            folder = lock.folder
+            if note:
+                print(f"train.py: {note}", file=sys.stderr)
+        except GptmeterError as error:
+            problem = error
+    folder = distributed.broadcast_from_main(None if problem else folder)
+    if problem is not None:
+        raise problem
+    if folder is None:
+        raise GptmeterError("rank 0 could not claim the run directory; see its message")
+    return lock, folder
 
 
 def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir: Path) -> int:
     """Build everything for the run in `out_dir` (locked by the caller), train, and report."""
     from tqdm import tqdm
 
+    from gpt import distributed
     from gpt.checkpoint import load_checkpoint
     from gpt.data import load_data
     from gpt.memory import require_fits, training_bytes
@@ -241,15 +264,21 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     if saved:
         trainer.resume(saved)
 
-    print(
-        f"training {args.preset} ({trainer.model.num_params():,} parameters, {model_config.attention} attention) "
-        f"on {data.source} [{tokenizer.name}], {device} {dtype}, from step {trainer.step} to {train_config.max_iters}; "
-        f"run directory {out_dir}",
-        file=sys.stderr,
-    )
+    if distributed.world_size() > 1 and distributed.is_main():
+        print(f"train.py: data-parallel (DDP) on {distributed.world_size()} processes; --batch-size "
+              f"{train_config.batch_size} is per card, global batch {train_config.batch_size * distributed.world_size()} "
+              "sequences", file=sys.stderr)
+    if distributed.is_main():
+        print(
+            f"training {args.preset} ({trainer.model.num_params():,} parameters, {model_config.attention} attention) "
+            f"on {data.source} [{tokenizer.name}], {device} {dtype}, from step {trainer.step} to {train_config.max_iters}; "
+            f"run directory {out_dir}",
+            file=sys.stderr,
+        )
     profiler = TrainingProfiler(model_config, device, dtype, train_config.batch_size, train_config.grad_accum,
                                 args.peak_tflops, args.board_watts)
-    progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step", disable=args.no_progress,
+    progress = tqdm(total=train_config.max_iters, initial=trainer.step, unit="step",
+                    disable=args.no_progress or not distributed.is_main(),
                     dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
     def show(record, fields) -> None:
@@ -267,7 +296,10 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     except TrainingStopped as error:
         stopped = error
     progress.close()
-    summary = profiler.summary()
+    summary = profiler.summary()  # this card's figures; the job's tokens/s is world_size times
+    world = distributed.world_size()
+    summary |= {"world_size": world, "mode": "ddp" if world > 1 else "single",
+                "job_tokens_per_sec": None if summary["tokens_per_sec"] is None else summary["tokens_per_sec"] * world}
     trainer.log(summary)
     profiler.close()
     if stopped is not None:
@@ -279,6 +311,8 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
         predicted = describe_prediction("", summary["predicted_tokens_per_sec"], summary["prediction_error"],
                                         summary["prediction_note"])
         speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"
+    if not distributed.is_main():
+        return 0
     print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0

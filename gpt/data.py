@@ -194,11 +194,18 @@ class TokenData:
                 )
 
     def batch(
-        self, split: str, batch_size: int, block_size: int, generator: torch.Generator, device: torch.device
+        self, split: str, batch_size: int, block_size: int, generator: torch.Generator, device: torch.device,
+        rank: int = 0, world_size: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows: inputs x (B, T) and targets y (B, T), y shifted one token ahead."""
+        """Random windows: inputs x (B, T) and targets y (B, T), y shifted one token ahead.
+
+        With world_size > 1 every rank draws the same global batch of batch_size * world_size windows from
+        the same generator and keeps its own slice, so the ranks together read what one process with the
+        global batch would.
+        """
         tokens = self.train if split == "train" else self.val
-        starts = torch.randint(len(tokens) - block_size, (batch_size,), generator=generator).tolist()
+        starts = torch.randint(len(tokens) - block_size, (batch_size * world_size,), generator=generator).tolist()
+        starts = starts[rank * batch_size : (rank + 1) * batch_size]
         windows = np.stack([tokens[s : s + block_size + 1].astype(np.int64) for s in starts])
         windows = torch.from_numpy(windows)
         if device.type == "cuda":  # page-locked memory lets the copy overlap with compute

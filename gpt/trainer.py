@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from gpt import distributed
 from gpt.checkpoint import save_checkpoint
 from gpt.config import DTYPE_NAMES, GPTConfig, TrainConfig
 from gpt.data import TokenData
@@ -55,7 +56,7 @@ class StepRecord:
     step: int  # optimizer steps completed, this one included
     loss: float  # mean training loss over the step's micro-batches
     lr: float
-    tokens: int  # tokens processed by this step
+    tokens: int  # tokens processed by this step on this rank (one card); the job's is tokens * world size
     step_time_s: float  # wall time of this step, host clock, device synchronised by loss.item()
     elapsed_s: float  # wall time since this process started training
 
@@ -116,7 +117,11 @@ class Trainer:
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, train_config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train_config.dtype == "float16")
-        self.forward = torch.compile(self.model) if train_config.compile else self.model
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        # Under torchrun every rank starts from the same seed, so the weights agree before DDP's first broadcast.
+        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world_size > 1 else None)
+        wrapped = self.ddp or self.model
+        self.forward = torch.compile(wrapped) if train_config.compile else wrapped
         self.sampler = torch.Generator().manual_seed(train_config.seed)  # draws the training windows
         self.step = 0
         self.val_loss: float | None = None
@@ -155,9 +160,14 @@ class Trainer:
         self.sampler.set_state(payload["rng"]["sampler"])
 
     def save(self) -> Path:
-        """Checkpoint the current state, but only a healthy model: a diverged one would replace the last good one."""
+        """Checkpoint the current state, but only a healthy model: a diverged one would replace the last good one.
+
+        Every rank checks health (the weights are the same on all); rank 0 alone writes.
+        """
         self.check_healthy()
-        path = save_checkpoint(self.out_dir, self.state())
+        path = self.out_dir / "ckpt.pt"
+        if distributed.is_main():
+            path = save_checkpoint(self.out_dir, self.state())
         self.saved_step = self.step
         return path
 
@@ -165,7 +175,8 @@ class Trainer:
         """Continue from a loaded checkpoint, and drop metrics lines written after it (they will be redone)."""
         self.load_state(payload)
         self.saved_step = self.step
-        self._truncate_metrics_after(self.step)
+        if distributed.is_main():
+            self._truncate_metrics_after(self.step)
 
     # --------------------------------------------------------------------- divergence
 
@@ -207,16 +218,19 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         total_loss = torch.zeros((), device=self.device)
-        for _ in range(self.config.grad_accum):
-            x, y = self.data.batch(
-                "train", self.config.batch_size, self.model_config.block_size, self.sampler, self.device
-            )
-            with self._autocast():
-                _, loss = self.forward(x, y)
-            loss = loss / self.config.grad_accum
-            self.scaler.scale(loss).backward()
+        for micro_step in range(self.config.grad_accum):
+            x, y = self.data.batch("train", self.config.batch_size, self.model_config.block_size, self.sampler,
+                                   self.device, self.rank, self.world_size)
+            last = micro_step == self.config.grad_accum - 1
+            # DDP all-reduces gradients on the last micro-step only; the others just accumulate locally.
+            syncing = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+            with syncing:
+                with self._autocast():
+                    _, loss = self.forward(x, y)
+                loss = loss / self.config.grad_accum
+                self.scaler.scale(loss).backward()
             total_loss += loss.detach()
-        loss_value = total_loss.item()
+        loss_value = distributed.mean(total_loss).item()  # the global batch's loss, the same on every rank
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged(f"training loss {loss_value} at step {self.step + 1}")
@@ -229,7 +243,7 @@ class Trainer:
         self.step += 1
         step_time = time.perf_counter() - started
         self.elapsed_s += step_time
-        tokens = self.config.batch_size * self.config.grad_accum * self.model_config.block_size
+        tokens = self.config.batch_size * self.config.grad_accum * self.model_config.block_size  # this rank's
         return StepRecord(self.step, loss_value, lr, tokens, step_time, self.elapsed_s)
 
     @torch.no_grad()
@@ -253,7 +267,9 @@ class Trainer:
         return self.out_dir / METRICS_FILE
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one strict JSON object to metrics.jsonl (a NaN loss is written as null)."""
+        """Append one strict JSON object to metrics.jsonl (a NaN loss is written as null); rank 0 only."""
+        if not distributed.is_main():
+            return
         with open(self.metrics_path, "a") as handle:
             handle.write(dumps_json(record) + "\n")
 
@@ -278,8 +294,12 @@ class Trainer:
             "tokenizer": self.tokenizer_name,
             "data": self.data.source,
             "params": self.model.num_params(),
+            "world_size": self.world_size,
+            "global_batch_size": self.config.batch_size * self.world_size,
             **self.extra_config,
         }
+        if not distributed.is_main():
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.out_dir / CONFIG_FILE, resolved)
 
@@ -300,7 +320,13 @@ class Trainer:
         with stop.installed():
             while self.step < self.config.max_iters:
                 record = self.train_step()
-                fields = dataclasses.asdict(record) | {"tokens_per_sec": record.tokens / record.step_time_s}
+                per_card = record.tokens / record.step_time_s
+                fields = dataclasses.asdict(record) | {
+                    "tokens_per_sec": per_card,  # per card, as in a single-process run
+                    "world_size": self.world_size,
+                    "mode": "ddp" if self.ddp is not None else "single",
+                    "job_tokens_per_sec": per_card * self.world_size,
+                }
                 fields |= on_step(record) if on_step else {}
                 self.log({"kind": "step", **fields})
                 if on_progress:
@@ -310,9 +336,12 @@ class Trainer:
                     self.log({"kind": "eval", "step": self.step, "val_loss": self.evaluate()})
                     if not math.isfinite(self.val_loss):
                         raise self._diverged(f"validation loss {self.val_loss} at step {self.step}")
-                if self.step % self.config.checkpoint_interval == 0 or last or stop.signal_number:
+                stopping = distributed.any_rank(stop.signal_number is not None, self.device)
+                if stopping and stop.signal_number is None:  # another rank was signalled: stop with it
+                    stop.signal_number = signal.SIGTERM
+                if self.step % self.config.checkpoint_interval == 0 or last or stopping:
                     self.save()
-                if stop.signal_number is not None:
+                if stopping:
                     name = signal.Signals(stop.signal_number).name
                     raise TrainingStopped(
                         f"stopped by {name} at step {self.step}; checkpoint saved in {self.out_dir}. "
