@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from gpt.config import GPTConfig
 from gpt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch loads only when a device is resolved, so that --help answers at once
@@ -80,15 +81,24 @@ SHAPE_FLAGS = {"layers": "n_layer", "width": "n_embd", "heads": "n_head", "kv_he
                "block_size": "block_size"}
 
 
-def add_shape_arguments(group: argparse._ArgumentGroup) -> None:
-    """--layers --width --heads --kv-heads --block-size: a preset's shape, overridden for --init random."""
+def add_shape_arguments(group: argparse._ArgumentGroup, context_flag: str = "--block-size",
+                        vocab_flag: str | None = None) -> None:
+    """--layers --width --heads --kv-heads and the context flag (and the vocabulary flag, where named): a
+    model's shape. train.py/sample.py override a preset's with them (--block-size); the profiler's
+    predict and scale describe a target model with them (--context, --vocab), GPTConfig's context and
+    vocabulary standing where neither a preset nor a flag gives one."""
+    fallback = GPTConfig()
+    context_default, vocab_default = ("the preset's", "") if vocab_flag is None else (
+        f"the preset's, else {fallback.block_size}", f"the preset's, else {fallback.vocab_size}")
     group.add_argument("--layers", type=positive_int, help="transformer blocks (default: the preset's)")
     group.add_argument("--width", type=positive_int, help="model width n_embd, a multiple of --heads "
                        "(default: the preset's)")
     group.add_argument("--heads", type=positive_int, help="query heads (default: the preset's)")
     group.add_argument("--kv-heads", type=positive_int, help="key/value heads, dividing --heads; fewer than "
                        "--heads is grouped-query attention (default: --heads)")
-    group.add_argument("--block-size", type=positive_int, help="context length in tokens (default: the preset's)")
+    group.add_argument(context_flag, type=positive_int, help=f"context length in tokens (default: {context_default})")
+    if vocab_flag:
+        group.add_argument(vocab_flag, type=positive_int, help=f"vocabulary size in tokens (default: {vocab_default})")
 
 
 def shape_overrides(args: argparse.Namespace) -> dict[str, int]:

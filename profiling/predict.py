@@ -199,7 +199,7 @@ def format_prediction(prediction: Prediction) -> str:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from gpt.cli import HelpFormatter, positive_int
+    from gpt.cli import HelpFormatter, add_shape_arguments, positive_int
 
     parser = subparsers.add_parser(
         "predict", formatter_class=HelpFormatter,
@@ -211,12 +211,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model (a preset, or an explicit shape)")
     model.add_argument("--preset", choices=list(PRESETS), help="named shape (gpt/config.py)")
-    model.add_argument("--layers", type=positive_int, help="transformer blocks")
-    model.add_argument("--width", type=positive_int, help="model width n_embd")
-    model.add_argument("--heads", type=positive_int, help="query heads")
-    model.add_argument("--kv-heads", type=positive_int, help="key/value heads (default: --heads)")
-    model.add_argument("--context", type=positive_int, help="context length in tokens (default 1024)")
-    model.add_argument("--vocab", type=positive_int, help="vocabulary size in tokens (default 50257)")
+    add_shape_arguments(model, "--context", "--vocab")
     work = parser.add_argument_group("workload")
     work.add_argument("--mode", required=True, choices=["train", "prefill", "decode"], help="what to time")
     work.add_argument("--batch", type=positive_int, required=True, help="sequences per step")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from gpt.cli import add_shape_arguments
 from gpt.config import PRESETS
 from gpt.files import dumps_json
 from profiling import cost
@@ -103,12 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     target = parser.add_argument_group("target model (a preset, or an explicit shape)")
     target.add_argument("--model", metavar="PRESET", help=f"one of {', '.join(PRESETS)}")
-    target.add_argument("--layers", type=int, help="transformer blocks")
-    target.add_argument("--width", type=int, help="model width n_embd")
-    target.add_argument("--heads", type=int, help="query heads")
-    target.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads)")
-    target.add_argument("--context", type=int, help="context length, tokens (default 1024)")
-    target.add_argument("--vocab", type=int, help="vocabulary size (default 50257)")
+    add_shape_arguments(target, "--context", "--vocab")
     parser.add_argument("--device", required=True, metavar="KEY", help="target device key of the hardware table")
     parser.add_argument("--dtype", default="bf16", help="serving and training dtype: weights, KV cache, profile (bf16)")
     parser.add_argument("--profile", dest="device_profile", type=Path, metavar="FILE",
