@@ -222,8 +222,8 @@ def case_skip_reason(name: str, config: GPTConfig, batch: int) -> str | None:
 def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int], anchor_shape: str,
                   steps: int, repeats: int, progress=print) -> list[Row]:
     order = [anchor_shape] + [name for name in shapes if name != anchor_shape]
-    measured: dict[str, dict[tuple[str, int], Measured]] = {}
-    for name in order:
+
+    def measure_shape(name: str) -> dict[tuple[str, int], Measured]:
         config = shape_config(name)
         found = {}
         for batch in batches:
@@ -233,8 +233,14 @@ def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int],
                 continue
             found[("train", batch)] = measure_training(config, batch, steps)
             found[("prefill", batch)], found[("decode", batch)] = measure_generation(config, batch, repeats)
-        measured[name] = found
         progress(f"measured {name}: " + ", ".join(f"{w} b{b} {v.tokens_per_sec:,.0f}" for (w, b), v in found.items()))
+        return found
+
+    # The first shape measured in a process runs up to 2x slower than the same shape measured second, despite
+    # each case's own warm-up steps (docs/benchmarks.md): that first pass warms the process and is discarded.
+    progress("warming the process up (this pass is discarded):")
+    measure_shape(order[0])
+    measured = {name: measure_shape(name) for name in order}
     anchor = make_anchor(shape_config(anchor_shape), {key: value.tokens_per_sec
                                                       for key, value in measured[anchor_shape].items()}, profile)
     rows = []
