@@ -115,7 +115,7 @@ def write_prediction_plot(run_dir: Path, summary: dict[str, Any]) -> Path | None
     return _save(figure, run_dir / "prediction.png")
 
 
-def write_tornado_plot(serving: dict[str, Any], out_dir: Path) -> Path:
+def write_tornado_plot(serving: dict[str, Any], out_dir: Path, name: str = "tornado.png") -> Path:
     """One bar per uncertain input: cost per day with that input alone at its low and at its high value,
     around the central plan, largest effect on top (serving["tornado"], sorted by scale.uncertainty)."""
     entries = serving["tornado"][::-1]
@@ -132,7 +132,7 @@ def write_tornado_plot(serving: dict[str, Any], out_dir: Path) -> Path:
     axes.set_xlabel("USD per day")
     axes.legend()
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _save(figure, out_dir / "tornado.png")
+    return _save(figure, out_dir / name)
 
 
 def write_training_comparison_plot(comparison: dict[str, Any], out_dir: Path) -> Path:
