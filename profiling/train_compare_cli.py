@@ -111,7 +111,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     for row in rows:
         lines.append(f"{row['key']}: {row['device']}; " + (
             f"refused: {row['refused']}" if row["refused"] else
-            f"{row['devices']:,} devices ({row['devices_rule']}; memory needs at least {row['memory']['min_devices']:,})"
+            f"{row['devices']:,} device{'s' * (row['devices'] != 1)} ({row['devices_rule']}; memory needs at least "
+            f"{row['memory']['min_devices']:,})"
             f", {row['kw_per_device'] * 1000:,.1f} W per device at the wall"))
         lines += _input_lines({name: entry for name, entry in row["inputs"].items() if name not in shared})
     check = result["gpt3_check"]
