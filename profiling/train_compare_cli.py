@@ -143,32 +143,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--model", default="gpt2", choices=list(PRESETS), metavar="PRESET",
                         help=f"model preset: {', '.join(PRESETS)}")
-    parser.add_argument("--tokens", type=positive_float, required=True,
+    parser.add_argument("--tokens", type=positive_float, required=True, metavar="N",
                         help="training tokens, e.g. 10e9 (each trained at the model's full context)")
     parser.add_argument("--devices", nargs="+", default=["cpu", "a100-80gb", "h100-sxm"], metavar="KEY[:N]",
                         help="devices to compare: cpu (this machine) and keys of python -m profiling hardware; "
                         ":N fixes that device's count")
     count = parser.add_mutually_exclusive_group()
-    count.add_argument("--count", type=positive_int,
+    count.add_argument("--count", type=positive_int, metavar="N",
                        help="devices of each kind training together (a device's own :N wins). Default: the "
                        "fewest that hold the training state")
-    count.add_argument("--days", type=positive_float,
+    count.add_argument("--days", type=positive_float, metavar="D",
                        help="instead of --count: the fewest devices of each kind that finish within this many days")
-    parser.add_argument("--micro-batch", type=positive_int, default=TrainingInputs.micro_batch,
+    parser.add_argument("--micro-batch", type=positive_int, default=TrainingInputs.micro_batch, metavar="B",
                         help="sequences of the full context per device per micro-step")
-    parser.add_argument("--grad-accum", type=positive_int, default=TrainingInputs.grad_accum,
+    parser.add_argument("--grad-accum", type=positive_int, default=TrainingInputs.grad_accum, metavar="G",
                         help="micro-steps per optimizer update")
     prices = parser.add_argument_group("prices (GPUs: profiling/prices.py; the CPU: assumptions, see docs/cost.md)")
     prices.add_argument("--prices", type=Path, metavar="FILE",
                         help="TOML or JSON file overriding the price table and facility figures (PUE, electricity, "
                         "grid CO2, ...)")
-    prices.add_argument("--cpu-watts", type=positive_float,
+    prices.add_argument("--cpu-watts", type=positive_float, metavar="W",
                         help=f"this CPU's power while training, W (default {CPU_WATTS_PER_THREAD.value:.3g} W per "
                         "thread of the profile: a share of a server CPU's TDP)")
-    prices.add_argument("--cpu-usd-per-hour", type=positive_float,
+    prices.add_argument("--cpu-usd-per-hour", type=positive_float, metavar="USD",
                         help=f"rent of this CPU, USD per hour (default ${CPU_USD_PER_THREAD_HOUR.value:.4g} per thread, "
                         "a cloud vCPU)")
-    prices.add_argument("--cpu-purchase-usd", type=positive_float,
+    prices.add_argument("--cpu-purchase-usd", type=positive_float, metavar="USD",
                         help=f"purchase of this CPU, USD (default ${CPU_PURCHASE_USD_PER_THREAD.value:,.0f} per thread: "
                         "a share of a server CPU's list price)")
     parser.add_argument("--plot", type=Path, metavar="DIR",
