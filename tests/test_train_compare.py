@@ -106,6 +106,8 @@ def test_cli_json_gpt3_check_and_plot(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert [row["key"] for row in result["rows"]] == ["a100-80gb", "h100-sxm"]
     assert [row["devices"] for row in result["rows"]] == [2, 1]
+    kinds = {entry["kind"] for row in result["rows"] for entry in row["inputs"].values()}
+    assert kinds <= {"measured", "reference", "assumed"} and {"reference", "assumed"} <= kinds
     check = result["gpt3_check"]
     assert check["published"]["flops"] == 3.14e23 and check["published"]["days"] == 34
     assert check["six_n_d_flops"] == pytest.approx(3.14e23, rel=0.01)  # 6 × 174.6B × 300B
