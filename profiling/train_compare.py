@@ -38,7 +38,8 @@ from gpt.errors import GptmeterError
 from profiling import cost, flops, hardware
 from profiling.device_profile import DeviceProfile
 from profiling.prices import DEVICE_PRICES, Sourced, load_overrides, require_positive
-from profiling.scale import ServingInputs, TrainingInputs, plan_training
+from profiling.plan import ServingInputs
+from profiling.scale import TrainingInputs, plan_training
 
 STATE_BYTES_PER_PARAM = 16  # ZeRO (Rajbhandari et al. 2020) section 3.1: mixed-precision Adam, 2 + 2 + 12 bytes
 RECOMPUTED_LAYER_BYTES_PER_TOKEN_PER_WIDTH = 34  # Korthikanti et al. 2022, table 2, 16-bit activations
