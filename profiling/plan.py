@@ -21,7 +21,7 @@ from profiling import cost, flops, hardware, predict
 from profiling.device_profile import DeviceProfile
 from profiling.hardware import Accelerator
 from profiling.predict import Prediction
-from profiling.prices import require_positive
+from profiling.prices import PriceError, require_positive
 
 
 class ScaleError(GptmeterError, ValueError):
@@ -285,6 +285,24 @@ def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile,
                                     for part, usd in hour.parts().items()},
         candidates=candidates,
     )
+
+
+OWNERSHIPS = {"cloud": "rented", "tco": "owned"}  # --pricing basis -> the fleet it prices
+
+
+def operating_costs(devices: int, choice: cost.PriceChoice, device: Accelerator) -> dict[str, Any]:
+    """The fleet's USD per day by part, rented and owned side by side, whichever basis `choice` picked as the
+    headline; each side with the price inputs it used, or the error that kept it from being priced."""
+    sides: dict[str, Any] = {"headline": OWNERSHIPS[choice.pricing]}
+    for basis, fleet in OWNERSHIPS.items():
+        try:
+            priced = cost.price_device(replace(choice, pricing=basis), device.key, device.board_power_w)
+        except PriceError as error:
+            sides[fleet] = {"basis": basis, "error": str(error)}
+            continue
+        inputs = {name: entry | {"kind": cost.kind_of(entry["source"])} for name, entry in priced.inputs.items()}
+        sides[fleet] = {"basis": basis, **cost.fleet_day_parts(devices, priced.device_hour), "inputs": inputs}
+    return sides
 
 
 # Each uncertain input of the plan: its low and high value (the central one is the plan's own) and why.

@@ -30,7 +30,7 @@ from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware, predict
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.hardware import Accelerator
-from profiling.plan import LATENCY_SOURCE, ScaleError, ServingInputs, plan_serving, uncertainty
+from profiling.plan import LATENCY_SOURCE, ScaleError, ServingInputs, operating_costs, plan_serving, uncertainty
 from profiling.predict import Prediction
 from profiling.prices import require_positive
 from profiling.rundir import Measurements, read_measurements
@@ -223,5 +223,6 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
         "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
         "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
-        "serving": asdict(plan) | band,
+        "serving": asdict(plan) | band | {
+            "operating_cost_usd_per_day": operating_costs(plan.devices, request.prices, device)},
     }

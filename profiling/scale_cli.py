@@ -30,6 +30,27 @@ def _number(value: float | None, form: str = "{:,.4g}") -> str:
     return "no plan" if value is None else form.format(value)
 
 
+def _operating_cost_lines(sides: dict[str, Any]) -> list[str]:
+    """Rented and owned fleets' USD per day by part, side by side; a side that could not be priced says why."""
+    fleets = ("rented", "owned")
+    head = [f"{fleet} (headline)" if fleet == sides["headline"] else fleet for fleet in fleets]
+    lines = [f"  cost/day by part{'':<23}{head[0]:<22}{head[1]}"]
+    for part, label in (("hardware", "hardware"), ("energy", "energy"), ("operations", "maintenance/operations"),
+                        ("total", "total")):
+        cells = []
+        for fleet in fleets:
+            side = sides[fleet]
+            if "error" in side:
+                cells.append("not priced" if part != "total" else f"not priced: {side['error']}")
+            elif side["basis"] == "cloud" and part in ("energy", "operations"):
+                cells.append("in the rental")
+            else:
+                note = {"cloud": " rental", "tco": " depreciation"}[side["basis"]] if part == "hardware" else ""
+                cells.append(f"${side[part]:,.0f}{note}")
+        lines.append(f"                 {label:<24}{cells[0]:<22}{cells[1]}")
+    return lines
+
+
 def format_extrapolation(result: dict[str, Any]) -> str:
     model, device, serving, training = result["model"], result["device"], result["serving"], result["training"]
     profile, confidence = result["profile"], result["confidence"]
@@ -66,7 +87,7 @@ def format_extrapolation(result: dict[str, Any]) -> str:
             f"{entry['input']} {_number(entry['low_usd_per_day'], '${:,.0f}')}.."
             f"{_number(entry['high_usd_per_day'], '${:,.0f}')}"
             for entry in serving["tornado"]),
-        "  breakdown/day  " + ", ".join(f"{k} ${v:,.0f}" for k, v in serving["cost_breakdown_usd_per_day"].items()),
+        *_operating_cost_lines(serving["operating_cost_usd_per_day"]),
         f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "
         f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
         "",
