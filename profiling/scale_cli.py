@@ -10,7 +10,8 @@ from gpt.cli import add_shape_arguments
 from gpt.config import PRESETS
 from gpt.files import dumps_json
 from profiling import cost
-from profiling.plots import write_tornado_plot
+from profiling.levers import OTHER_DEVICE, RELAX, compare
+from profiling.plots import write_levers_plot, write_tornado_plot
 from profiling.plan import LATENCY_SOURCE, SERVING_BYTES, ServingInputs
 from profiling.scale import ScaleRequest, TrainingInputs, extrapolate
 
@@ -51,6 +52,22 @@ def _operating_cost_lines(sides: dict[str, Any]) -> list[str]:
     return lines
 
 
+def format_levers(comparison: dict[str, Any]) -> list[str]:
+    """The lever table: each lever's plan and its change in cost per day against the baseline."""
+    base = comparison["baseline"]
+    lines = [f"levers (each the serving plan re-run with one input changed; baseline {base['devices']:,} devices, "
+             f"tp {base['tensor_parallel']}, batch {base['batch']}, ${base['usd_per_day']:,.0f}/day)",
+             f"  {'lever':<26}{'devices':>9}{'tp':>4}{'batch':>7}{'USD/day':>12}{'change':>19}  flags"]
+    for row in comparison["levers"]:
+        if "error" in row:
+            lines.append(f"  {row['lever']:<26}no plan: {row['error']}")
+            continue
+        change = f"{row['change_usd_per_day']:+,.0f} ({row['change_fraction']:+.0%})"
+        lines.append(f"  {row['lever']:<26}{row['devices']:>9,}{row['tensor_parallel']:>4}{row['batch']:>7}"
+                     f"{row['usd_per_day']:>12,.0f}{change:>19}  {row['flags']}")
+    return lines
+
+
 def format_extrapolation(result: dict[str, Any]) -> str:
     model, device, serving, training = result["model"], result["device"], result["serving"], result["training"]
     profile, confidence = result["profile"], result["confidence"]
@@ -76,6 +93,7 @@ def format_extrapolation(result: dict[str, Any]) -> str:
                   f"                 where it goes: {_where(prefill)}"]
     step = training["step"]
     lines += [
+        f"  weights        {serving['weights']}",
         f"  fleet          {serving['replicas']:,} replicas = {serving['devices']:,} devices",
         f"  cost           ${serving['usd_per_day']['central']:,.0f}/day = ${serving['usd_per_query']:.5f}/query = "
         f"${serving['usd_per_million_tokens']:,.3f} per million generated tokens",
@@ -101,6 +119,8 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         "confidence: " + confidence["note"],
     ]
     lines += [f"  {phase:<8} {entry['error']:+.1%}  [{entry['source']}]" for phase, entry in confidence["errors"].items()]
+    if "levers" in result:
+        lines += ["", *format_levers(result["levers"])]
     lines += ["", "inputs (kind: measured, reference or assumed)"]
     width = max(len(name) for name in result["inputs"])
     lines += [f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12} {entry['unit']:<9} {entry['source']}"
@@ -144,9 +164,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          help=f"each user's decode speed at least this, tokens/s (default "
                          f"{ServingInputs.min_user_tokens_per_sec:g}: {LATENCY_SOURCE})")
     traffic.add_argument("--weights-dtype", default="bf16", choices=list(SERVING_BYTES),
-                         help="stored weights: sets memory, hence the batch; steps stay priced at --dtype (bf16)")
+                         help="stored weights: sets memory, hence the batch, and on a reference profile the bytes each "
+                         "matmul reads (int8/int4 weight-only at --dtype; fp8 at the datasheet fp8 peak where it has "
+                         "one) (bf16)")
     traffic.add_argument("--kv-dtype", default="bf16", choices=list(SERVING_BYTES),
-                         help="stored KV cache: sets memory, hence the batch (bf16)")
+                         help="stored KV cache: sets memory, hence the batch; attention stays priced at --dtype (bf16)")
     traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
     traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
     traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
@@ -161,9 +183,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     train.add_argument("--train-grad-accum", type=int,
                        help=f"micro-steps per optimizer update (default {TrainingInputs.grad_accum})")
     cost.add_price_arguments(parser)
+    parser.add_argument("--tensor-parallel", type=int, metavar="N",
+                        help="devices per replica, at most --devices-per-server (default: the planner chooses the "
+                        "degree needing the fewest devices)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also re-run the serving plan under each optimisation lever (fp8 and int8 weights, "
+                        f"latency targets relaxed {RELAX:g}x, twice the tensor-parallel degree, another device class, owned "
+                        "instead of rented) and print each one's change in USD per day against the baseline")
+    parser.add_argument("--compare-device", metavar="KEY",
+                        help="the device class of --compare's device lever (default: "
+                        + ", ".join(f"{a} -> {b}" for a, b in OTHER_DEVICE.items()) + ", else h100-sxm)")
     parser.add_argument("--plot", type=Path, metavar="DIR",
                         help="also draw the tornado chart (cost per day, each uncertain input alone at its low and "
-                        "high) as DIR/tornado.png")
+                        "high) as DIR/tornado.png, and with --compare the levers' changes as DIR/levers.png")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -175,15 +207,20 @@ def request_from(args: argparse.Namespace) -> ScaleRequest:
     chosen = {name: getattr(args, name) for name in (
         "model", "dtype", "device_profile", "weights_dtype", "kv_dtype", "ttft_s", "min_user_tokens_per_sec",
         "prompt_tokens", "tokens_per_query", "queries_per_day",
-        "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s",
+        "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s", "tensor_parallel",
         "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
     return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
                         prices=cost.price_choice(args), **chosen)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = extrapolate(request_from(args))
+    request = request_from(args)
+    result = extrapolate(request)
+    if args.compare:
+        result["levers"] = compare(request, args.compare_device)
     if args.plot is not None:
         result["plots"] = [str(write_tornado_plot(result["serving"], args.plot))]
+        if args.compare:
+            result["plots"].append(str(write_levers_plot(result["levers"], args.plot)))
     print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -171,19 +171,6 @@ def test_a_foreign_profile_file_is_refused(tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
-@pytest.fixture
-def cli(capsys):
-    """`python -m profiling`, in process."""
-    from profiling import __main__ as dispatcher
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        status = dispatcher.main(list(argv))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return call
-
-
 @pytest.mark.parametrize("argv, message", [
     (["scale", "--model", "gpt5", "--device", "h100-sxm"], "unknown model 'gpt5'; known presets: tiny, gpt2"),
     (["scale", "--model", "gpt2", "--device", "tpu-v9"], "unknown accelerator 'tpu-v9'; choose one of h100-sxm"),
