@@ -255,7 +255,6 @@ class ServingPlan:
     kwh_per_day: float
     wh_per_query: float
     kg_co2_per_day: float
-    cost_breakdown_usd_per_day: dict[str, float] = field(default_factory=dict)
     candidates: dict[int, str] = field(default_factory=dict)  # tp -> "batch B, D devices" or why it was refused
     weights: str = ""  # how --weights-dtype entered the step times (weights_profile)
 
@@ -297,8 +296,7 @@ def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile,
         raise _no_plan(planner, refusals)
     point, limit, devices = chosen
     tp = point.tensor_parallel
-    hour = priced.device_hour
-    usd_per_day = cost.fleet_usd_per_day(devices, hour) * inputs.price_factor
+    usd_per_day = cost.fleet_usd_per_day(devices, priced.device_hour) * inputs.price_factor
     kwh_per_day = cost.energy_kwh(priced.kw_per_device, devices * cost.SECONDS_PER_DAY)
     capacity = devices // tp * point.queries_per_sec
     return ServingPlan(
@@ -322,8 +320,6 @@ def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile,
         kwh_per_day=kwh_per_day,
         wh_per_query=kwh_per_day * 1000 / inputs.queries_per_day,
         kg_co2_per_day=kwh_per_day * priced.grid_kg_co2_per_kwh,
-        cost_breakdown_usd_per_day={part: devices * 24 * usd * inputs.price_factor
-                                    for part, usd in hour.parts().items()},
         candidates=candidates,
         weights=planner.weights_note,
     )
