@@ -65,6 +65,8 @@ def explains_most(tornado: list[dict[str, Any]], derived: float, published: floa
                   fixed: tuple[str, ...] = ("price_factor",)) -> dict[str, Any] | None:
     """The tornado input whose low or high end alone moves the derived cost furthest toward the published one
     (`fixed` inputs are the publication's own and explain nothing), with the share of the gap it closes."""
+    if published == derived:
+        return None
     best = None
     for entry in tornado:
         if entry["input"] in fixed:

@@ -54,6 +54,7 @@ def test_the_input_that_explains_most_is_the_tornado_entry_closing_most_of_the_g
     assert (best["input"], best["end"], best["value"]) == ("a", "high", 2)  # price left out: the publication's own
     assert best["gap_closed"] == pytest.approx(0.3)
     assert derive.explains_most(tornado, derived=100, published=50)["input"] == "a"  # published below: low end
+    assert derive.explains_most(tornado, derived=100, published=100) is None  # no gap to explain
     # On the real case, re-running scale with that input at that value gives the named cost.
     _, comparison = derive.derive("semianalysis-2023")
     best = comparison["explains_most"]
