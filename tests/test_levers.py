@@ -99,3 +99,9 @@ def test_a_forced_tensor_parallel_degree_beyond_the_server_is_one_line(cli):
     status, out, err = cli("scale", "--model", "gpt2", "--device", "h100-sxm", "--tensor-parallel", "16")
     assert status == 2 and "--tensor-parallel 16 needs 16 linked devices" in err and err.count("\n") == 1
 
+
+
+def test_a_measured_profile_keeps_its_own_matmuls_and_the_weights_set_memory_only():
+    measured = replace(reference_profile("h100-sxm", "bf16"), kind="measured")
+    profile, note = weights_profile(measured, scale.device_spec("h100-sxm"), "int4")
+    assert profile is measured and "memory only" in note
