@@ -15,7 +15,7 @@ from typing import Any
 from profiling import cost
 from profiling.plan import LATENCY_SOURCE
 from profiling.scale import ScaleError, ScaleRequest, extrapolate
-from profiling.scenarios import SCENARIOS, run_scenario
+from profiling.scenarios import run_scenario
 
 TOKENS_PER_WORD = 4 / 3  # OpenAI, "What are tokens and how to count them?": a token is about 3/4 of a word
 
@@ -95,10 +95,10 @@ def derive(name: str, request: ScaleRequest | None = None) -> tuple[dict[str, An
     derived = serving["usd_per_day"]["central"]
     comparison = {
         "scenario": name,
-        "source": SCENARIOS[name].source,
+        "source": published["source"],
         "inputs": chosen.inputs,
-        "changed_on_the_command_line": [name for name in ScaleRequest.__dataclass_fields__
-                                        if getattr(request, name) != getattr(chosen.request, name)],
+        "changed_on_the_command_line": [input_ for input_ in ScaleRequest.__dataclass_fields__
+                                        if getattr(request, input_) != getattr(chosen.request, input_)],
         "published": {"usd_per_day": usd_published, "usd_per_query": published["published"]["usd_per_query"],
                       # the fleet the published cost pays for at the published price (not an input here)
                       "devices": usd_published / (24 * price)},
