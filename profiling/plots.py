@@ -154,6 +154,26 @@ def write_training_comparison_plot(comparison: dict[str, Any], out_dir: Path) ->
     return _save(figure, out_dir / "train_compare.png")
 
 
+def write_levers_plot(comparison: dict[str, Any], out_dir: Path) -> Path:
+    """levers.png: the change in cost per day of each optimisation lever against the baseline plan
+    (levers.compare); a lever with no plan is named with its reason cut short."""
+    rows = comparison["levers"][::-1]
+    base = comparison["baseline"]["usd_per_day"]
+    figure, axes = _new_axes(f"Cost per day of each lever against the baseline (${base:,.0f}/day)", "")
+    for row, entry in enumerate(rows):
+        if "error" in entry:
+            axes.text(0, row, f" no plan: {entry['error'][:60]}", va="center", fontsize=7, color=WARMUP_COLOR)
+            continue
+        change = entry["change_usd_per_day"]
+        axes.barh(row, change, color="tab:green" if change < 0 else "tab:red")
+        axes.text(change, row, f" {change:+,.0f} ({entry['change_fraction']:+.0%})", va="center", fontsize=8)
+    axes.axvline(0, color="black", linewidth=1)
+    axes.set_yticks(range(len(rows)), [entry["lever"] for entry in rows])
+    axes.set_xlabel("change in USD per day (negative: cheaper)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out_dir / "levers.png")
+
+
 def _save(figure: Figure, path: Path) -> Path:
     figure.savefig(path, dpi=110)
     return path
