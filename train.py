@@ -314,7 +314,9 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
                 "job_tokens_per_sec": None if summary["tokens_per_sec"] is None else summary["tokens_per_sec"] * world}
     trainer.log(summary)
     profiler.close()
-    if stopped is not None:
+    if stopped is not None:  # every rank stopped at the same step; one line says so
+        if not distributed.is_main():
+            return stopped.exit_code
         fail("train.py", str(stopped), stopped.exit_code)
     if summary["tokens_per_sec"] is None:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"

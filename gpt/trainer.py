@@ -78,9 +78,12 @@ class _StopRequest:
         self.signal_number: int | None = None
 
     def __call__(self, signal_number: int, frame) -> None:
-        if self.signal_number is not None:  # a second Ctrl-C: stop at once
+        if self.signal_number is None:
+            self.signal_number = signal_number
+        elif signal_number == signal.SIGINT:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
-        self.signal_number = signal_number
+        # A repeated SIGTERM is ignored: torchrun forwards the SIGTERM or SIGINT it gets as SIGTERM, so a
+        # signal sent to the whole process group arrives twice and must not cut the checkpoint short.
 
     @contextlib.contextmanager
     def installed(self):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = ["--block-size", "32", "--layers", "2", "--heads", "2", "--width", "32", "--dropout", "0",
@@ -82,3 +83,63 @@ def test_killing_one_rank_ends_the_job_non_zero_within_the_time_limit(corpus, tm
     process.communicate(timeout=TIME_LIMIT_S)
     assert process.returncode != 0
     assert time.monotonic() - started < TIME_LIMIT_S
+
+
+CONSTANT_LR = ["--min-lr", "3e-3"]  # equal to --learning-rate: the schedule no longer depends on --max-iters
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_on_one_process_with_the_losses_of_an_uninterrupted_run(corpus, tmp_path):
+    from gpt.checkpoint import load_checkpoint
+
+    common = ["--data", str(corpus), *CONSTANT_LR]
+    sharded, one = tmp_path / "fsdp", tmp_path / "one"
+    subprocess.run(command(2, *common, "--fsdp", "--max-iters", "3", "--batch-size", "2", "--out-dir", str(sharded)),
+                   check=True, cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True)
+    assert (sharded / "ckpt.dcp" / ".metadata").is_file() and not (sharded / "ckpt.pt").exists()
+    # The same global batch of 4 on one process: DCP reshards the 2 ranks' checkpoint, the run stays in FSDP mode.
+    single = [sys.executable, str(REPO / "train.py"), *RUN, *common, "--max-iters", "5", "--batch-size", "4"]
+    subprocess.run([*single, "--resume", "--out-dir", str(sharded)], check=True, cwd=tmp_path, env=environment(),
+                   timeout=TIME_LIMIT_S, capture_output=True)
+    subprocess.run([*single, "--out-dir", str(one)], check=True, cwd=tmp_path, env=environment(),
+                   timeout=TIME_LIMIT_S, capture_output=True)
+    resumed, reference = step_records(sharded), step_records(one)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    assert [(r["world_size"], r["mode"]) for r in resumed] == [(2, "fsdp")] * 3 + [(1, "fsdp")] * 2
+    # float32 sums in another order (sharded reduce-scatter against one process): equal to 1e-5 relative.
+    for a, b in zip(resumed, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # One process reads the sharded checkpoint whole, as sample.py and gpt.export do.
+    whole, plain = load_checkpoint(sharded), load_checkpoint(one)
+    assert whole["step"] == 5 and whole["world_size"] == 1 and whole["mode"] == "fsdp"
+    assert whole["model"].keys() == plain["model"].keys()
+    # AdamW divides by the gradient's running RMS, so rounding noise in near-zero gradients (the key bias, which
+    # softmax ignores) moves weights by ~1e-6 after 5 steps at lr 3e-3: equal to 1e-5 absolute.
+    for name, tensor in plain["model"].items():
+        assert torch.allclose(whole["model"][name], tensor, rtol=0, atol=1e-5), name
+    sample = subprocess.run([sys.executable, str(REPO / "sample.py"), "--out-dir", str(sharded), "--device", "cpu",
+                             "--max-new-tokens", "4", "--temperature", "0"], cwd=tmp_path, env=environment(),
+                            timeout=TIME_LIMIT_S, capture_output=True, text=True)
+    assert sample.returncode == 0, sample.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non_zero(corpus, tmp_path):
+    from gpt.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    process = subprocess.Popen(command(2, "--data", str(corpus), "--fsdp", "--batch-size", "2", "--max-iters",
+                                       "100000", "--out-dir", str(out)), cwd=tmp_path, env=environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIME_LIMIT_S
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline and (not metrics.exists() or '"kind": "step"' not in metrics.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
+    _, stderr = process.communicate(timeout=TIME_LIMIT_S)
+    assert process.returncode != 0
+    assert stderr.count("stopped by SIGTERM") == 1, stderr  # rank 0 alone reports
+    last_step = step_records(out)[-1]["step"]
+    saved = load_checkpoint(out)
+    assert saved["step"] == last_step and saved["world_size"] == 2 and saved["mode"] == "fsdp"
+    assert not (out / "ckpt.dcp.tmp").exists() and not (out / "ckpt.dcp.old").exists()
