@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
 from gpt import distributed
 from gpt.errors import GptmeterError
@@ -84,13 +85,49 @@ def save_sharded_checkpoint(out_dir: Path, meta: dict[str, Any], tensors: dict[s
     return final
 
 
+class _IndexUnpickler(pickle.Unpickler):
+    """DCP pickles its `.metadata` index; this reads it allowing only the plain records an index is made of."""
+
+    RECORD_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem")
+    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in self.RECORD_MODULES or module == "torch" or (module, name) in self.ALLOWED:  # imported already
+            found = super().find_class(module, name)
+            record = module in self.RECORD_MODULES and isinstance(found, type)
+            if record or isinstance(found, torch.dtype) or (module, name) in self.ALLOWED:
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} has no place in a checkpoint index")
+
+
+class _IndexReader(FileSystemReader):
+    """DCP's file reader, reading the index without unpickling arbitrary objects, and refusing an index that
+    lists non-tensor entries (DCP would unpickle those with torch.load(weights_only=False); ours have none)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        folder = Path(self.path)
+        try:
+            with open(folder / ".metadata", "rb") as handle:
+                metadata = _IndexUnpickler(handle).load()
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as error:
+            raise CheckpointError(f"{folder}/.metadata is unreadable or not a checkpoint index ({error}); restore "
+                                  "the run from a backup or retrain") from None
+        entries = getattr(metadata, "state_dict_metadata", None)
+        if not isinstance(metadata, Metadata) or not all(isinstance(e, TensorStorageMetadata) for e in entries.values()):
+            raise CheckpointError(f"{folder}/.metadata lists entries other than tensors, which gptmeter does not "
+                                  "write; pass the out-dir of a gptmeter --fsdp run")
+        metadata.storage_meta = metadata.storage_meta or StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
 def load_sharded_tensors(folder: Path, tensors: dict[str, Any], alone: bool = False) -> None:
     """Fill `tensors` (allocated, sharded or whole, the same keys on every rank) in place from a DCP checkpoint.
 
     `alone`: this process reads by itself, whether or not a process group exists.
     """
     try:
-        dcp.load(tensors, checkpoint_id=folder, no_dist=alone)
+        dcp.load(tensors, storage_reader=_IndexReader(folder), no_dist=alone)
     except CheckpointException as error:
         raise CheckpointError(f"cannot read the sharded checkpoint {folder} ({str(error).splitlines()[0]}); "
                               "restore it from a backup or retrain") from None
@@ -104,11 +141,7 @@ def _read_sharded(folder: Path, weights: bool) -> dict[str, Any]:
         raise CheckpointError(f"{folder / 'meta.json'} is unreadable ({type(error).__name__}); restore the run "
                               "from a backup or retrain") from None
     if weights and isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        try:
-            entries = FileSystemReader(folder).read_metadata().state_dict_metadata
-        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
-            raise CheckpointError(f"{folder}/.metadata is unreadable ({type(error).__name__}); restore the run "
-                                  "from a backup or retrain") from None
+        entries = _IndexReader(folder).read_metadata().state_dict_metadata
         model = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
                  for key, entry in entries.items() if key.startswith("model.")}
         with warnings.catch_warnings():  # DCP warns that it reads in one process, which is the point here

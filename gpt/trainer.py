@@ -156,13 +156,15 @@ class Trainer:
             "mode": self.mode,
         }
 
-    def sharded_state(self) -> dict[str, Any]:
-        """The tensors of an FSDP checkpoint: this rank's shards of weights and AdamW state, RNG states."""
+    def sharded_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The tensors of an FSDP checkpoint (this rank's shards of the weights and AdamW moments, RNG states),
+        and the optimizer's state dict, whose "state" they share. Its param_groups (hyperparameters, not
+        tensors) stay out of the checkpoint, which then holds tensors only: the flags given now set them."""
         model, optimizer = get_state_dict(self.model, self.optimizer)
         rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {"model": model, "optimizer": optimizer, "rng": rng}
+        return {"model": model, "optimizer": {"state": optimizer["state"]}, "rng": rng}, optimizer
 
     def state(self) -> dict[str, Any]:
         return {
@@ -181,10 +183,9 @@ class Trainer:
         """Restore from a checkpoint's payload; an FSDP run reads its tensors from ckpt.dcp, resharded to this world."""
         self.step, self.val_loss, self.elapsed_s = payload["step"], payload["val_loss"], payload["elapsed_s"]
         if self.sharded:
-            tensors = self.sharded_state()  # allocated and sharded as this world shards them; filled in place
-            load_sharded_tensors(sharded_checkpoint(self.out_dir), tensors)
-            set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"],
-                           optim_state_dict=tensors["optimizer"])
+            tensors, optimizer = self.sharded_state()  # allocated and sharded as this world shards them
+            load_sharded_tensors(sharded_checkpoint(self.out_dir), tensors)  # in place, so `optimizer` too
+            set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=optimizer)
             rng = tensors["rng"]
             if "cuda" in rng:
                 torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -207,7 +208,7 @@ class Trainer:
         self.check_healthy()
         path = self.out_dir / "ckpt.pt"
         if self.sharded:
-            path = save_sharded_checkpoint(self.out_dir, self.meta(), self.sharded_state())
+            path = save_sharded_checkpoint(self.out_dir, self.meta(), self.sharded_state()[0])
         elif distributed.is_main():
             path = save_checkpoint(self.out_dir, self.state())
         self.saved_step = self.step

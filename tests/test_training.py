@@ -1,9 +1,10 @@
 """Training: exact resume, checkpoints that survive damage, clean stops, and one-line errors from the CLIs."""
 
 import json
-import shutil
 import math
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -394,6 +395,16 @@ def test_a_damaged_sharded_checkpoint_is_named(corpus, tmp_path, group_of_one):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot read the sharded checkpoint"):
         load_checkpoint(out)
+    marker = tmp_path / "executed"
+
+    class Exploit:  # what a hostile .metadata could hold: DCP itself would run it with pickle.load
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (out / "ckpt.dcp" / ".metadata").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(CheckpointError, match="posix.system has no place in a checkpoint index"):
+        load_checkpoint(out)
+    assert not marker.exists()
     shutil.rmtree(out / "ckpt.dcp")
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(out)
