@@ -65,12 +65,12 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return total / world_size()
 
 
-def total(value: int, device: torch.device) -> int:
-    """The sum of an integer over all ranks (for counts over sharded tensors)."""
+def agree(count: int, device: torch.device, sharded: bool) -> int:
+    """One count for all ranks: the sum over shards, or the largest over replicas (which should all be equal)."""
     if world_size() == 1:
-        return value
-    box = torch.tensor(value, dtype=torch.float64, device=device)
-    dist.all_reduce(box, op=dist.ReduceOp.SUM)
+        return count
+    box = torch.tensor(count, dtype=torch.float64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.SUM if sharded else dist.ReduceOp.MAX)
     return int(box.item())
 
 

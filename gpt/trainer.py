@@ -224,10 +224,10 @@ class Trainer:
     # --------------------------------------------------------------------- divergence
 
     def non_finite_weights(self) -> int:
-        """How many parameter values are NaN or infinite: summed over the shards of an FSDP model, so every rank
-        gets the same count (DDP's replicas are identical already)."""
+        """How many parameter values are NaN or infinite, the same count on every rank (summed over FSDP's
+        shards, the largest of DDP's replicas), so that all ranks stop or save together."""
         bad = int(torch.stack([(~local(p).isfinite()).sum() for p in self.model.parameters()]).sum())
-        return distributed.total(bad, self.device) if self.sharded else bad
+        return distributed.agree(bad, self.device, self.sharded)
 
     def _diverged(self, what: str) -> TrainingStopped:
         """The stop for a diverged run, naming the checkpoint that is kept and a flag value to try next."""
