@@ -33,7 +33,9 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 
 from gpt import distributed
 from gpt.errors import GptmeterError
+from gpt.config import GPTConfig
 from gpt.files import atomic_write, fsync_directory, write_json
+from gpt.model import GPT
 from gpt.rundir import SHARDED_CHECKPOINT_NAME, holds_run, sharded_checkpoint
 
 CHECKPOINT_FORMAT = "gptmeter-checkpoint"
@@ -142,6 +144,17 @@ def _read_sharded(folder: Path, weights: bool) -> dict[str, Any]:
                               "from a backup or retrain") from None
     if weights and isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         entries = _IndexReader(folder).read_metadata().state_dict_metadata
+        shapes = {key.removeprefix("model."): tuple(entry.size) for key, entry in entries.items()
+                  if key.startswith("model.")}
+        try:
+            with torch.device("meta"):  # the shapes the saved config implies, checked before anything is allocated
+                expected = {key: tuple(tensor.shape) for key, tensor in
+                            GPT(GPTConfig(**payload["model_config"])).state_dict().items()}
+        except (KeyError, TypeError):
+            expected = None
+        if shapes != expected:
+            raise CheckpointError(f"{folder} holds weights whose names or shapes differ from its own model "
+                                  "configuration (meta.json); restore the run from a backup or retrain")
         model = {key.removeprefix("model."): torch.empty(entry.size, dtype=entry.properties.dtype)
                  for key, entry in entries.items() if key.startswith("model.")}
         with warnings.catch_warnings():  # DCP warns that it reads in one process, which is the point here

@@ -395,6 +395,10 @@ def test_a_damaged_sharded_checkpoint_is_named(corpus, tmp_path, group_of_one):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot read the sharded checkpoint"):
         load_checkpoint(out)
+    meta = json.loads((out / "ckpt.dcp" / "meta.json").read_text())
+    (out / "ckpt.dcp" / "meta.json").write_text(json.dumps(meta | {"model_config": {**MODEL, "n_embd": 64}}))
+    with pytest.raises(CheckpointError, match="names or shapes differ from its own model configuration"):
+        load_checkpoint(out)  # refused before any tensor is allocated
     marker = tmp_path / "executed"
 
     class Exploit:  # what a hostile .metadata could hold: DCP itself would run it with pickle.load
