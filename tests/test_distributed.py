@@ -92,7 +92,7 @@ CONSTANT_LR = ["--min-lr", "3e-3"]  # equal to --learning-rate: the schedule no 
 def test_fsdp_checkpoint_resumes_on_one_process_with_the_losses_of_an_uninterrupted_run(corpus, tmp_path):
     from gpt.checkpoint import load_checkpoint
 
-    common = ["--data", str(corpus), *CONSTANT_LR]
+    common = ["--data", str(corpus), "--grad-accum", "2", *CONSTANT_LR]  # accumulated, reduced once
     sharded, one = tmp_path / "fsdp", tmp_path / "one"
     subprocess.run(command(2, *common, "--fsdp", "--max-iters", "3", "--batch-size", "2", "--out-dir", str(sharded)),
                    check=True, cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True)
