@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out-dir", help="run directory for checkpoints and logs (default: a new out/<preset>/run-NNN); "
                      "one that holds a run needs --resume or --overwrite")
     run.add_argument("--resume", action="store_true",
-                     help="continue from the run's ckpt.pt (default: the newest run in out/<preset>); the model's "
-                     "shape, tokenizer and vocabulary stay the saved ones, training settings given now apply")
+                     help="continue from the run's checkpoint, ckpt.pt or ckpt.dcp/ (default: the newest run in "
+                     "out/<preset>); the model's shape, tokenizer and vocabulary stay the saved ones, training settings given now apply")
     run.add_argument("--overwrite", action="store_true",
                      help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

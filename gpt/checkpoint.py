@@ -115,7 +115,9 @@ class _IndexReader(FileSystemReader):
             raise CheckpointError(f"{folder}/.metadata is unreadable or not a checkpoint index ({error}); restore "
                                   "the run from a backup or retrain") from None
         entries = getattr(metadata, "state_dict_metadata", None)
-        if not isinstance(metadata, Metadata) or not all(isinstance(e, TensorStorageMetadata) for e in entries.values()):
+        tensors_only = isinstance(metadata, Metadata) and all(
+            isinstance(entry, TensorStorageMetadata) for entry in entries.values())
+        if not tensors_only:
             raise CheckpointError(f"{folder}/.metadata lists entries other than tensors, which gptmeter does not "
                                   "write; pass the out-dir of a gptmeter --fsdp run")
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
