@@ -192,6 +192,7 @@ def run_main(main, argv, capsys) -> tuple[int, str]:
         (["--batch-size", "many"], "whole number"),
         (["--resume", "--out-dir", "/no/such/run"], "no checkpoint"),
         (["--vocab-size", "100"], "smaller than the tokenizer's 257"),
+        (["--fsdp", "--device", "cpu", "--dtype", "float16"], "--fsdp does not support --dtype float16"),
     ],
 )
 def test_train_cli_bad_input_gets_a_clear_error(argv, message, capsys):
@@ -341,7 +342,7 @@ def group_of_one():
 # FSDP checkpoints (ckpt.dcp/) in one process: a group of one, exact resume, a save cut short at every point.
 
 
-def test_fsdp_alone_stops_and_resumes_bit_exactly(corpus, tmp_path, group_of_one):
+def test_fsdp_alone_stops_and_resumes_bit_exactly(corpus, tmp_path, group_of_one, capsys):
     whole = make_trainer(corpus, tmp_path / "whole", fsdp=True)
     assert whole.mode == "fsdp" and whole.world_size == 1
     whole.run()
@@ -361,6 +362,10 @@ def test_fsdp_alone_stops_and_resumes_bit_exactly(corpus, tmp_path, group_of_one
     resumed.run()
     # Weights, AdamW moments and the RNG states (dropout is on) all come back from the shards.
     assert step_losses(tmp_path / "split") == step_losses(tmp_path / "whole")
+    # The mode fixes the checkpoint format, so a resume that would change it is refused.
+    code, err = run_main(train.main, ["--resume", "--no-fsdp", "--out-dir", str(tmp_path / "split"),
+                                      "--data", str(corpus), "--device", "cpu"], capsys)
+    assert code == 2 and "--no-fsdp differs from the resumed run's mode" in err and "Traceback" not in err
 
 
 def test_a_save_cut_short_at_any_point_leaves_a_loadable_checkpoint(corpus, tmp_path, group_of_one):
