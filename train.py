@@ -5,9 +5,9 @@
     python train.py --resume                         # continue the newest run of the preset
     python train.py --init path/to/gpt2 --data my.txt   # fine-tune a Hugging Face GPT-2 folder (out/gpt2-finetune)
 
-Writes into the run directory: ckpt.pt (ckpt.dcp/ with --fsdp) + meta.json, config.json and metrics.jsonl. By default
-every run gets a new numbered folder, out/<preset>/run-001, run-002, ...; an explicit --out-dir
-that holds a run needs --resume or --overwrite (gpt/rundir.py).
+Writes into the run directory: ckpt.pt (ckpt.dcp/ with --fsdp) + meta.json, config.json and
+metrics.jsonl. By default every run gets a new numbered folder, out/<preset>/run-001, run-002, ...;
+an explicit --out-dir that holds a run needs --resume or --overwrite (gpt/rundir.py).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "one that holds a run needs --resume or --overwrite")
     run.add_argument("--resume", action="store_true",
                      help="continue from the run's checkpoint, ckpt.pt or ckpt.dcp/ (default: the newest run in "
-                     "out/<preset>); the model's shape, tokenizer and vocabulary stay the saved ones, training settings given now apply")
+                     "out/<preset>); the model's shape, tokenizer and vocabulary stay the saved ones, training "
+                     "settings given now apply")
     run.add_argument("--overwrite", action="store_true",
                      help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -1,4 +1,4 @@
-"""torchrun data-parallel training on CPU: 2 gloo processes, launched the way a user launches them."""
+"""torchrun data-parallel (DDP) and sharded (FSDP2) training on CPU: 2 gloo processes, launched the way a user launches them."""
 
 import json
 import os
