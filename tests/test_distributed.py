@@ -143,3 +143,42 @@ def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non
     saved = load_checkpoint(out)
     assert saved["step"] == last_step and saved["world_size"] == 2 and saved["mode"] == "fsdp"
     assert not (out / "ckpt.dcp.tmp").exists() and not (out / "ckpt.dcp.old").exists()
+
+
+POISON_RANK_1 = '''
+import sys
+import torch
+import train
+from gpt import distributed
+from gpt.fsdp import local
+from gpt.trainer import Trainer
+
+step = Trainer.train_step
+
+
+def poisoned(self):  # after step 4, one value of rank 1's shard becomes NaN; rank 0's weights stay finite
+    record = step(self)
+    if self.step == 4 and distributed.rank() == 1:
+        with torch.no_grad():
+            local(next(iter(self.model.parameters()))).view(-1)[0] = float("nan")
+    return record
+
+
+Trainer.train_step = poisoned
+sys.exit(train.main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint_that_would_hold_it(corpus, tmp_path):
+    from gpt.checkpoint import load_checkpoint
+
+    script, out = tmp_path / "poisoned_train.py", tmp_path / "run"
+    script.write_text(POISON_RANK_1)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    finished = subprocess.run([*launcher, str(script), *RUN, "--data", str(corpus), "--fsdp", "--batch-size", "2",
+                               "--max-iters", "8", "--checkpoint-interval", "2", "--out-dir", str(out)],
+                              cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True, text=True)
+    assert finished.returncode != 0
+    assert "the run diverged: 1 non-finite weights after step 4; the checkpoint of step 2" in finished.stderr
+    assert load_checkpoint(out)["step"] == 2  # finite (load_checkpoint refuses NaN weights) and not replaced
