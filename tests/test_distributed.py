@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt.checkpoint import load_checkpoint
+from gpt.export import export_run
+from profiling.__main__ import main as profiling_main
+
 REPO = Path(__file__).resolve().parent.parent
 RUN = ["--block-size", "32", "--layers", "2", "--heads", "2", "--width", "32", "--dropout", "0",
        "--eval-iters", "1", "--eval-interval", "1000", "--warmup-iters", "2", "--learning-rate", "3e-3",
@@ -90,8 +94,6 @@ CONSTANT_LR = ["--min-lr", "3e-3"]  # equal to --learning-rate: the schedule no 
 
 @pytest.mark.slow
 def test_fsdp_checkpoint_resumes_on_one_process_with_the_losses_of_an_uninterrupted_run(corpus, tmp_path):
-    from gpt.checkpoint import load_checkpoint
-
     common = ["--data", str(corpus), "--grad-accum", "2", *CONSTANT_LR]  # accumulated, reduced once
     sharded, one = tmp_path / "fsdp", tmp_path / "one"
     subprocess.run(command(2, *common, "--fsdp", "--max-iters", "3", "--batch-size", "2", "--out-dir", str(sharded)),
@@ -121,12 +123,12 @@ def test_fsdp_checkpoint_resumes_on_one_process_with_the_losses_of_an_uninterrup
                              "--max-new-tokens", "4", "--temperature", "0"], cwd=tmp_path, env=environment(),
                             timeout=TIME_LIMIT_S, capture_output=True, text=True)
     assert sample.returncode == 0, sample.stderr
+    assert export_run(sharded, tmp_path / "hf") == ["config.json", "model.safetensors"]
+    assert profiling_main(["report", str(sharded), "--json", "--no-plots"]) == 0
 
 
 @pytest.mark.slow
 def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non_zero(corpus, tmp_path):
-    from gpt.checkpoint import load_checkpoint
-
     out = tmp_path / "run"
     process = subprocess.Popen(command(2, "--data", str(corpus), "--fsdp", "--batch-size", "2", "--max-iters",
                                        "100000", "--out-dir", str(out)), cwd=tmp_path, env=environment(),
@@ -171,8 +173,6 @@ sys.exit(train.main(sys.argv[1:]))
 
 @pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint_that_would_hold_it(corpus, tmp_path):
-    from gpt.checkpoint import load_checkpoint
-
     script, out = tmp_path / "poisoned_train.py", tmp_path / "run"
     script.write_text(POISON_RANK_1)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
