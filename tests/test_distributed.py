@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non
     assert not (out / "ckpt.dcp.tmp").exists() and not (out / "ckpt.dcp.old").exists()
 
 
-POISON_RANK_1 = '''
+POISON_RANK_1 = r'''
 import sys
 import torch
 import train
@@ -160,6 +161,10 @@ step = Trainer.train_step
 
 def poisoned(self):  # after step 4, one value of rank 1's shard becomes NaN; rank 0's weights stay finite
     record = step(self)
+    if self.step == 1:  # what this rank holds
+        held = sum(local(p).numel() for p in self.model.parameters())
+        moments = sum(local(state["exp_avg"]).numel() for state in self.optimizer.state.values())
+        sys.stderr.write(f"held: {held} {moments} {self.model.num_params()}\n")  # one write: lines stay whole
     if self.step == 4 and distributed.rank() == 1:
         with torch.no_grad():
             local(next(iter(self.model.parameters()))).view(-1)[0] = float("nan")
@@ -172,7 +177,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint_that_would_hold_it(corpus, tmp_path):
+def test_fsdp_shards_weights_and_a_nan_on_one_rank_stops_every_rank_before_the_next_checkpoint(corpus, tmp_path):
     script, out = tmp_path / "poisoned_train.py", tmp_path / "run"
     script.write_text(POISON_RANK_1)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -181,4 +186,8 @@ def test_a_nan_on_one_rank_stops_every_rank_before_the_checkpoint_that_would_hol
                               cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True, text=True)
     assert finished.returncode != 0
     assert "the run diverged: 1 non-finite weights after step 4; the checkpoint of step 2" in finished.stderr
+    # Each rank holds about half of the weights and of AdamW's moments, and the halves make the whole.
+    held = [[int(n) for n in found] for found in re.findall(r"held: (\d+) (\d+) (\d+)\n", finished.stderr)]
+    (weights_0, moments_0, total), (weights_1, moments_1, _) = held
+    assert weights_0 + weights_1 == moments_0 + moments_1 == total and max(weights_0, weights_1) < 0.6 * total
     assert load_checkpoint(out)["step"] == 2  # finite (load_checkpoint refuses NaN weights) and not replaced
