@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import replace
 
-from profiling.device_profile import DeviceProfile, calibrate, cache_path, save_profile
+from profiling.device_profile import (DeviceProfile, ProfileError, cache_path, cached_profile, calibrate,
+                                      save_profile)
 
 
 def describe(profile: DeviceProfile) -> str:
@@ -34,7 +37,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "memory-bound operations over sizes, the AdamW step per parameter and the fixed cost of an operator call, "
         "and write the device profile JSON that python -m profiling predict uses. Under a minute on a 2-core CPU "
         "(22 s at one thread on the project's 2-vCPU VM). "
-        "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/.",
+        "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/. Under torchrun "
+        "(torchrun --standalone --nproc_per_node N -m profiling calibrate) it instead times all-reduce, all-gather "
+        "and reduce-scatter over message sizes on the running backend and adds them to the cached profile, which "
+        "predict --world-size N then uses.",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", help="fp32, tf32, bf16 or fp16 (default: bf16 on a GPU, fp32 on CPU)")
@@ -45,7 +51,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def calibrate_collectives(device, dtype: str, out: str | None) -> int:
+    """Under torchrun: measure the collectives on every rank and add them to this device's cached profile
+    (rank 0 writes). The compute tables come from a plain `calibrate` run first, one process alone on the device."""
+    import torch
+
+    from gpt import distributed
+    from profiling import hardware
+    from profiling.collectives import measure
+
+    device = distributed.init(device)
+    name = hardware.device_name(device)  # a CPU's name holds its threads: torchrun gives each rank 1 by default
+    profile = cached_profile(name, dtype)  # every rank checks, so every rank stops with the same line
+    if profile is None:
+        threads = f"OMP_NUM_THREADS={torch.get_num_threads()} " if device.type == "cpu" else ""
+        raise ProfileError(f"no cached {dtype} profile of {name} to add collectives to; measure it first in one "
+                           f"process with the threads each rank has: {threads}python -m profiling calibrate "
+                           f"--dtype {dtype}")
+    table = measure()
+    if not distributed.is_main():
+        return 0
+    profile = replace(profile, collectives=table)
+    largest = max(range(len(table["ops"]["all_reduce"]["bytes"])), key=lambda i: table["ops"]["all_reduce"]["bytes"][i])
+    nbytes, seconds = table["ops"]["all_reduce"]["bytes"][largest], table["ops"]["all_reduce"]["seconds"][largest]
+    print(f"collectives on {table['backend']}, world size {table['world_size']}: all-reduce of {nbytes / 2**20:,.0f} "
+          f"MiB in {seconds * 1e3:,.1f} ms ({nbytes / seconds / 1e9:,.2f} GB/s of tensor)")
+    print(f"cached in {save_profile(profile, cache_path(profile.device, profile.dtype), named_by='the cache')}")
+    if out:
+        print(f"written to {save_profile(profile, out)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    from gpt import distributed
     from gpt.cli import resolve_device
     from gpt.files import check_output_file, writable_cache_root
 
@@ -54,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         writable_cache_root()
     device = resolve_device(args.device)
     dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    if distributed.launched() and int(os.environ["WORLD_SIZE"]) > 1:
+        return calibrate_collectives(device, dtype, args.out)
     profile = calibrate(str(device), dtype, progress=True, quick=args.quick)
     print(describe(profile))
     print(f"cached in {cache_path(profile.device, profile.dtype, args.quick)}"

@@ -72,6 +72,7 @@ class DeviceProfile:
     tf32: bool | None = None  # CUDA: float32 matmuls allowed to use TF32 while measuring
     clock: str | None = None  # what timed the measurements: CUDA events, wall, or process CPU time (microbench)
     citations: dict[str, str] = field(default_factory=dict)  # reference figure -> value, source, date
+    collectives: dict[str, Any] | None = None  # measured under torchrun: profiling.collectives.measure
     format: str = FORMAT
     version: int = FORMAT_VERSION
 

@@ -24,11 +24,11 @@ from typing import Any
 from gpt.config import PRESETS, GPTConfig
 from gpt.errors import GptmeterError
 from gpt.files import dumps_json
-from profiling import flops
+from profiling import collectives, flops, hardware
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.flops import Op
 
-CATEGORIES = ("matmul", "attention", "memory_bound", "optimizer", "overhead")
+CATEGORIES = ("matmul", "attention", "memory_bound", "optimizer", "overhead", "communication")
 
 
 class PredictError(GptmeterError, ValueError):
@@ -83,15 +83,38 @@ def _prediction(mode: str, seconds: dict[str, float], tokens: float, model_flops
                       model_flops)
 
 
-def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, profile: DeviceProfile) -> Prediction:
-    """One optimizer step of `Trainer.train_step` (see module docstring)."""
-    _check(config, batch=batch, seq_len=seq_len, grad_accum=grad_accum)
+def communication_seconds(config: GPTConfig, world_size: int, grad_accum: int, sharded: bool,
+                          profile: DeviceProfile) -> float:
+    """The collectives of one data-parallel optimizer step (profiling.collectives): from the profile's measured
+    table if it has one, else, on a reference profile, a ring over the device's link in the hardware table."""
+    if world_size == 1:
+        return 0.0
+    if profile.collectives is not None:
+        table = profile.collectives
+        return collectives.data_parallel_seconds(
+            config, world_size, grad_accum, sharded, lambda op, size: collectives.table_seconds(table, op, size,
+                                                                                                world_size))
+    link = hardware.INTERCONNECTS.get(profile.device_class) if profile.kind == "reference" else None
+    if link is None:
+        raise PredictError(f"the {profile.kind} profile of {profile.device} has no collectives; measure them: "
+                           f"torchrun --standalone --nproc_per_node {world_size} -m profiling calibrate")
+    ring = collectives.Link(link.bytes_per_s, collectives.REFERENCE_LATENCY_S, link.source)
+    return collectives.data_parallel_seconds(config, world_size, grad_accum, sharded,
+                                             lambda op, size: collectives.link_seconds(op, size, world_size, ring))
+
+
+def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, profile: DeviceProfile,
+                  world_size: int = 1, sharded: bool = False) -> Prediction:
+    """One optimizer step of `Trainer.train_step` (see module docstring) on each of `world_size` data-parallel
+    ranks (DDP, or FSDP when `sharded`), `batch` sequences per rank; tokens/s and MFU are per card."""
+    _check(config, batch=batch, seq_len=seq_len, grad_accum=grad_accum, world_size=world_size)
     if seq_len > config.block_size:
         raise PredictError(f"--seq-len {seq_len} exceeds the model's context of {config.block_size}; "
                            "lower it or raise --context")
     ops = flops.train_step_operations(config, batch, seq_len, grad_accum, profile.dtype)
     seconds = price(ops, profile, training=True)
     seconds["overhead"] += grad_accum * profile.overhead["fixed_s"]["train_micro_step"]
+    seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile)
     tokens = batch * seq_len * grad_accum
     return _prediction("train", seconds, tokens, tokens * flops.training_flops_per_token(config, seq_len), profile)
 
@@ -170,10 +193,13 @@ def model_config(preset: str | None, layers: int | None, width: int | None, head
 
 
 def predict(config: GPTConfig, mode: str, profile: DeviceProfile, batch: int, seq_len: int | None = None,
-            grad_accum: int = 1, prompt_tokens: int | None = None, new_tokens: int | None = None) -> Prediction:
+            grad_accum: int = 1, prompt_tokens: int | None = None, new_tokens: int | None = None,
+            world_size: int = 1, sharded: bool = False) -> Prediction:
     """Dispatch on `mode`; a missing length is a PredictError naming its flag."""
     if mode == "train":
-        return predict_train(config, batch, seq_len or config.block_size, grad_accum, profile)
+        return predict_train(config, batch, seq_len or config.block_size, grad_accum, profile, world_size, sharded)
+    if world_size != 1:
+        raise PredictError("--world-size applies to --mode train (data-parallel training); serving is per replica")
     if prompt_tokens is None:
         raise PredictError(f"--mode {mode} needs --prompt-tokens")
     if mode == "prefill":
@@ -217,6 +243,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     work.add_argument("--batch", type=positive_int, required=True, help="sequences per step")
     work.add_argument("--seq-len", type=positive_int, help="train: tokens per sequence (default: the context)")
     work.add_argument("--grad-accum", type=positive_int, default=1, help="train: micro-batches per optimizer step")
+    work.add_argument("--world-size", type=positive_int, default=1,
+                      help="train: data-parallel processes (torchrun --nproc_per_node); --batch is per process, "
+                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP) to the step")
+    work.add_argument("--fsdp", action="store_true",
+                      help="train: FSDP instead of DDP: all-gathers of each block's weights (forward and backward, "
+                      "every micro-step) and reduce-scatters of its gradients")
     work.add_argument("--prompt-tokens", type=positive_int, help="prefill/decode: prompt length in tokens")
     work.add_argument("--new-tokens", type=positive_int,
                       help="decode: tokens generated; the result is the mean per token, as sample.py measures it")
@@ -239,6 +271,6 @@ def run(args: argparse.Namespace) -> int:
         dtype = "bf16" if torch.cuda.is_available() else "fp32"
     profile = resolve_profile(args.device, args.profile, flops.dtype_name(dtype))
     result = predict(config, args.mode, profile, args.batch, args.seq_len, args.grad_accum, args.prompt_tokens,
-                     args.new_tokens)
+                     args.new_tokens, args.world_size, args.fsdp)
     print(dumps_json(result.to_dict(), indent=2) if args.json else format_prediction(result))
     return 0

@@ -64,6 +64,7 @@ def test_training_step_time_by_hand():
         "memory_bound": elements * SECONDS_PER_ELEMENT,
         "optimizer": params * PER_PARAMETER + tensors * PER_TENSOR,
         "overhead": calls * PER_CALL_TRAINING + accum * FIXED["train_micro_step"],
+        "communication": 0.0,  # one process
     }
     result = predict.predict_train(CONFIG, batch, seq, accum, synthetic_profile())
     assert result.breakdown == pytest.approx(expected, rel=1e-12)

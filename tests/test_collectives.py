@@ -1,0 +1,103 @@
+"""Communication of data-parallel training: the ring model, the measured table and the predictor's
+`--world-size`, against hand counts; (slow) the collectives measured by 2 gloo processes under torchrun."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpt.config import GPTConfig
+from profiling import collectives, device_profile, flops, predict
+from profiling.collectives import CommunicationError, Link
+from tests.test_predict import synthetic_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=64)
+TABLE = {"backend": "gloo", "world_size": 2,
+         "ops": {op: {"bytes": [1000, 3000], "seconds": [1e-4, 3e-4]} for op in collectives.OPS}}
+
+
+def test_ring_by_hand():
+    link = Link(bytes_per_s=1e11, latency_s=1e-6, source="test")
+    assert collectives.link_seconds("all_reduce", 1e9, 4, link) == pytest.approx(2 * 3 / 4 * 1e9 / 1e11 + 6e-6)
+    assert collectives.link_seconds("all_gather", 1e9, 4, link) == pytest.approx(3 / 4 * 1e9 / 1e11 + 3e-6)
+    assert collectives.link_seconds("reduce_scatter", 1e9, 1, link) == 0
+
+
+def test_measured_table_interpolates_clamps_and_extrapolates_at_its_bandwidth():
+    assert collectives.table_seconds(TABLE, "all_reduce", 2000, 2) == pytest.approx(2e-4)
+    assert collectives.table_seconds(TABLE, "all_reduce", 10, 2) == pytest.approx(1e-4)  # latency floor
+    assert collectives.table_seconds(TABLE, "all_reduce", 6000, 2) == pytest.approx(6e-4)
+    with pytest.raises(CommunicationError, match="nproc_per_node 4"):
+        collectives.table_seconds(TABLE, "all_reduce", 2000, 4)
+
+
+def test_ddp_all_reduces_every_gradient_in_buckets_and_fsdp_gathers_twice_per_micro_step():
+    calls = []
+
+    def bytes_of(op, size):
+        calls.append((op, size))
+        return size
+
+    total = 4 * flops.param_count(CONFIG)
+    assert collectives.data_parallel_seconds(CONFIG, 2, 3, False, bytes_of) == total
+    assert {op for op, _ in calls} == {"all_reduce"}
+    big = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)  # GPT-2: 498 MB
+    calls.clear()
+    collectives.data_parallel_seconds(big, 2, 1, False, bytes_of)
+    assert len(calls) == -(-4 * flops.param_count(big) // collectives.DDP_BUCKET_BYTES)
+    calls.clear()
+    assert collectives.data_parallel_seconds(CONFIG, 2, 3, True, bytes_of) == pytest.approx(2 * 3 * total + total)
+    assert sum(op == "reduce_scatter" for op, _ in calls) == CONFIG.n_layer + 1  # each block, then the rest
+    assert collectives.data_parallel_seconds(CONFIG, 1, 3, True, bytes_of) == 0
+
+
+def test_predict_adds_the_measured_collectives_to_the_step():
+    profile = dataclasses.replace(synthetic_profile(), collectives=TABLE)
+    alone = predict.predict_train(CONFIG, 2, 32, 1, profile)
+    ddp = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=2)
+    nbytes = 4 * flops.param_count(CONFIG)
+    expected = collectives.table_seconds(TABLE, "all_reduce", nbytes, 2)
+    assert alone.breakdown["communication"] == 0
+    assert ddp.breakdown["communication"] == pytest.approx(expected)
+    assert ddp.step_seconds == pytest.approx(alone.step_seconds + expected)
+    assert ddp.tokens_per_sec == pytest.approx(alone.tokens_per_sec * alone.step_seconds / ddp.step_seconds)
+
+
+def test_a_profile_without_collectives_says_how_to_measure_them():
+    with pytest.raises(predict.PredictError, match="torchrun --standalone --nproc_per_node 2 -m profiling calibrate"):
+        predict.predict_train(CONFIG, 2, 32, 1, synthetic_profile(), world_size=2)
+    with pytest.raises(predict.PredictError, match="--mode train"):
+        predict.predict(CONFIG, "decode", synthetic_profile(), 1, prompt_tokens=4, new_tokens=4, world_size=2)
+
+
+def test_reference_gpu_profiles_ring_over_the_nvlink_of_the_hardware_table():
+    profile = device_profile.reference_profile("h100-sxm", "bf16")
+    step = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=8)
+    link = Link(450e9, collectives.REFERENCE_LATENCY_S, "")
+    assert step.breakdown["communication"] == pytest.approx(
+        collectives.link_seconds("all_reduce", 4 * flops.param_count(CONFIG), 8, link))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_measure_every_collective(tmp_path):
+    script = tmp_path / "measure.py"
+    script.write_text("import json, torch.distributed as dist\n"
+                      "from profiling.collectives import measure\n"
+                      "dist.init_process_group('gloo')\n"
+                      "table = measure(sizes=(1024, 65536), repeats=2, progress=False)\n"
+                      "print(json.dumps(table)) if dist.get_rank() == 0 else None\n"
+                      "dist.destroy_process_group()\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = json.loads(done.stdout.strip().splitlines()[-1])
+    assert table["backend"] == "gloo" and table["world_size"] == 2
+    for op in collectives.OPS:
+        assert table["ops"][op]["bytes"] == [1024, 65536]
+        assert all(seconds > 0 for seconds in table["ops"][op]["seconds"])
