@@ -47,6 +47,13 @@ class GPTConfig:
             raise ConfigError(
                 f"unknown attention backend {self.attention!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
             )
+        if self.attention == "triton":
+            from kernels.fused_attention import SUPPORTED_HEAD_DIMS
+
+            if self.head_dim not in SUPPORTED_HEAD_DIMS:
+                raise ConfigError(f"the Triton attention kernel takes head sizes {SUPPORTED_HEAD_DIMS}, and width "
+                                  f"{self.n_embd} over {self.n_head} heads gives {self.head_dim}; change --width or "
+                                  "--heads, or use --attention sdpa")
 
     @property
     def head_dim(self) -> int:

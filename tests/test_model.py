@@ -167,6 +167,15 @@ def test_attention_auto_is_sdpa_on_cpu_and_triton_there_needs_the_interpreter(mo
         resolve_attention("triton", "cpu")
 
 
+def test_a_head_size_the_triton_kernel_lacks_is_a_config_error_not_a_failed_first_step():
+    from kernels.fused_attention import SUPPORTED_HEAD_DIMS
+
+    assert 48 not in SUPPORTED_HEAD_DIMS
+    with pytest.raises(GptmeterError, match="gives 48; change --width or --heads, or use --attention sdpa"):
+        small_config(n_embd=96, n_head=2, attention="triton")
+    assert small_config(n_embd=96, n_head=2, attention="sdpa").head_dim == 48
+
+
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(GptmeterError, match="tiny, gpt2"):
         GPTConfig.from_preset("gpt5")
