@@ -249,11 +249,11 @@ class GPT(nn.Module):
 
         return load_pretrained(folder, attention)
 
-    def save_pretrained(self, folder, eos_token: int | None = None) -> None:
-        """Write this model as a Hugging Face GPT-2 folder (gpt/hf.py)."""
+    def save_pretrained(self, folder, eos_token: int | None = None, max_shard_bytes: int | None = None) -> None:
+        """Write this model as a Hugging Face GPT-2 folder, sharded above max_shard_bytes (gpt/hf.py)."""
         from gpt.hf import save_pretrained
 
-        save_pretrained(self, folder, eos_token)
+        save_pretrained(self, folder, eos_token, max_shard_bytes)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
