@@ -7,7 +7,9 @@ a round-trip to the host per token (to sample, to check for end-of-text, to prin
 the dispatch of a dozen small kernels per layer. As gpt-fast does, this loop keeps the
 cache's shapes fixed (gpt.model.KVCache), samples on the device, looks at the host only
 every SYNC_EVERY tokens, and can compile the one-token step (`compile=True`: inductor's
-fused kernels on CPU, CUDA graphs through mode="reduce-overhead" on GPUs).
+fused kernels on CPU, CUDA graphs through mode="reduce-overhead" on GPUs). Attention reads
+only the cache slots that hold tokens (a compiled step: a power-of-two window over them),
+not the whole preallocated context.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from gpt.model import GPT, KVCache
 
 SYNC_EVERY = 16  # new tokens between host round-trips (end-of-text check, streaming); 1 would sync every token
+MIN_WINDOW = 32  # smallest cache window a compiled step attends over (see window_bucket)
 
 _DECODERS: "weakref.WeakKeyDictionary[GPT, _CompiledDecoder]" = weakref.WeakKeyDictionary()
 
@@ -77,7 +80,7 @@ def generate(
         if decoder is None:
             decoder = _DECODERS[model] = _CompiledDecoder(device)
         cache, step = decoder.cache_for(model, batch, device, dtype), decoder.step
-    else:  # eager: a cache just long enough, so attention reads no unused slots
+    else:  # eager: a cache just long enough for this call
         cache = KVCache(model.config, batch, capacity=min(block_size, total), device=device, dtype=dtype)
         step = one_token_step
 
@@ -108,7 +111,8 @@ def generate(
             cache.reset()
             cached = min(length, block_size)
             logits = model(out[:, length - cached : length], cache=cache)[0][:, -1]
-        else:
+        else:  # attention reads the stored slots only: exactly, or (compiled) rounded up to one of a few windows
+            cache.window = window_bucket(cached + 1, cache.capacity) if compile else cached + 1
             logits = step(model, token.view(batch, 1), cache)  # a fresh (B, 1): the same strides every step
             cached += 1
     return out[:, :length]
@@ -117,6 +121,15 @@ def generate(
 def one_token_step(model: GPT, token: torch.Tensor, cache: KVCache) -> torch.Tensor:
     """Logits (B, vocab) of the next token after `token` (B, 1); the unit that `compile=True` compiles."""
     return model(token, cache=cache)[0][:, -1]
+
+
+def window_bucket(slots: int, capacity: int) -> int:
+    """The cache slots a compiled step attends over: the next power of two ≥ slots (≥ MIN_WINDOW), ≤ capacity.
+
+    Each distinct window is one compilation (one CUDA graph on GPUs), so a context of L tokens
+    costs log2(L / MIN_WINDOW) + 1 of them, and attention reads at most twice the slots in use.
+    """
+    return min(capacity, max(MIN_WINDOW, 1 << (slots - 1).bit_length()))
 
 
 def _first_all_equal(columns: torch.Tensor, value: int) -> int:

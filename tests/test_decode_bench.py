@@ -27,7 +27,11 @@ def test_decode_benchmark_runs_and_agrees_with_transformers(tmp_path, capsys):
             assert result["greedy_tokens_equal_gptmeter"]  # same weights, same greedy tokens
             assert len(result["seconds"]) == 2
             assert result["tokens_per_sec"] == pytest.approx(row["batch"] * 6 / result["median_seconds"])
+            per_round = [hf / ours for hf, ours in zip(row["results"]["transformers"]["seconds"], result["seconds"])]
+            assert result["vs_transformers_rounds"] == pytest.approx(per_round)
+            assert min(per_round) <= result["vs_transformers"] <= max(per_round)
             assert result["bandwidth_utilisation"] == pytest.approx(
                 row["decode_bytes_per_step"] * 6 / result["median_seconds"] / row["copy_bandwidth_bytes_per_s"])
         assert row["results"]["transformers"]["vs_transformers"] == pytest.approx(1.0)
+        assert row["decode_bytes_per_token"] * row["batch"] == pytest.approx(row["decode_bytes_per_step"])
     assert "gptmeter" in capsys.readouterr().out
