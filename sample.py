@@ -40,7 +40,7 @@ from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRES
 from gpt.errors import ConfigError, GptmeterError
 from gpt.files import check_output_file
 from gpt.memory import generation_bytes, require_fits
-from gpt.rundir import newest_run
+from gpt.rundir import newest_run, run_tokenizer
 from gpt.tokenizer import TOKENIZERS, Tokenizer, folder_tokenizer, get_tokenizer
 
 if TYPE_CHECKING:  # torch loads after the flags are parsed, so that --help answers at once
@@ -116,8 +116,9 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
     if folder is not None:
         model = GPT.from_pretrained(folder, attention)
         return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
-    payload = load_checkpoint(newest_run(Path(args.out_dir)), map_location="cpu")
-    tokenizer = get_tokenizer(payload["tokenizer"])
+    run_dir = newest_run(Path(args.out_dir))
+    payload = load_checkpoint(run_dir, map_location="cpu")
+    tokenizer = run_tokenizer(run_dir, payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
     model.load_state_dict(payload["model"])
     return model, tokenizer

@@ -23,26 +23,26 @@ from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.hf import save_pretrained
 from gpt.model import GPT
-from gpt.rundir import newest_run
-from gpt.tokenizer import TokenizerUnavailable, get_tokenizer
-
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
+from gpt.rundir import newest_run, run_tokenizer
+from gpt.tokenizer import BPE_FILES, TokenizerUnavailable
 
 
 def export_run(run_dir: Path, out_dir: Path, max_shard_bytes: int | None = None) -> list[str]:
     """Export the checkpoint in run_dir to out_dir; returns the names of the files written."""
-    payload = load_checkpoint(newest_run(Path(run_dir)), map_location="cpu")
+    run_dir = newest_run(Path(run_dir))
+    payload = load_checkpoint(run_dir, map_location="cpu")
     model = GPT(GPTConfig(**payload["model_config"]))
     model.load_state_dict(payload["model"])
     try:
-        eos_token = get_tokenizer(payload["tokenizer"]).eos_token
+        tokenizer = run_tokenizer(run_dir, payload["tokenizer"])
     except TokenizerUnavailable:  # its vocabulary files are not here; config.json then names the last id
-        eos_token = None
-    written = save_pretrained(model, out_dir, eos_token=eos_token, max_shard_bytes=max_shard_bytes)
-    if Path(payload["tokenizer"]).is_absolute():  # a model folder's BPE: its files travel with the weights
-        for name in TOKENIZER_FILES:
-            shutil.copyfile(Path(payload["tokenizer"]) / name, out_dir / name)
-        written += TOKENIZER_FILES
+        tokenizer = None
+    written = save_pretrained(model, out_dir, eos_token=None if tokenizer is None else tokenizer.eos_token,
+                              max_shard_bytes=max_shard_bytes)
+    if tokenizer is not None and tokenizer.files is not None:  # a model folder's BPE: it travels with the weights
+        for name in BPE_FILES:
+            shutil.copyfile(tokenizer.files / name, Path(out_dir) / name)
+        written += BPE_FILES
     return written
 
 

@@ -12,10 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: transformers
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from gpt.checkpoint import load_checkpoint  # noqa: E402
 from gpt.config import GPTConfig  # noqa: E402
 from gpt.export import main as export_main  # noqa: E402
 from gpt.hf import HFFormatError, load_pretrained, save_pretrained  # noqa: E402
 from gpt.model import GPT  # noqa: E402
+from gpt.rundir import run_tokenizer  # noqa: E402
 from gpt.tokenizer import TokenizerUnavailable, folder_tokenizer  # noqa: E402
 
 VOCAB = 400
@@ -262,18 +264,19 @@ def test_fine_tune_sample_and_export_from_the_command_lines(hf_folder, tmp_path,
 
     data = tmp_path / "corpus.txt"
     data.write_text(training_text() * 2)
-    run = tmp_path / "run"
-    assert train.main(["--init", str(hf_folder), "--data", str(data), "--out-dir", str(run), "--max-iters", "3",
+    run, model_folder = tmp_path / "run", shutil.copytree(hf_folder, tmp_path / "model")
+    assert train.main(["--init", str(model_folder), "--data", str(data), "--out-dir", str(run), "--max-iters", "3",
                        "--batch-size", "2", "--eval-interval", "3", "--eval-iters", "1", "--no-progress",
                        "--device", "cpu"]) == 0
+    shutil.rmtree(model_folder)  # the run keeps its own copy of the tokenizer: moving the model folder breaks nothing
     assert sample.main(["--out-dir", str(run), "--prompt", "def", "--max-new-tokens", "5", "--device", "cpu"]) == 0
+    assert run_tokenizer(run, load_checkpoint(run)["tokenizer"]).encode(SAMPLE_TEXT) == \
+        folder_tokenizer(hf_folder).encode(SAMPLE_TEXT)
     assert sample.main(["--init", str(hf_folder), "--prompt", "def", "--max-new-tokens", "5",
                         "--device", "cpu"]) == 0
     assert export_main([str(run), str(tmp_path / "exported")]) == 0
     assert {p.name for p in (tmp_path / "exported").iterdir()} == {"config.json", "model.safetensors",
                                                                  "vocab.json", "merges.txt"}
-    from gpt.checkpoint import load_checkpoint
-
     trained = GPT(GPTConfig(**load_checkpoint(run)["model_config"]))
     trained.load_state_dict(load_checkpoint(run)["model"])
     idx = torch.randint(0, VOCAB, (1, 12))
@@ -285,3 +288,13 @@ def test_fine_tune_sample_and_export_from_the_command_lines(hf_folder, tmp_path,
         sample.main(["--init", str(tmp_path / "missing"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "is not a folder" in capsys.readouterr().err
+    (run / "tokenizer" / "merges.txt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--out-dir", str(run), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "has no merges.txt" in capsys.readouterr().err
+    shutil.rmtree(run / "tokenizer")
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--out-dir", str(run), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "has no copy of it; copy that folder's vocab.json and merges.txt into" in capsys.readouterr().err
