@@ -76,9 +76,7 @@ def generate(
     total = prompt_len + max_new_tokens
     device, dtype = idx.device, model.lm_head.weight.dtype
     if compile:
-        decoder = _DECODERS.get(model)
-        if decoder is None:
-            decoder = _DECODERS[model] = _CompiledDecoder(device)
+        decoder = _compiled_decoder(model, device)
         cache, step = decoder.cache_for(model, batch, device, dtype), decoder.step
     else:  # eager: a cache just long enough for this call
         cache = KVCache(model.config, batch, capacity=min(block_size, total), device=device, dtype=dtype)
@@ -116,6 +114,33 @@ def generate(
             logits = step(model, token.view(batch, 1), cache)  # a fresh (B, 1): the same strides every step
             cached += 1
     return out[:, :length]
+
+
+def _compiled_decoder(model: GPT, device: torch.device) -> _CompiledDecoder:
+    decoder = _DECODERS.get(model)
+    if decoder is None:
+        decoder = _DECODERS[model] = _CompiledDecoder(device)
+    return decoder
+
+
+@torch.no_grad()
+def compile_steps(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Compile, untimed, the one-token step for every cache window that generate(idx, max_new_tokens,
+    compile=True) will use (one compilation each); returns those windows."""
+    batch, prompt_len = idx.shape
+    block_size = model.config.block_size
+    decoder = _compiled_decoder(model, idx.device)
+    cache = decoder.cache_for(model, batch, idx.device, model.lm_head.weight.dtype)
+    model(idx[:, -block_size:], cache=cache)  # the prefill: steps after it see a non-empty cache
+    slots = range(min(prompt_len, block_size) + 1, min(prompt_len + max_new_tokens, block_size) + 1)
+    windows = sorted({window_bucket(n, cache.capacity) for n in slots})
+    token = idx.new_empty(batch).copy_(idx[:, -1])  # a fresh (B,) of unit stride, as sampling returns it
+    for window in windows:
+        cache.pos.fill_(window - 1)  # the step writes its key at the window's last slot, inside the cache
+        cache.window = window
+        decoder.step(model, token.view(batch, 1), cache)
+    cache.reset()
+    return windows
 
 
 def one_token_step(model: GPT, token: torch.Tensor, cache: KVCache) -> torch.Tensor:

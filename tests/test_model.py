@@ -237,6 +237,13 @@ def test_compiled_decode_step_gives_the_eager_tokens():
     model = build(small_config(n_layer=1, block_size=80))
     prompt = torch.randint(0, 61, (2, 5))
     eager = model.generate(prompt, max_new_tokens=90, temperature=0)  # windows 32, 64 and 80; past the context
+    from torch._dynamo.utils import counters
+
+    from gpt.generate import compile_steps
+
+    assert compile_steps(model, prompt, max_new_tokens=90) == [32, 64, 80]
+    compiled = counters["stats"]["unique_graphs"]
     assert torch.equal(model.generate(prompt, max_new_tokens=90, temperature=0, compile=True), eager)
+    assert counters["stats"]["unique_graphs"] == compiled  # compile_steps compiled every window the run used
     assert torch.equal(model.generate(prompt[:, :3], max_new_tokens=8, temperature=0, compile=True),
                        model.generate(prompt[:, :3], max_new_tokens=8, temperature=0))
