@@ -20,7 +20,10 @@ large as the weights (this project's VM reports a 260 MiB L3, shared with the ho
 tenants, for 120 MB of 30M fp32 weights), both "bandwidths" are partly cache bandwidth and
 move with what the neighbours evict; the environment records the cache's size.
 
-    python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--json PATH]
+With --profile-step it also shows where gptmeter's eager one-token step spends its time
+(torch.profiler's busiest operators) beside the time to merely read every weight once.
+
+    python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--profile-step] [--json PATH]
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from gpt.cli import fail, positive_int
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.files import atomic_write_text
-from gpt.model import GPT
+from gpt.generate import one_token_step
+from gpt.model import GPT, KVCache
 from profiling import flops
 from profiling.hardware import device_name
 from profiling.microbench import seconds_per_call
@@ -143,6 +147,45 @@ def last_level_cache() -> str | None:
     return (levels[-1] / "size").read_text().strip() if levels else None
 
 
+@torch.no_grad()
+def profile_step(shape: str, batch: int, context: int, top: int = 8) -> dict:
+    """Where one eager decode step's time goes: torch.profiler's busiest operators (self time per step),
+    beside the step's time and the time to merely read every weight once (summing each) in this process."""
+    from torch.profiler import ProfilerActivity, profile
+
+    config = SHAPES[shape]
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    cache = KVCache(config, batch, capacity=context + 1)
+    model(torch.randint(config.vocab_size, (batch, context)), cache=cache)
+    token = torch.zeros(batch, 1, dtype=torch.long)
+
+    def step() -> None:  # the decode step at `context`, again and again
+        cache.pos.fill_(context)
+        one_token_step(model, token, cache)
+
+    cpu, steps = torch.device("cpu"), 20
+    step_seconds = seconds_per_call(step, cpu)
+    read_seconds = seconds_per_call(lambda: [p.sum() for p in model.parameters()], cpu)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    busiest = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"shape": shape, "batch": batch, "context": context, "step_seconds": step_seconds,
+            "weight_read_seconds": read_seconds,
+            "operators": [{"name": e.key, "calls_per_step": e.count / steps,
+                           "self_seconds_per_step": e.self_cpu_time_total / 1e6 / steps} for e in busiest]}
+
+
+def format_profile(entry: dict) -> str:
+    lines = [f"{entry['shape']} batch {entry['batch']}, context {entry['context']}: eager step "
+             f"{entry['step_seconds'] * 1e3:.2f} ms; reading every weight once {entry['weight_read_seconds'] * 1e3:.2f} "
+             "ms; busiest operators under torch.profiler (self ms per step, calls per step):"]
+    lines += [f"    {op['name']:<52} {op['self_seconds_per_step'] * 1e3:>7.3f} {op['calls_per_step']:>6.1f}"
+              for op in entry["operators"]]
+    return "\n".join(lines)
+
+
 def environment(threads: int, command: list[str]) -> dict:
     import transformers
 
@@ -177,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, all cores)")
     parser.add_argument("--compile", action="store_true",
                         help="also time gptmeter with its compiled one-token step (compiles for about a minute)")
+    parser.add_argument("--profile-step", action="store_true",
+                        help="also profile gptmeter's eager one-token step of each shape and batch (torch.profiler) "
+                        "at the average context, beside the time to read every weight once")
     parser.add_argument("--json", type=Path, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -188,9 +234,15 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batches:
                 report["rows"].append(measure(shape, batch, args.new_tokens, args.rounds, args.compile))
                 print(format_table({"rows": report["rows"][-1:]}).split("\n", 1)[1], file=sys.stderr)
+        if args.profile_step:
+            context = PROMPT_TOKENS + args.new_tokens // 2
+            report["step_profiles"] = [profile_step(shape, batch, context)
+                                       for shape in args.shapes for batch in args.batches]
     except GptmeterError as error:
         fail("bench.decode", str(error))
     print(format_table(report))
+    for entry in report.get("step_profiles", []):
+        print(format_profile(entry))
     copy = max(row["copy_bandwidth_bytes_per_s"] for row in report["rows"])
     read = max(row["read_bandwidth_bytes_per_s"] for row in report["rows"])
     print(f"bandwidth (best of each row's before and after): copy {copy / 1e9:.1f} GB/s (read + write), read-only "

@@ -35,3 +35,14 @@ def test_decode_benchmark_runs_and_agrees_with_transformers(tmp_path, capsys):
         assert row["results"]["transformers"]["vs_transformers"] == pytest.approx(1.0)
         assert row["decode_bytes_per_token"] * row["batch"] == pytest.approx(row["decode_bytes_per_step"])
     assert "gptmeter" in capsys.readouterr().out
+
+
+def test_step_profile_counts_the_operators_of_one_step():
+    from bench.decode import profile_step
+
+    entry = profile_step("toy", batch=2, context=8, top=1000)
+    calls = {op["name"]: op["calls_per_step"] for op in entry["operators"]}
+    assert calls["aten::addmm"] == 4  # one layer: qkv, attention output, MLP in and out (with bias)
+    assert calls["aten::linear"] == 5  # and the output head
+    assert calls["aten::index_copy_"] == 2  # the new key and value, written into the cache
+    assert entry["step_seconds"] > 0 and entry["weight_read_seconds"] > 0
