@@ -17,12 +17,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 from gpt.errors import GptmeterError
-from gpt.files import writable_folder
+from gpt.files import atomic_write, writable_folder
 from gpt.tokenizer import BPE_FILES, BPE_PREFIX, Tokenizer, TokenizerUnavailable, folder_tokenizer, get_tokenizer
 
 LOCK_NAME = ".lock"
@@ -192,7 +191,8 @@ def keep_tokenizer_files(run_dir: Path, tokenizer: Tokenizer) -> None:
         return
     copy.mkdir(exist_ok=True)
     for name in BPE_FILES:
-        shutil.copyfile(tokenizer.files / name, copy / name)
+        contents = (tokenizer.files / name).read_bytes()
+        atomic_write(copy / name, lambda handle: handle.write(contents))
 
 
 def run_tokenizer(run_dir: Path, name: str) -> Tokenizer:
