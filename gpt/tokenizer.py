@@ -158,7 +158,7 @@ def folder_tokenizer(folder: Path | str) -> Tokenizer:
     tiktoken merges the adjacent pair whose merged token has the lowest id; Hugging Face merges
     the pair listed first in merges.txt. The two agree when ids follow merges.txt's order, as
     GPT-2's vocabulary (and any byte-level BPE trained by `tokenizers`) does; we check that.
-    Its name, "bpe-" and a hash of the two files, stays the same when the folder is copied or moved.
+    Its name, "bpe-" and a hash of the vocabulary and merges, stays the same when the folder is copied or moved.
     """
     import json
 
@@ -169,10 +169,9 @@ def folder_tokenizer(folder: Path | str) -> Tokenizer:
     missing = [name for name in BPE_FILES if not (folder / name).is_file()]
     if missing:
         raise TokenizerUnavailable(f"{folder} has no {' or '.join(missing)}; copy the model's tokenizer files into it")
-    raw = {name: (folder / name).read_bytes() for name in BPE_FILES}
     try:
-        vocab = json.loads(raw["vocab.json"].decode("utf-8"))
-        merges = [line.split() for line in raw["merges.txt"].decode("utf-8").splitlines()
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        merges = [line.split() for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
                   if line and not line.startswith("#version")]
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise TokenizerUnavailable(f"{folder}: vocab.json or merges.txt is unreadable ({error})") from None
@@ -187,7 +186,8 @@ def folder_tokenizer(folder: Path | str) -> Tokenizer:
                                    "(a symbol or merged token is missing)") from None
     if any(later <= earlier for earlier, later in zip(merged, merged[1:])):
         raise TokenizerUnavailable(f"{folder}: vocab.json's ids do not follow merges.txt's order, which tiktoken needs")
-    name = BPE_PREFIX + hashlib.sha1(raw["vocab.json"] + b"\0" + raw["merges.txt"]).hexdigest()[:12]
+    contents = json.dumps([sorted(vocab.items(), key=lambda item: item[1]), merges], ensure_ascii=False)
+    name = BPE_PREFIX + hashlib.sha1(contents.encode("utf-8")).hexdigest()[:12]  # the same however the files are laid out
     encoding = tiktoken.Encoding(name=name, pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                  special_tokens={END_OF_TEXT: vocab[END_OF_TEXT]})
     return _tiktoken_tokenizer(name, encoding, files=folder)

@@ -288,6 +288,12 @@ def test_fine_tune_sample_and_export_from_the_command_lines(hf_folder, tmp_path,
         sample.main(["--init", str(tmp_path / "missing"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "is not a folder" in capsys.readouterr().err
+    merges = (run / "tokenizer" / "merges.txt").read_text()
+    (run / "tokenizer" / "merges.txt").write_text(merges.rstrip("\n").rsplit("\n", 1)[0] + "\n")  # one merge fewer
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(["--out-dir", str(run), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "not the bpe-" in capsys.readouterr().err
     (run / "tokenizer" / "merges.txt").unlink()
     with pytest.raises(SystemExit) as exit_info:
         sample.main(["--out-dir", str(run), "--device", "cpu"])
