@@ -11,8 +11,8 @@ from gpt.config import PRESETS
 from gpt.files import dumps_json
 from profiling import cost
 from profiling.plots import write_tornado_plot
-from profiling.scale import (LATENCY_SOURCE, SERVING_BYTES, ScaleRequest, ServingInputs, TrainingInputs,
-                             extrapolate)
+from profiling.plan import LATENCY_SOURCE, SERVING_BYTES, ServingInputs
+from profiling.scale import ScaleRequest, TrainingInputs, extrapolate
 
 
 def _ms(seconds: float) -> str:

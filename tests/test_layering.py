@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "measure": {"energy", "meter", "rundir"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict"},
-    "economics": {"prices", "cost", "scenarios", "scale"},
+    "economics": {"prices", "cost", "scenarios", "plan", "scale"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
                      "__init__"},
 }

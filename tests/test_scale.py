@@ -8,6 +8,7 @@ import pytest
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from profiling import cost, flops, predict, rundir, scale
+from profiling.plan import Planner, ServingInputs, band_inputs, plan_serving
 from profiling.device_profile import reference_profile
 
 GPT2 = GPTConfig.from_preset("gpt2")
@@ -42,8 +43,8 @@ H100 = reference_profile("h100-sxm", "bf16")
 
 def _plan(config=GPT3, device="h100-sxm", prices=cost.PriceChoice(), **inputs):
     priced = cost.price_device(prices, device, scale.device_spec(device).board_power_w)
-    return scale.plan_serving(config, scale.device_spec(device), reference_profile(device, "bf16"),
-                              scale.ServingInputs(**inputs), priced)
+    return plan_serving(config, scale.device_spec(device), reference_profile(device, "bf16"), ServingInputs(**inputs),
+                        priced)
 
 
 def test_the_chosen_batch_fits_and_the_next_one_does_not_meet_the_limit_named():
@@ -256,11 +257,11 @@ def test_scale_plot_draws_the_tornado(cli, tmp_path):
     result = json.loads(out)
     assert status == 0 and result["plots"] == [str(tmp_path / "pics" / "tornado.png")]
     assert (tmp_path / "pics" / "tornado.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(scale.band_inputs(scale.ServingInputs()))
+    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(band_inputs(ServingInputs()))
 
 
 def test_an_input_end_with_no_plan_is_reported_as_none_not_an_error():
-    planner = scale.Planner(GPT3, scale.device_spec("h100-sxm"), H100, scale.ServingInputs(output_tokens=300))
+    planner = Planner(GPT3, scale.device_spec("h100-sxm"), H100, ServingInputs(output_tokens=300))
     fastest = planner.point(8, 1).user_tokens_per_sec
     request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", tokens_per_query=300,
                                  min_user_tokens_per_sec=0.95 * fastest)  # met at batch 1, not if steps were 25% slower
