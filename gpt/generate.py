@@ -186,5 +186,20 @@ def sample_next_token(
         drop_sorted = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already ≥ p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+    return draw(F.softmax(logits, dim=-1), generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of probs (B, V), index i with probability probs[:, i] (B,).
+
+    Inverse transform sampling: one uniform number per row, found in the running sum (float64,
+    so that rare tokens keep their weight). torch.multinomial on CPU costs about 25 ns per
+    vocabulary entry, 1.2 ms a row at GPT-2's 50,257, more than a 30M model's whole decode step;
+    this is about 20 times less. A zero-probability index is never drawn: u < total, and the
+    first running sum above u ends on a positive probability.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, dtype=total.dtype, device=total.device, generator=generator) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rounding must not reach the total
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)

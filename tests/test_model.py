@@ -122,6 +122,18 @@ def test_sampling_filters():
     assert {sample_next_token(logits, 1.0, top_p=0.5, generator=gen).item() for _ in range(50)} == {1}
 
 
+def test_draws_follow_the_probabilities_and_never_pick_a_zero():
+    from gpt.generate import draw
+
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0, 0.125, 0.0])  # dyadic: exact in float32 and float64
+    n = 40_000
+    draws = draw(probs.expand(n, -1), torch.Generator().manual_seed(0))  # n rows, one draw each
+    frequencies = torch.bincount(draws, minlength=6).double() / n
+    sigma = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert (frequencies - probs.double()).abs().le(5 * sigma).all()
+    assert frequencies[3] == 0 and frequencies[5] == 0  # zero probability, before and after the last positive one
+
+
 def test_tiny_model_overfits_one_batch():
     model = build(small_config())
     model.train()
