@@ -11,6 +11,7 @@ device's profile; docs/cost.md has the formulas.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,10 +19,10 @@ from typing import Any
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from profiling import cost, flops, hardware, predict
-from profiling.device_profile import DeviceProfile
+from profiling.device_profile import DeviceProfile, reference_profile
 from profiling.hardware import Accelerator
 from profiling.predict import Prediction
-from profiling.prices import require_positive
+from profiling.prices import PriceError, require_positive
 
 
 class ScaleError(GptmeterError, ValueError):
@@ -42,7 +43,7 @@ class ServingInputs:
     queries_per_day: float = 1e8
     peak_to_average: float = 1.0  # fleet sized for peak = average × this
     dtype: str = "bf16"  # the matmuls: the profile the steps are priced on
-    weights_dtype: str = "bf16"  # stored weights: memory only (the step is priced at `dtype`)
+    weights_dtype: str = "bf16"  # stored weights: memory, and on a reference profile the bytes a matmul reads
     kv_dtype: str = "bf16"  # stored KV cache: memory only
     ttft_s: float = 2.0  # time to first token at most this (LATENCY_SOURCE)
     min_user_tokens_per_sec: float = 5.0  # each user's decode speed at least this (LATENCY_SOURCE)
@@ -51,6 +52,7 @@ class ServingInputs:
     allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce inside a server (assumption)
     step_time_factor: float = 1.0  # predicted times × this: the predictor's uncertainty in the band
     price_factor: float = 1.0  # device-hour price × this: the price's uncertainty in the band
+    tensor_parallel: int | None = None  # devices per replica; None: the planner chooses
 
     def __post_init__(self) -> None:
         for name in ("output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
@@ -64,10 +66,39 @@ class ServingInputs:
         if self.peak_to_average < 1:
             raise ScaleError(f"--peak-to-average is peak over average traffic, at least 1, got {self.peak_to_average}; "
                              "pass 1 for a fleet sized for the average")
+        if self.tensor_parallel is not None:
+            require_positive("tensor_parallel", self.tensor_parallel)
         for name in ("weights_dtype", "kv_dtype"):
             if getattr(self, name) not in SERVING_BYTES:
                 raise ScaleError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
                                  f"{', '.join(SERVING_BYTES)}")
+
+
+@functools.lru_cache(maxsize=32)
+def _reference(device_key: str, dtype: str, weight_bytes: float | None, matmul_dtype: str | None) -> DeviceProfile:
+    return reference_profile(device_key, dtype, weight_bytes, matmul_dtype)
+
+
+def weights_profile(profile: DeviceProfile, device: Accelerator, weights_dtype: str) -> tuple[DeviceProfile, str]:
+    """The profile serving steps are priced on with weights stored at `weights_dtype`, and how they enter it.
+
+    A reference profile is rebuilt: fp8 weights on a device whose datasheet has an fp8 peak run fp8 matmuls (weights
+    and activations 1 byte, the fp8 peak); any other narrower dtype is weight-only (the matmul reads the stored
+    bytes, computes at the profile's dtype). A measured profile holds no such matmuls: there the dtype sets memory
+    only."""
+    stored = SERVING_BYTES[weights_dtype]
+    if stored == flops.bytes_per_element(profile.dtype):
+        return profile, f"{weights_dtype} weights: matmuls at the profile's {profile.dtype}"
+    if profile.kind != "reference":
+        return profile, (f"{weights_dtype} weights set memory only: the measured {profile.dtype} profile has no "
+                         f"{weights_dtype} matmuls")
+    if weights_dtype == "fp8" and "fp8" in device.peak_flops:
+        return (_reference(device.key, profile.dtype, None, "fp8"),
+                f"fp8 matmuls at the datasheet fp8 peak ({device.peak('fp8') / 1e12:,.0f} TFLOP/s, reference), "
+                "weights and activations 1 byte")
+    return (_reference(device.key, profile.dtype, stored, None),
+            f"weight-only {weights_dtype}: matmuls read {stored:g} bytes per weight and compute at {profile.dtype}"
+            + (" (no fp8 peak on this datasheet)" if weights_dtype == "fp8" else ""))
 
 
 @dataclass(frozen=True)
@@ -120,7 +151,8 @@ class Planner:
     """Replica points of one model on one device, their memory limit, and the best batch per tp."""
 
     def __init__(self, config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs):
-        self.config, self.device, self.profile, self.inputs = config, device, profile, inputs
+        self.config, self.device, self.inputs = config, device, inputs
+        self.profile, self.weights_note = weights_profile(profile, device, inputs.weights_dtype)
         self.context = inputs.prompt_tokens + inputs.output_tokens
         if self.context > config.block_size:
             raise ScaleError(f"a query of {self.context} tokens exceeds the model's context of {config.block_size}; "
@@ -132,7 +164,7 @@ class Planner:
         self._steps: dict[int, Prediction] = {}
         # Decode time is linear in the context: the step at the mean context is the generation's mean step.
         self.mean_context = max(inputs.prompt_tokens, 1) + inputs.output_tokens // 2
-        self.prefill_one = (predict.predict_prefill(config, 1, inputs.prompt_tokens, profile)
+        self.prefill_one = (predict.predict_prefill(config, 1, inputs.prompt_tokens, self.profile)
                             if inputs.prompt_tokens else None)
 
     def max_batch(self, tp: int) -> int:
@@ -140,7 +172,15 @@ class Planner:
         return max(0, int((usable - self.weight_bytes) // (self.context * self.kv_bytes_per_token)))
 
     def tensor_parallel_degrees(self) -> list[int]:
-        """Powers of two within a server; beyond 1 only where the hardware table has the server's link."""
+        """Powers of two within a server; beyond 1 only where the hardware table has the server's link. A degree
+        the inputs fix is the only one."""
+        forced = self.inputs.tensor_parallel
+        if forced is not None:
+            if forced > self.inputs.devices_per_server or (forced > 1 and not self.link_bytes_per_s):
+                raise ScaleError(f"--tensor-parallel {forced} needs {forced} linked devices in one server; this one "
+                                 f"has {self.inputs.devices_per_server if self.link_bytes_per_s else 1}: raise "
+                                 "--devices-per-server or lower --tensor-parallel")
+            return [forced]
         degrees, tp = [], 1
         while tp <= self.inputs.devices_per_server and (tp == 1 or self.link_bytes_per_s):
             degrees.append(tp)
@@ -215,8 +255,8 @@ class ServingPlan:
     kwh_per_day: float
     wh_per_query: float
     kg_co2_per_day: float
-    cost_breakdown_usd_per_day: dict[str, float] = field(default_factory=dict)
     candidates: dict[int, str] = field(default_factory=dict)  # tp -> "batch B, D devices" or why it was refused
+    weights: str = ""  # how --weights-dtype entered the step times (weights_profile)
 
 
 def _no_plan(planner: Planner, refusals: dict[int, str]) -> ScaleError:
@@ -256,8 +296,7 @@ def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile,
         raise _no_plan(planner, refusals)
     point, limit, devices = chosen
     tp = point.tensor_parallel
-    hour = priced.device_hour
-    usd_per_day = cost.fleet_usd_per_day(devices, hour) * inputs.price_factor
+    usd_per_day = cost.fleet_usd_per_day(devices, priced.device_hour) * inputs.price_factor
     kwh_per_day = cost.energy_kwh(priced.kw_per_device, devices * cost.SECONDS_PER_DAY)
     capacity = devices // tp * point.queries_per_sec
     return ServingPlan(
@@ -281,10 +320,27 @@ def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile,
         kwh_per_day=kwh_per_day,
         wh_per_query=kwh_per_day * 1000 / inputs.queries_per_day,
         kg_co2_per_day=kwh_per_day * priced.grid_kg_co2_per_kwh,
-        cost_breakdown_usd_per_day={part: devices * 24 * usd * inputs.price_factor
-                                    for part, usd in hour.parts().items()},
         candidates=candidates,
+        weights=planner.weights_note,
     )
+
+
+OWNERSHIPS = {"cloud": "rented", "tco": "owned"}  # --pricing basis -> the fleet it prices
+
+
+def operating_costs(devices: int, choice: cost.PriceChoice, device: Accelerator) -> dict[str, Any]:
+    """The fleet's USD per day by part, rented and owned side by side, whichever basis `choice` picked as the
+    headline; each side with the price inputs it used, or the error that kept it from being priced."""
+    sides: dict[str, Any] = {"headline": OWNERSHIPS[choice.pricing]}
+    for basis, fleet in OWNERSHIPS.items():
+        try:
+            priced = cost.price_device(replace(choice, pricing=basis), device.key, device.board_power_w)
+        except PriceError as error:
+            sides[fleet] = {"basis": basis, "error": str(error)}
+            continue
+        inputs = {name: entry | {"kind": cost.kind_of(entry["source"])} for name, entry in priced.inputs.items()}
+        sides[fleet] = {"basis": basis, **cost.fleet_day_parts(devices, priced.device_hour), "inputs": inputs}
+    return sides
 
 
 # Each uncertain input of the plan: its low and high value (the central one is the plan's own) and why.

@@ -30,7 +30,8 @@ from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware, predict
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.hardware import Accelerator
-from profiling.plan import LATENCY_SOURCE, ScaleError, ServingInputs, plan_serving, uncertainty
+from profiling.plan import (LATENCY_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs, plan_serving,
+                            uncertainty)
 from profiling.predict import Prediction
 from profiling.prices import require_positive
 from profiling.rundir import Measurements, read_measurements
@@ -128,6 +129,7 @@ class ScaleRequest:
     devices_per_server: int | None = None
     usable_memory_fraction: float | None = None
     allreduce_latency_s: float | None = None
+    tensor_parallel: int | None = None  # None: the planner chooses
     train_tokens: float | None = None
     train_devices: int | None = None
     train_micro_batch: int | None = None
@@ -152,8 +154,17 @@ SHAPE_FLAGS = {"n_layer": "--layers", "n_embd": "--width", "n_head": "--heads", 
                "block_size": "--context", "vocab_size": "--vocab"}  # ScaleRequest.shape's fields and their flags
 
 
-def extrapolate(request: ScaleRequest) -> dict[str, Any]:
-    """Training and serving of the target model on the target device; every input listed with its kind."""
+@dataclass(frozen=True)
+class Target:
+    """A request resolved: the model, the device, the profile its steps are priced on, the device-hour price."""
+
+    config: GPTConfig
+    device: Accelerator
+    profile: DeviceProfile
+    priced: cost.PricedDevice
+
+
+def resolve(request: ScaleRequest) -> Target:
     if request.model is None and not request.shape.get("n_layer"):
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
     conflicting = [SHAPE_FLAGS[name] for name, value in request.shape.items() if value is not None]
@@ -162,10 +173,60 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
                          "ignored; drop them, or drop --model and give the shape: --layers N --width D --heads H")
     config = resolve_model(request.model, None if request.model else request.shape)
     device = device_spec(request.device)
-    dtype = flops.dtype_name(request.dtype)
-    profile = resolve_profile(device.key, request.device_profile, dtype)
+    profile = resolve_profile(device.key, request.device_profile, flops.dtype_name(request.dtype))
+    return Target(config, device, profile, cost.price_device(request.prices, device.key, device.board_power_w))
+
+
+def _given(inputs: dict[str, dict[str, Any]], request: ScaleRequest, name: str, default: float,
+           unit: str = "") -> float:
+    """The request's value of `name`, or `default`; recorded in `inputs` with its source."""
+    value = getattr(request, name)
+    source = "assumed (default)" if value is None else f"assumed (--{name.replace('_', '-')})"
+    inputs[name] = {"value": default if value is None else value, "unit": unit, "source": source}
+    return inputs[name]["value"]
+
+
+def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | None = None) -> ServingInputs:
+    """The planner's inputs: the request's values, the defaults for what it left unset (recorded in `inputs`)."""
+    inputs = {} if inputs is None else inputs
+
+    def given(name: str, default: float, unit: str = "") -> float:
+        return _given(inputs, request, name, default, unit)
+
+    serving = ServingInputs(
+        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
+        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
+        queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
+        peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
+        dtype=flops.dtype_name(request.dtype),
+        weights_dtype=request.weights_dtype,
+        kv_dtype=request.kv_dtype,
+        ttft_s=given("ttft_s", ServingInputs.ttft_s, "s"),
+        min_user_tokens_per_sec=given("min_user_tokens_per_sec", ServingInputs.min_user_tokens_per_sec, "tokens/s"),
+        devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
+        usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
+        allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
+        tensor_parallel=request.tensor_parallel,
+    )
+    for name in ("ttft_s", "min_user_tokens_per_sec"):
+        if getattr(request, name) is None:
+            inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    if request.tensor_parallel is not None:
+        given("tensor_parallel", request.tensor_parallel, "devices")
+    return serving
+
+
+def plan_request(request: ScaleRequest) -> ServingPlan:
+    """The central serving plan of a request (no band, no training): what `--compare` re-runs per lever."""
+    target = resolve(request)
+    return plan_serving(target.config, target.device, target.profile, serving_inputs(request), target.priced)
+
+
+def extrapolate(request: ScaleRequest) -> dict[str, Any]:
+    """Training and serving of the target model on the target device; every input listed with its kind."""
+    target = resolve(request)
+    config, device, profile, priced = target.config, target.device, target.profile, target.priced
     measured = read_measurements(list(request.sources))
-    priced = cost.price_device(request.prices, device.key, device.board_power_w)
     params = flops.param_count(config)
     summary = profile.summary()
     inputs: dict[str, dict[str, Any]] = {"device_profile": {
@@ -174,28 +235,9 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
                   f"{summary['source']}"}}
 
     def given(name: str, default: float, unit: str = "") -> float:
-        value = getattr(request, name)
-        source = "assumed (default)" if value is None else f"assumed (--{name.replace('_', '-')})"
-        inputs[name] = {"value": default if value is None else value, "unit": unit, "source": source}
-        return inputs[name]["value"]
+        return _given(inputs, request, name, default, unit)
 
-    serving = ServingInputs(
-        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
-        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
-        queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
-        peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
-        dtype=dtype,
-        weights_dtype=request.weights_dtype,
-        kv_dtype=request.kv_dtype,
-        ttft_s=given("ttft_s", ServingInputs.ttft_s, "s"),
-        min_user_tokens_per_sec=given("min_user_tokens_per_sec", ServingInputs.min_user_tokens_per_sec, "tokens/s"),
-        devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
-        usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
-        allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
-    )
-    for name in ("ttft_s", "min_user_tokens_per_sec"):
-        if getattr(request, name) is None:
-            inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    serving = serving_inputs(request, inputs)
     link = hardware.INTERCONNECTS.get(device.key)
     if link is not None:
         inputs["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
@@ -213,7 +255,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     training, step = plan_training(config, profile, training_inputs, priced)
     return {
         "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
-        "device": {"key": device.key, "name": device.name, "dtype": dtype, "peak_flops": device.peak(dtype),
+        "device": {"key": device.key, "name": device.name, "dtype": serving.dtype,
+                   "peak_flops": device.peak(serving.dtype),
                    "memory_bandwidth_bytes_per_s": device.memory_bandwidth, "memory_bytes": device.memory_bytes,
                    "board_power_w": device.board_power_w, "source": device.source},
         "profile": summary,
@@ -223,5 +266,6 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
         "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
         "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
-        "serving": asdict(plan) | band,
+        "serving": asdict(plan) | band | {
+            "operating_cost_usd_per_day": operating_costs(plan.devices, request.prices, device)},
     }

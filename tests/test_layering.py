@@ -10,11 +10,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Every module of profiling/ in exactly one layer; a lower layer never imports a higher one.
 LAYERS = {
-    "measure": {"energy", "meter", "rundir"},
+    "measure": {"energy", "meter", "rundir", "scaling"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict"},
-    "economics": {"prices", "cost", "scenarios", "plan", "scale"},
+    "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
-                     "__init__"},
+                     "__init__", "train_compare_cli"},
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 
