@@ -40,7 +40,7 @@ from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRES
 from gpt.errors import ConfigError, GptmeterError
 from gpt.files import check_output_file
 from gpt.memory import generation_bytes, require_fits
-from gpt.rundir import newest_run
+from gpt.rundir import newest_run, run_tokenizer
 from gpt.tokenizer import TOKENIZERS, Tokenizer, folder_tokenizer, get_tokenizer
 
 if TYPE_CHECKING:  # torch loads after the flags are parsed, so that --help answers at once
@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "capability >= 8.0), float16 on older GPUs, float32 on CPU")
     run.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention implementation")
     run.add_argument("--compile", action="store_true",
-                     help="torch.compile the one-token decode step (CUDA graphs on GPUs); compiled during the "
-                     "untimed warm-up, which then takes a minute or so (docs/decoding.md has CPU timings)")
+                     help="torch.compile the one-token decode step (CUDA graphs on GPUs), once per power-of-two "
+                     "cache window the run reaches (32, 64, ... slots); compiled during the untimed warm-up, which "
+                     "then takes a minute or so (docs/decoding.md has CPU timings)")
     run.add_argument("--board-watts", type=positive_float, help=BOARD_WATTS_HELP)
     run.add_argument("--profile-json", type=Path,
                      help="also write the measured prefill/decode figures (tokens/s, MFU, bandwidth utilisation, "
@@ -117,8 +118,9 @@ def load_model(args: argparse.Namespace, device: "torch.device") -> tuple["GPT",
     if folder is not None:
         model = GPT.from_pretrained(folder, attention)
         return model, get_tokenizer(args.tokenizer) if args.tokenizer else folder_tokenizer(folder)
-    payload = load_checkpoint(newest_run(Path(args.out_dir)), map_location="cpu")
-    tokenizer = get_tokenizer(payload["tokenizer"])
+    run_dir = newest_run(Path(args.out_dir))
+    payload = load_checkpoint(run_dir, map_location="cpu")
+    tokenizer = run_tokenizer(run_dir, payload["tokenizer"])
     model = GPT(GPTConfig(**{**payload["model_config"], "attention": attention}))
     model.load_state_dict(payload["model"])
     return model, tokenizer
@@ -174,6 +176,7 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     """Generate, stream or print the samples, report the timing, and write --profile-json."""
     import torch
 
+    from gpt.generate import compile_steps
     from gpt.trainer import DTYPES
     from gpt.warmup import plan_warmup, warm_up
     from profiling.live import GenerationProfiler, describe_generation
@@ -184,8 +187,8 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
                          every_key=model.config.attention == "triton")
     warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
-    if args.compile:  # and the compiled one-token step
-        model.generate(idx, 2, temperature=0, compile=True)
+    if args.compile:  # and the compiled one-token step, for each cache window the run will use
+        compile_steps(model, idx, args.max_new_tokens)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")

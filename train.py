@@ -48,7 +48,7 @@ from gpt.config import (
     TrainConfig,
 )
 from gpt.errors import GptmeterError
-from gpt.rundir import SHARDED_CHECKPOINT_NAME, RunLock, claim_run_dir
+from gpt.rundir import SHARDED_CHECKPOINT_NAME, RunLock, claim_run_dir, keep_tokenizer_files, run_tokenizer
 from gpt.tokenizer import TOKENIZERS, get_tokenizer
 
 DEFAULT_OUT_DIR = "out/{preset}"
@@ -243,7 +243,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
         model_config = resumed_model_config(args, given, saved, attention)
         args.preset = saved["run_info"].get("preset", args.preset)
-        tokenizer = get_tokenizer(saved["tokenizer"])
+        tokenizer = run_tokenizer(out_dir, saved["tokenizer"])
     elif folder is not None:
         if shape_overrides(args) or args.vocab_size:
             raise GptmeterError("--layers, --width, --heads, --kv-heads, --block-size and --vocab-size shape a new "
@@ -275,6 +275,8 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
                       initial_weights=pretrained and pretrained.state_dict())
     if saved:
         trainer.resume(saved)
+    if distributed.is_main():
+        keep_tokenizer_files(out_dir, tokenizer)  # a model folder's BPE: the run keeps its own copy
 
     if trainer.world_size > 1 and distributed.is_main():
         kind = "sharded data-parallel (FSDP2)" if trainer.sharded else "data-parallel (DDP)"

@@ -3,9 +3,11 @@
 For each shape and batch, one set of random weights is loaded into gptmeter's GPT and, through
 a GPT-2 export (gpt/hf.py), into transformers' GPT2LMHeadModel (SDPA attention, its KV cache).
 Each contender generates the same number of greedy tokens from the same prompt; the rounds are
-interleaved (A, B, C, A, B, C, ...) so that a neighbour's load on a shared machine hits all of
-them alike, and the median of each is kept. Before timing, the greedy tokens of every contender
-are compared with each other.
+interleaved, the order reversed every other round (A, B, C, C, B, A, ...), so that a neighbour's
+load on a shared machine hits all of them alike. The ratio to transformers is taken per round
+(the two runs of a round are seconds apart) and reported as the median and range over rounds;
+tokens/s is each contender's median. Before timing, the greedy tokens of every contender are
+compared with each other.
 
 tokens/s counts new tokens over the whole `generate` call (a short prompt's prefill included,
 for everyone). Bandwidth utilisation is the bytes a decode step must read (weights + the KV
@@ -13,9 +15,15 @@ cache at its average length, profiling.flops.decode_bytes_per_step) times steps 
 over the copy bandwidth (read + write, the figure the profiler uses on CPUs), and also over
 the read-only bandwidth (summing a buffer): a decode step only reads. Both are measured in this
 process (profiling.microbench's fastest-batch timer, 128 MiB buffers) just before and just
-after each row's rounds, and the better of the two is kept.
+after each row's rounds, and the better of the two is kept. Where the last-level cache is as
+large as the weights (this project's VM reports a 260 MiB L3, shared with the host's other
+tenants, for 120 MB of 30M fp32 weights), both "bandwidths" are partly cache bandwidth and
+move with what the neighbours evict; the environment records the cache's size.
 
-    python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--json PATH]
+With --profile-step it also shows where gptmeter's eager one-token step spends its time
+(torch.profiler's busiest operators) beside the time to merely read every weight once.
+
+    python -m bench.decode [--shapes tiny 30m] [--batches 1 16] [--compile] [--profile-step] [--json PATH]
 """
 
 from __future__ import annotations
@@ -36,7 +44,8 @@ from gpt.cli import fail, positive_int
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.files import atomic_write_text
-from gpt.model import GPT
+from gpt.generate import one_token_step
+from gpt.model import GPT, KVCache
 from profiling import flops
 from profiling.hardware import device_name
 from profiling.microbench import seconds_per_call
@@ -100,10 +109,10 @@ def measure(shape: str, batch: int, new_tokens: int, rounds: int, compile: bool)
     agree = {name: bool(torch.equal(out, reference)) for name, out in outputs.items()}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     before = roofs()
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for round_ in range(rounds):
+        for name in list(runs)[:: 1 if round_ % 2 == 0 else -1]:
             started = time.perf_counter()
-            run(prompt)
+            runs[name](prompt)
             seconds[name].append(time.perf_counter() - started)
     # A neighbour's load lowers a bandwidth measurement as it lowers the rounds: keep the better of the two.
     copy_bandwidth, read_bandwidth = (max(pair) for pair in zip(before, roofs()))
@@ -113,40 +122,90 @@ def measure(shape: str, batch: int, new_tokens: int, rounds: int, compile: bool)
     results = {}
     for name, times in seconds.items():
         median = statistics.median(times)
+        ratios = [hf / ours for hf, ours in zip(seconds["transformers"], times)]  # per round: > 1 is faster than HF
         results[name] = {
             "tokens_per_sec": batch * new_tokens / median,
             "median_seconds": median,
             "seconds": times,
+            "vs_transformers": statistics.median(ratios),
+            "vs_transformers_rounds": ratios,
             "bandwidth_utilisation": bytes_per_step * new_tokens / median / copy_bandwidth,
             "read_bandwidth_utilisation": bytes_per_step * new_tokens / median / read_bandwidth,
             "greedy_tokens_equal_gptmeter": agree[name],
         }
-    hf = results["transformers"]["tokens_per_sec"]
-    for entry in results.values():
-        entry["vs_transformers"] = entry["tokens_per_sec"] / hf
     return {"shape": shape, "params": model.num_params(), "batch": batch, "prompt_tokens": PROMPT_TOKENS,
             "new_tokens": new_tokens, "config": config.to_dict(), "decode_bytes_per_step": bytes_per_step,
+            "decode_bytes_per_token": bytes_per_step / batch,
             "copy_bandwidth_bytes_per_s": copy_bandwidth, "read_bandwidth_bytes_per_s": read_bandwidth,
             "results": results}
+
+
+def last_level_cache() -> str | None:
+    """Size of the CPU's largest cache as Linux reports it (e.g. "266240K"), None where unknown."""
+    levels = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"),
+                    key=lambda index: int((index / "level").read_text()))
+    return (levels[-1] / "size").read_text().strip() if levels else None
+
+
+@torch.no_grad()
+def profile_step(shape: str, batch: int, context: int, top: int = 8) -> dict:
+    """Where one eager decode step's time goes: torch.profiler's busiest operators (self time per step),
+    beside the step's time and the time to merely read every weight once (summing each) in this process."""
+    from torch.profiler import ProfilerActivity, profile
+
+    config = SHAPES[shape]
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    cache = KVCache(config, batch, capacity=context + 1)
+    model(torch.randint(config.vocab_size, (batch, context)), cache=cache)
+    token = torch.zeros(batch, 1, dtype=torch.long)
+
+    def step() -> None:  # the decode step at `context`, again and again
+        cache.pos.fill_(context)
+        one_token_step(model, token, cache)
+
+    cpu, steps = torch.device("cpu"), 20
+    step_seconds = seconds_per_call(step, cpu)
+    read_seconds = seconds_per_call(lambda: [p.sum() for p in model.parameters()], cpu)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    busiest = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return {"shape": shape, "batch": batch, "context": context, "step_seconds": step_seconds,
+            "weight_read_seconds": read_seconds,
+            "operators": [{"name": e.key, "calls_per_step": e.count / steps,
+                           "self_seconds_per_step": e.self_cpu_time_total / 1e6 / steps} for e in busiest]}
+
+
+def format_profile(entry: dict) -> str:
+    lines = [f"{entry['shape']} batch {entry['batch']}, context {entry['context']}: eager step "
+             f"{entry['step_seconds'] * 1e3:.2f} ms; reading every weight once {entry['weight_read_seconds'] * 1e3:.2f} "
+             "ms; busiest operators under torch.profiler (self ms per step, calls per step):"]
+    lines += [f"    {op['name']:<52} {op['self_seconds_per_step'] * 1e3:>7.3f} {op['calls_per_step']:>6.1f}"
+              for op in entry["operators"]]
+    return "\n".join(lines)
 
 
 def environment(threads: int, command: list[str]) -> dict:
     import transformers
 
-    return {"device": device_name("cpu"), "threads": threads, "date": datetime.now(timezone.utc).isoformat(),
+    return {"device": device_name("cpu"), "last_level_cache": last_level_cache(), "threads": threads,
+            "date": datetime.now(timezone.utc).isoformat(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "dtype": "float32", "command": "python -m bench.decode " + " ".join(command)}
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'shape':<6} {'params':>7} {'batch':>5}  {'contender':<18} {'tok/s':>9} {'vs HF':>6} {'of copy':>8} "
-             f"{'of read':>8}"]
+    lines = [f"{'shape':<6} {'params':>7} {'batch':>5} {'MB/tok':>7}  {'contender':<18} {'tok/s':>9} {'vs HF':>6} "
+             f"{'(rounds)':>13} {'of copy':>8} {'of read':>8}"]
     for row in report["rows"]:
         for name, r in row["results"].items():
             differ = "" if r["greedy_tokens_equal_gptmeter"] else "  (greedy tokens differ)"
-            lines.append(f"{row['shape']:<6} {row['params'] / 1e6:>6.1f}M {row['batch']:>5}  {name:<18} "
-                         f"{r['tokens_per_sec']:>9,.0f} {r['vs_transformers']:>5.2f}x "
-                         f"{r['bandwidth_utilisation']:>8.1%} {r['read_bandwidth_utilisation']:>8.1%}{differ}")
+            spread = f"{min(r['vs_transformers_rounds']):.2f}-{max(r['vs_transformers_rounds']):.2f}"
+            lines.append(f"{row['shape']:<6} {row['params'] / 1e6:>6.1f}M {row['batch']:>5} "
+                         f"{row['decode_bytes_per_token'] / 1e6:>7.2f}  {name:<18} {r['tokens_per_sec']:>9,.0f} "
+                         f"{r['vs_transformers']:>5.2f}x {spread:>13} {r['bandwidth_utilisation']:>8.1%} "
+                         f"{r['read_bandwidth_utilisation']:>8.1%}{differ}")
     return "\n".join(lines)
 
 
@@ -156,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="model shapes: tiny (0.8M parameters) and 30m (30.0M, vocabulary 50,257)")
     parser.add_argument("--batches", nargs="+", type=positive_int, default=[1, 16], help="sequences per batch")
     parser.add_argument("--new-tokens", type=positive_int, default=96, help="tokens generated per sequence")
-    parser.add_argument("--rounds", type=positive_int, default=5, help="timed rounds per contender (median kept)")
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="timed rounds per contender (medians kept; the ratio to transformers per round)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads (default: torch's, all cores)")
     parser.add_argument("--compile", action="store_true",
                         help="also time gptmeter with its compiled one-token step (compiles for about a minute)")
+    parser.add_argument("--profile-step", action="store_true",
+                        help="also profile gptmeter's eager one-token step of each shape and batch (torch.profiler) "
+                        "at the average context, beside the time to read every weight once")
     parser.add_argument("--json", type=Path, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
@@ -171,9 +234,15 @@ def main(argv: list[str] | None = None) -> int:
             for batch in args.batches:
                 report["rows"].append(measure(shape, batch, args.new_tokens, args.rounds, args.compile))
                 print(format_table({"rows": report["rows"][-1:]}).split("\n", 1)[1], file=sys.stderr)
+        if args.profile_step:
+            context = PROMPT_TOKENS + args.new_tokens // 2
+            report["step_profiles"] = [profile_step(shape, batch, context)
+                                       for shape in args.shapes for batch in args.batches]
     except GptmeterError as error:
         fail("bench.decode", str(error))
     print(format_table(report))
+    for entry in report.get("step_profiles", []):
+        print(format_profile(entry))
     copy = max(row["copy_bandwidth_bytes_per_s"] for row in report["rows"])
     read = max(row["read_bandwidth_bytes_per_s"] for row in report["rows"])
     print(f"bandwidth (best of each row's before and after): copy {copy / 1e9:.1f} GB/s (read + write), read-only "

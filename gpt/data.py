@@ -152,7 +152,7 @@ def _tokenise_files(files: list[Path], tokenizer: Tokenizer, label: str, replace
 
 def _cached_token_files(root: Path, files: list[Path], tokenizer: Tokenizer, name: str) -> Path:
     """Tokenise once into <cache>/data/<name>-<fingerprint>/{train,val}.bin and return that folder."""
-    folder = cache_root() / "data" / f"{name}-{tokenizer.label}-{_corpus_fingerprint(root, files, tokenizer)}"
+    folder = cache_root() / "data" / f"{name}-{tokenizer.name}-{_corpus_fingerprint(root, files, tokenizer)}"
     if (folder / TOKEN_META).exists():
         return folder
     writable_cache_root()

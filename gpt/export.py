@@ -2,7 +2,8 @@
 
     python -m gpt.export RUN_DIR OUT_DIR
 
-OUT_DIR gets config.json and model.safetensors (float32), which
+OUT_DIR gets config.json and model.safetensors (float32; with --max-shard-size, shard files
+and model.safetensors.index.json when the weights are larger), which
 `transformers.GPT2LMHeadModel.from_pretrained(OUT_DIR)` loads; and, when the run was
 fine-tuned from a model folder, that folder's vocab.json and merges.txt. A run trained with
 the bytes or cl100k tokenizer has no GPT-2 tokenizer files to give: its ids are written
@@ -17,32 +18,31 @@ import sys
 from pathlib import Path
 
 from gpt.checkpoint import load_checkpoint
-from gpt.cli import HelpFormatter, fail
+from gpt.cli import HelpFormatter, fail, positive_float
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.hf import save_pretrained
 from gpt.model import GPT
-from gpt.rundir import newest_run
-from gpt.tokenizer import TokenizerUnavailable, get_tokenizer
-
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
+from gpt.rundir import newest_run, run_tokenizer
+from gpt.tokenizer import BPE_FILES, TokenizerUnavailable
 
 
-def export_run(run_dir: Path, out_dir: Path) -> list[str]:
+def export_run(run_dir: Path, out_dir: Path, max_shard_bytes: int | None = None) -> list[str]:
     """Export the checkpoint in run_dir to out_dir; returns the names of the files written."""
-    payload = load_checkpoint(newest_run(Path(run_dir)), map_location="cpu")
+    run_dir = newest_run(Path(run_dir))
+    payload = load_checkpoint(run_dir, map_location="cpu")
     model = GPT(GPTConfig(**payload["model_config"]))
     model.load_state_dict(payload["model"])
     try:
-        eos_token = get_tokenizer(payload["tokenizer"]).eos_token
+        tokenizer = run_tokenizer(run_dir, payload["tokenizer"])
     except TokenizerUnavailable:  # its vocabulary files are not here; config.json then names the last id
-        eos_token = None
-    save_pretrained(model, out_dir, eos_token=eos_token)
-    written = ["config.json", "model.safetensors"]
-    if Path(payload["tokenizer"]).is_absolute():  # a model folder's BPE: its files travel with the weights
-        for name in TOKENIZER_FILES:
-            shutil.copyfile(Path(payload["tokenizer"]) / name, out_dir / name)
-        written += TOKENIZER_FILES
+        tokenizer = None
+    written = save_pretrained(model, out_dir, eos_token=None if tokenizer is None else tokenizer.eos_token,
+                              max_shard_bytes=max_shard_bytes)
+    if tokenizer is not None and tokenizer.files is not None:  # a model folder's BPE: it travels with the weights
+        for name in BPE_FILES:
+            shutil.copyfile(tokenizer.files / name, Path(out_dir) / name)
+        written += BPE_FILES
     return written
 
 
@@ -55,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="run directory holding ckpt.pt or ckpt.dcp/, or a folder of "
                         "numbered runs (its newest is exported)")
     parser.add_argument("out_dir", type=Path, help="folder to create; must not already hold a model")
+    parser.add_argument("--max-shard-size", type=positive_float, metavar="MB",
+                        help="split weights larger than this many megabytes (10^6 bytes) into shard files of at most "
+                        "that size, with an index, as transformers does (default: one file)")
     args = parser.parse_args(argv)
     try:
-        written = export_run(args.run_dir, args.out_dir)
+        shard_bytes = None if args.max_shard_size is None else int(args.max_shard_size * 1e6)
+        written = export_run(args.run_dir, args.out_dir, shard_bytes)
     except GptmeterError as error:
         fail("gpt.export", str(error))
     print(f"wrote {', '.join(written)} to {args.out_dir}; open with "

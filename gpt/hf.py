@@ -17,6 +17,7 @@ import json
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -93,32 +94,85 @@ def _to_hf(name: str, tensor: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- import
 
 
-def _open_weights(folder: Path) -> tuple[Path, dict[str, tuple[tuple[int, ...], str]], object]:
-    """The weights file, {name: (shape, dtype)} read without loading any tensor, and a reader of one tensor."""
-    if (folder / SAFETENSORS).is_file():
-        from safetensors import SafetensorError, safe_open
+Index = dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, dtype name), read without loading a tensor
+Reader = Callable[[str], torch.Tensor]  # tensor name -> the tensor
 
-        path = folder / SAFETENSORS
-        try:
-            handle = safe_open(str(path), framework="pt")
-            index = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
-                     for name in handle.keys()}
-        except (SafetensorError, OSError) as error:
-            raise HFFormatError(f"{path} is truncated or not a safetensors file ({error}); download it again") from None
-        return path, index, handle.get_tensor
-    if (folder / PYTORCH_BIN).is_file():
-        path = folder / PYTORCH_BIN
-        try:  # weights_only: tensors and plain containers, never arbitrary objects; mmap: nothing read yet
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-            raise HFFormatError(f"{path} is truncated or not a PyTorch weights file ({type(error).__name__}); "
-                                "download it again") from None
-        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-            raise HFFormatError(f"{path} does not hold a dictionary of tensors")
-        dtype_names = {dtype: name for name, dtype in FLOAT_DTYPES.items()}
-        index = {name: (tuple(t.shape), dtype_names.get(t.dtype, str(t.dtype))) for name, t in state.items()}
-        return path, index, state.__getitem__
-    raise HFFormatError(f"{folder} has no {SAFETENSORS} or {PYTORCH_BIN}; copy the model's weights file into it")
+
+def _open_safetensors(path: Path) -> tuple[Index, Reader]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+        index = {name: (tuple(handle.get_slice(name).get_shape()), handle.get_slice(name).get_dtype())
+                 for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise HFFormatError(f"{path} is truncated or not a safetensors file ({error}); download it again") from None
+    return index, handle.get_tensor
+
+
+def _open_bin(path: Path) -> tuple[Index, Reader]:
+    try:  # weights_only: tensors and plain containers, never arbitrary objects; mmap: nothing read yet
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        raise HFFormatError(f"{path} is truncated or not a PyTorch weights file ({type(error).__name__}); "
+                            "download it again") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise HFFormatError(f"{path} does not hold a dictionary of tensors")
+    dtype_names = {dtype: name for name, dtype in FLOAT_DTYPES.items()}
+    return {name: (tuple(t.shape), dtype_names.get(t.dtype, str(t.dtype))) for name, t in state.items()}, \
+        state.__getitem__
+
+
+def _open_sharded(index_path: Path, open_shard: Callable[[Path], tuple[Index, Reader]]) -> tuple[Index, Reader]:
+    """A checkpoint split over shard files by an index (`weight_map`: tensor name -> shard file in the folder).
+
+    Every shard is opened (headers only) and must hold every tensor the index places in it.
+    """
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8")).get("weight_map")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise HFFormatError(f"{index_path} is not a valid index ({error}); download it again") from None
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(shard, str) and shard == Path(shard).name and shard not in ("", ".", "..")
+                    for shard in weight_map.values())):
+        raise HFFormatError(f"{index_path} has no weight_map of tensor names to shard files in its folder; "
+                            "download it again")
+    shards: dict[str, set[str]] = {}
+    for name, shard in weight_map.items():
+        shards.setdefault(shard, set()).add(name)
+    index: Index = {}
+    readers: dict[str, Reader] = {}
+    for shard, names in sorted(shards.items()):
+        path = index_path.parent / shard
+        if not path.is_file():
+            raise HFFormatError(f"{path} is missing ({index_path.name} lists it); copy all {len(shards)} shard "
+                                "files of the checkpoint into the folder")
+        held, read = open_shard(path)
+        absent = sorted(names - set(held))
+        if absent:
+            raise HFFormatError(f"{path} lacks {absent[0]!r}, which {index_path.name} places there; the shard does "
+                                "not belong to this index: download the checkpoint again")
+        index.update((name, held[name]) for name in names)
+        readers.update(dict.fromkeys(names, read))
+    return index, lambda name: readers[name](name)
+
+
+WEIGHT_FILES = (  # what transformers looks for, in its order: (file, how to open it, sharded)
+    (SAFETENSORS, _open_safetensors, False),
+    (SAFETENSORS + ".index.json", _open_safetensors, True),
+    (PYTORCH_BIN, _open_bin, False),
+    (PYTORCH_BIN + ".index.json", _open_bin, True),
+)
+
+
+def _open_weights(folder: Path) -> tuple[Path, Index, Reader]:
+    """The weights file (or shard index), {name: (shape, dtype)} read without loading any tensor, and a reader."""
+    for name, open_file, sharded in WEIGHT_FILES:
+        path = folder / name
+        if path.is_file():
+            return path, *(_open_sharded(path, open_file) if sharded else open_file(path))
+    raise HFFormatError(f"{folder} has no {SAFETENSORS} or {PYTORCH_BIN} (nor a sharded index of either); "
+                        "copy the model's weights files into it")
 
 
 def load_pretrained(folder: Path | str, attention: str = "sdpa"):
@@ -161,9 +215,16 @@ def load_pretrained(folder: Path | str, attention: str = "sdpa"):
 # ----------------------------------------------------------------------------- export
 
 
-def save_pretrained(model, folder: Path | str, eos_token: int | None = None) -> Path:
+def save_pretrained(model, folder: Path | str, eos_token: int | None = None,
+                    max_shard_bytes: int | None = None) -> list[str]:
     """Write `model` as a Hugging Face GPT-2 folder (config.json + model.safetensors, float32) that
-    transformers.GPT2LMHeadModel.from_pretrained loads; HFFormatError for what GPT-2 cannot hold."""
+    transformers.GPT2LMHeadModel.from_pretrained loads; returns the names of the files written.
+    HFFormatError for what GPT-2 cannot hold.
+
+    With `max_shard_bytes`, weights larger than that are split as transformers splits them:
+    model-0000i-of-0000n.safetensors files of at most that size (a bigger tensor gets a shard of
+    its own) and model.safetensors.index.json mapping each tensor to its shard.
+    """
     from safetensors.torch import save as safetensors_bytes
 
     config: GPTConfig = model.config
@@ -173,17 +234,41 @@ def save_pretrained(model, folder: Path | str, eos_token: int | None = None) -> 
     if model.lm_head.weight is not model.transformer.wte.weight:
         raise HFFormatError("GPT-2's output head is tied to its token embedding, and this model's is not")
     folder = Path(folder)
-    if any((folder / name).exists() for name in (CONFIG, SAFETENSORS, PYTORCH_BIN)):
+    if any((folder / name).exists() for name in (CONFIG, *(name for name, _, _ in WEIGHT_FILES))):
         raise HFFormatError(f"{folder} already holds a model; choose a new folder (nothing was overwritten)")
     tensors = {name: _to_hf(name, tensor.detach()).to(device="cpu", dtype=torch.float32).contiguous()
                for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
     if not config.bias:  # GPT-2 always has biases; zeros are exactly "no bias"
         for name, shape in hf_shapes(dataclasses.replace(config, bias=True)).items():
             tensors.setdefault("transformer." + name, torch.zeros(shape))
+    shards = _shards(tensors, max_shard_bytes)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / SAFETENSORS, lambda handle: handle.write(safetensors_bytes(tensors, {"format": "pt"})))
+    names = [SAFETENSORS] if len(shards) == 1 else [f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                                                    for i in range(1, len(shards) + 1)]
+    for name, shard in zip(names, shards):
+        atomic_write(folder / name, lambda handle: handle.write(safetensors_bytes(shard, {"format": "pt"})))
+    if len(shards) > 1:  # the index last: a folder interrupted before it holds no loadable half-model
+        weight_map = {tensor: name for name, shard in zip(names, shards) for tensor in shard}
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        names.append(SAFETENSORS + ".index.json")
+        atomic_write_text(folder / names[-1],
+                          json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
     atomic_write_text(folder / CONFIG, json.dumps(hf_config(config, eos_token), indent=2) + "\n")
-    return folder
+    return [CONFIG, *names]
+
+
+def _shards(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    """Tensors in order, cut into groups of at most max_bytes each (a larger tensor alone); one group without a limit."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_bytes is not None and shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
 
 
 def hf_config(config: GPTConfig, eos_token: int | None) -> dict:

@@ -102,7 +102,9 @@ class KVCache:
 
     Its tensors never change shape or address while decoding, so the one-token step can be
     compiled once (and replayed as a CUDA graph). The next free position `pos` is a device
-    tensor, advanced in place: decoding never asks the host where it is.
+    tensor, advanced in place: decoding never asks the host where it is. Attention reads the
+    first `window` slots only (all of them unless the decoding loop, which counts the stored
+    tokens on the host, narrows it), so a short context does not pay for the empty ones.
     """
 
     def __init__(self, config: GPTConfig, batch: int, capacity: int | None = None,
@@ -116,6 +118,7 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.window = self.capacity  # leading slots attention reads; slots past the new positions are masked
         self.empty = True  # nothing written yet: the first chunk attends only to itself
         self.new_positions = self.visible = None  # of the forward pass under way (see begin)
 
@@ -123,8 +126,8 @@ class KVCache:
         """Start a forward pass over t new tokens: their positions (t,), and which slots they see, for every layer."""
         self.new_positions = self.pos + torch.arange(t, device=self.pos.device)  # (T,)
         if not self.empty:
-            slots = torch.arange(self.capacity, device=self.pos.device)
-            self.visible = slots <= self.new_positions.unsqueeze(1)  # (T, S)
+            slots = torch.arange(self.window, device=self.pos.device)
+            self.visible = slots <= self.new_positions.unsqueeze(1)  # (T, S), S = window
         return self.new_positions
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend) -> torch.Tensor:
@@ -134,7 +137,7 @@ class KVCache:
         values.index_copy_(2, self.new_positions, v)
         if self.empty:  # a prompt: plain causal attention over its own tokens, with any backend
             return attend(q, k, v)
-        return attend(q, keys, values, self.visible)
+        return attend(q, keys[:, :, : self.window], values[:, :, : self.window], self.visible)
 
     def advance(self, t: int) -> None:
         """End the forward pass: the t new tokens are stored."""
@@ -145,6 +148,7 @@ class KVCache:
     def reset(self) -> None:
         """Forget the stored tokens (the buffers stay, to be overwritten)."""
         self.pos.zero_()
+        self.window = self.capacity
         self.empty = True
 
 
@@ -249,11 +253,11 @@ class GPT(nn.Module):
 
         return load_pretrained(folder, attention)
 
-    def save_pretrained(self, folder, eos_token: int | None = None) -> None:
-        """Write this model as a Hugging Face GPT-2 folder (gpt/hf.py)."""
+    def save_pretrained(self, folder, eos_token: int | None = None, max_shard_bytes: int | None = None) -> None:
+        """Write this model as a Hugging Face GPT-2 folder, sharded above max_shard_bytes (gpt/hf.py)."""
         from gpt.hf import save_pretrained
 
-        save_pretrained(self, folder, eos_token)
+        save_pretrained(self, folder, eos_token, max_shard_bytes)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None

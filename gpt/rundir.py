@@ -6,6 +6,8 @@
   overwrites it: the old files are then moved aside to `DIR.old-<timestamp>`, never deleted.
 - While a run writes, it holds an exclusive `fcntl` lock on `DIR/.lock`. The kernel drops the lock
   when the process exits, however it exits, so a killed run never leaves a stale lock behind.
+- A run fine-tuned from a model folder keeps a copy of that folder's tokenizer files in
+  `DIR/tokenizer/`, so the run samples and exports wherever it (or the model folder) is moved.
 - Temporary files of a save that was killed halfway (gpt.files.atomic_write's `NAME.<pid>.tmp`) are
   removed when the next run claims the folder.
 """
@@ -19,13 +21,15 @@ import time
 from pathlib import Path
 
 from gpt.errors import GptmeterError
-from gpt.files import writable_folder
+from gpt.files import atomic_write, writable_folder
+from gpt.tokenizer import BPE_FILES, BPE_PREFIX, Tokenizer, TokenizerUnavailable, folder_tokenizer, get_tokenizer
 
 LOCK_NAME = ".lock"
 CONFIG_FILE = "config.json"  # the resolved configuration, written when the run starts (Trainer.write_config)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per step, evaluation and run end (Trainer.log)
 SHARDED_CHECKPOINT_NAME = "ckpt.dcp"  # an FSDP run's checkpoint folder (gpt/checkpoint.py)
 RUN_FILES = ("ckpt.pt", "meta.json", CONFIG_FILE, METRICS_FILE, SHARDED_CHECKPOINT_NAME)  # any marks a run
+TOKENIZER_FOLDER = "tokenizer"  # a fine-tuned run's copy of its model folder's BPE_FILES
 RUN_PREFIX = "run-"
 _NUMBERED = re.compile(rf"{RUN_PREFIX}(\d+)")
 _TEMPORARY = re.compile(r".+\.\d+\.tmp")
@@ -193,3 +197,29 @@ def claim_run_dir(out_dir: Path | None, default_parent: Path, resume: bool, over
     except BaseException:
         lock.release()
         raise
+
+
+def keep_tokenizer_files(run_dir: Path, tokenizer: Tokenizer) -> None:
+    """Copy a model folder's tokenizer files into the run directory (nothing for a named tokenizer)."""
+    copy = Path(run_dir) / TOKENIZER_FOLDER
+    if tokenizer.files is None or tokenizer.files.resolve() == copy.resolve():  # named, or the run's own copy
+        return
+    copy.mkdir(exist_ok=True)
+    for name in BPE_FILES:
+        contents = (tokenizer.files / name).read_bytes()
+        atomic_write(copy / name, lambda handle: handle.write(contents))
+
+
+def run_tokenizer(run_dir: Path, name: str) -> Tokenizer:
+    """The tokenizer a run recorded as `name`: a named one, or a model folder's BPE from the run's own copy."""
+    if not name.startswith(BPE_PREFIX):  # a named tokenizer, or (older runs) a model folder's absolute path
+        return get_tokenizer(name)
+    copy = Path(run_dir) / TOKENIZER_FOLDER
+    if not copy.is_dir():
+        raise TokenizerUnavailable(f"{run_dir} was trained with a model folder's tokenizer ({name}) and has no copy "
+                                   f"of it; copy that folder's vocab.json and merges.txt into {copy}")
+    tokenizer = folder_tokenizer(copy)
+    if tokenizer.name != name:
+        raise TokenizerUnavailable(f"{copy} holds tokenizer {tokenizer.name}, not the {name} the run was trained "
+                                   "with; put back the vocab.json and merges.txt of the model folder it was tuned from")
+    return tokenizer

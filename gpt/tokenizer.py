@@ -17,6 +17,8 @@ from typing import Callable
 from gpt.errors import ConfigError, GptmeterError
 
 TOKENIZERS = ("bytes", "cl100k", "gpt2")
+BPE_FILES = ("vocab.json", "merges.txt")  # a Hugging Face GPT-2 folder's tokenizer
+BPE_PREFIX = "bpe-"  # a folder tokenizer's name: this and a hash of its BPE_FILES
 END_OF_TEXT = "<|endoftext|>"
 REPLACEMENT = "\ufffd"  # what invalid UTF-8 becomes when read as text
 
@@ -33,11 +35,7 @@ class Tokenizer:
     _encode: Callable[[str], list[int]]
     _decode_bytes: Callable[[list[int]], bytes]
     reads_bytes: bool = False  # True: a file's bytes are the ids, whatever they are (no UTF-8 decoding)
-
-    @property
-    def label(self) -> str:
-        """The name, fit for a file name (a folder tokenizer's name is its path)."""
-        return self.name if "/" not in self.name else "bpe-" + hashlib.sha1(self.name.encode()).hexdigest()[:12]
+    files: Path | None = None  # a model folder's BPE: the folder holding its vocab.json and merges.txt
 
     def encode(self, text: str) -> list[int]:
         return self._encode(text)
@@ -73,7 +71,7 @@ def _byte_tokenizer() -> Tokenizer:
     )
 
 
-def _tiktoken_tokenizer(name: str, encoding) -> Tokenizer:
+def _tiktoken_tokenizer(name: str, encoding, files: Path | None = None) -> Tokenizer:
     eos = encoding.eot_token
     return Tokenizer(
         name=name,
@@ -81,6 +79,7 @@ def _tiktoken_tokenizer(name: str, encoding) -> Tokenizer:
         eos_token=eos,
         _encode=lambda text: encoding.encode_ordinary(text),
         _decode_bytes=lambda ids: encoding.decode_bytes([i for i in ids if i != eos]),
+        files=files,
     )
 
 
@@ -159,6 +158,7 @@ def folder_tokenizer(folder: Path | str) -> Tokenizer:
     tiktoken merges the adjacent pair whose merged token has the lowest id; Hugging Face merges
     the pair listed first in merges.txt. The two agree when ids follow merges.txt's order, as
     GPT-2's vocabulary (and any byte-level BPE trained by `tokenizers`) does; we check that.
+    Its name, "bpe-" and a hash of the vocabulary and merges, stays the same when the folder is copied or moved.
     """
     import json
 
@@ -166,7 +166,7 @@ def folder_tokenizer(folder: Path | str) -> Tokenizer:
     from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenising pattern
 
     folder = Path(folder)
-    missing = [name for name in ("vocab.json", "merges.txt") if not (folder / name).is_file()]
+    missing = [name for name in BPE_FILES if not (folder / name).is_file()]
     if missing:
         raise TokenizerUnavailable(f"{folder} has no {' or '.join(missing)}; copy the model's tokenizer files into it")
     try:
@@ -186,9 +186,11 @@ def folder_tokenizer(folder: Path | str) -> Tokenizer:
                                    "(a symbol or merged token is missing)") from None
     if any(later <= earlier for earlier, later in zip(merged, merged[1:])):
         raise TokenizerUnavailable(f"{folder}: vocab.json's ids do not follow merges.txt's order, which tiktoken needs")
-    encoding = tiktoken.Encoding(name=f"bpe:{folder}", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+    contents = json.dumps([sorted(vocab.items(), key=lambda item: item[1]), merges], ensure_ascii=False)
+    name = BPE_PREFIX + hashlib.sha1(contents.encode("utf-8")).hexdigest()[:12]  # the same however the files are laid out
+    encoding = tiktoken.Encoding(name=name, pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                  special_tokens={END_OF_TEXT: vocab[END_OF_TEXT]})
-    return _tiktoken_tokenizer(str(folder.resolve()), encoding)
+    return _tiktoken_tokenizer(name, encoding, files=folder)
 
 
 _FACTORIES: dict[str, Callable[[], Tokenizer]] = {
@@ -199,9 +201,10 @@ _FACTORIES: dict[str, Callable[[], Tokenizer]] = {
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer called `name`, or that of the model folder at path `name` (a folder tokenizer's name).
+    """The tokenizer called `name`, or that of the model folder at path `name` (what older runs recorded).
 
-    ConfigError if unknown, TokenizerUnavailable if its files are missing.
+    ConfigError if unknown, TokenizerUnavailable if its files are missing. A model folder's BPE
+    is named by a hash of its files ("bpe-..."), which a run finds in its own copy (gpt.rundir.run_tokenizer).
     """
     if name in _FACTORIES:
         return _FACTORIES[name]()

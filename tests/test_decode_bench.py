@@ -27,7 +27,22 @@ def test_decode_benchmark_runs_and_agrees_with_transformers(tmp_path, capsys):
             assert result["greedy_tokens_equal_gptmeter"]  # same weights, same greedy tokens
             assert len(result["seconds"]) == 2
             assert result["tokens_per_sec"] == pytest.approx(row["batch"] * 6 / result["median_seconds"])
+            per_round = [hf / ours for hf, ours in zip(row["results"]["transformers"]["seconds"], result["seconds"])]
+            assert result["vs_transformers_rounds"] == pytest.approx(per_round)
+            assert min(per_round) <= result["vs_transformers"] <= max(per_round)
             assert result["bandwidth_utilisation"] == pytest.approx(
                 row["decode_bytes_per_step"] * 6 / result["median_seconds"] / row["copy_bandwidth_bytes_per_s"])
         assert row["results"]["transformers"]["vs_transformers"] == pytest.approx(1.0)
+        assert row["decode_bytes_per_token"] * row["batch"] == pytest.approx(row["decode_bytes_per_step"])
     assert "gptmeter" in capsys.readouterr().out
+
+
+def test_step_profile_counts_the_operators_of_one_step():
+    from bench.decode import profile_step
+
+    entry = profile_step("toy", batch=2, context=8, top=1000)
+    calls = {op["name"]: op["calls_per_step"] for op in entry["operators"]}
+    assert calls["aten::addmm"] == 4  # one layer: qkv, attention output, MLP in and out (with bias)
+    assert calls["aten::linear"] == 5  # and the output head
+    assert calls["aten::index_copy_"] == 2  # the new key and value, written into the cache
+    assert entry["step_seconds"] > 0 and entry["weight_read_seconds"] > 0

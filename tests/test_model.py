@@ -122,6 +122,18 @@ def test_sampling_filters():
     assert {sample_next_token(logits, 1.0, top_p=0.5, generator=gen).item() for _ in range(50)} == {1}
 
 
+def test_draws_follow_the_probabilities_and_never_pick_a_zero():
+    from gpt.generate import draw
+
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0, 0.125, 0.0])  # dyadic: exact in float32 and float64
+    n = 40_000
+    draws = draw(probs.expand(n, -1), torch.Generator().manual_seed(0))  # n rows, one draw each
+    frequencies = torch.bincount(draws, minlength=6).double() / n
+    sigma = (probs.double() * (1 - probs.double()) / n).sqrt()
+    assert (frequencies - probs.double()).abs().le(5 * sigma).all()
+    assert frequencies[3] == 0 and frequencies[5] == 0  # zero probability, before and after the last positive one
+
+
 def test_tiny_model_overfits_one_batch():
     model = build(small_config())
     model.train()
@@ -222,11 +234,37 @@ def test_static_cache_keeps_its_shape_and_address_while_decoding():
         KVCache(config, batch=1, capacity=config.block_size + 1)
 
 
+def test_decode_steps_attend_over_the_stored_slots_only():
+    """A cache preallocated for the whole context: each eager step reads prompt + tokens so far, not every slot."""
+    model = build(small_config(n_layer=1, block_size=24))
+    seen = []
+    attend = model.transformer.h[0].attn.attend
+    model.transformer.h[0].attn.attend = lambda q, k, v, mask=None: seen.append(k.size(2)) or attend(q, k, v, mask)
+    with torch.no_grad():
+        model.generate(torch.randint(0, 61, (1, 4)), max_new_tokens=6, temperature=0)
+    assert seen == [4, 5, 6, 7, 8, 9]  # the prompt attends to itself, then one more slot per new token
+
+
+def test_compiled_windows_are_few_and_cover_the_stored_slots():
+    from gpt.generate import MIN_WINDOW, window_bucket
+
+    windows = [window_bucket(slots, capacity=80) for slots in range(1, 81)]
+    assert sorted(set(windows)) == [MIN_WINDOW, 64, 80]
+    assert all(slots <= window <= max(MIN_WINDOW, 2 * slots) for slots, window in enumerate(windows, start=1))
+
+
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_eager_tokens():
-    model = build(small_config(n_layer=1, block_size=32))
+    model = build(small_config(n_layer=1, block_size=80))
     prompt = torch.randint(0, 61, (2, 5))
-    eager = model.generate(prompt, max_new_tokens=30, temperature=0)  # runs past the context of 32
-    assert torch.equal(model.generate(prompt, max_new_tokens=30, temperature=0, compile=True), eager)
+    eager = model.generate(prompt, max_new_tokens=90, temperature=0)  # windows 32, 64 and 80; past the context
+    from torch._dynamo.utils import counters
+
+    from gpt.generate import compile_steps
+
+    assert compile_steps(model, prompt, max_new_tokens=90) == [32, 64, 80]
+    compiled = counters["stats"]["unique_graphs"]
+    assert torch.equal(model.generate(prompt, max_new_tokens=90, temperature=0, compile=True), eager)
+    assert counters["stats"]["unique_graphs"] == compiled  # compile_steps compiled every window the run used
     assert torch.equal(model.generate(prompt[:, :3], max_new_tokens=8, temperature=0, compile=True),
                        model.generate(prompt[:, :3], max_new_tokens=8, temperature=0))

@@ -98,3 +98,25 @@ def test_the_profile_json_says_how_many_steps_were_left_out_and_why(tmp_path, ca
     profile = json.loads(path.read_text())
     assert profile["decode_steps_left_out"] == 0 and profile["decode_steps_left_out_reason"].startswith("none: ")
     assert profile["warmup_forwards"] == 2 and profile["warmup_decode_key_lengths"] == [4]  # eos + 2 bytes + 1
+
+
+@pytest.mark.slow
+def test_sample_compile_compiles_every_cache_window_before_timing(monkeypatch, capsys):
+    """sample.py --compile: the untimed warm-up compiles the step for each window; the timed run compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    import gpt.generate
+
+    graphs: dict[str, int] = {}
+    real_generate = gpt.generate.generate
+
+    def timed_generate(*args, **kwargs):
+        graphs["before"] = counters["stats"]["unique_graphs"]
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(gpt.generate, "generate", timed_generate)
+    first = counters["stats"]["unique_graphs"]
+    assert sample.main(["--init", "random", "--preset", "tiny", "--layers", "1", "--width", "32", "--heads", "2",
+                        "--prompt", "ab", "--max-new-tokens", "40", "--compile", "--attention", "sdpa"]) == 0
+    assert graphs["before"] - first == 2  # key slots 4 to 43 (eos + 2 bytes, then 40 new): windows 32 and 64
+    assert counters["stats"]["unique_graphs"] == graphs["before"]
