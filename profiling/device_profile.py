@@ -42,7 +42,10 @@ from profiling import flops, hardware
 from profiling.flops import MEMORY_PASSES, Op
 
 FORMAT = "gptmeter-device-profile"
-FORMAT_VERSION = 1
+# 2: large matmuls timed with at least microbench.MIN_TIMED_ROWS rows, decode attention on a masked KV cache read
+#    from a window (microbench._decode_call). Version 1 priced large matmuls too slow and decode attention too
+#    fast, so it is refused (recalibrate).
+FORMAT_VERSION = 2
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -424,7 +427,7 @@ class Grid:
 
 
 GRIDS = {
-    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 11 memory kinds: 22 s at one
+    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 11 memory kinds: 28 s at one
     # thread on the project's 2-vCPU VM (docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],

@@ -7,7 +7,8 @@ is the steadiest estimate of what the device does.
 A batch repeats a call until it lasts `MIN_BATCH_SECONDS`, so microsecond-scale calls are not lost in
 the timer's resolution. A grid point whose work would exceed `max_flops` is measured with its first
 dimension (rows, or batch × heads) shrunk until it fits; throughput is flat in that dimension once it
-is large, and the point's record says which shape was timed.
+is large. A matmul keeps at least `MIN_TIMED_ROWS` rows whatever its work: below that, its weight is
+reused too few times for it to be compute-bound, so fewer rows would be slower per FLOP.
 
 This module only measures; `profiling.device_profile` turns the numbers into a profile.
 """
@@ -28,6 +29,10 @@ BATCHES = 5
 # Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
 # large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
 WARM_BYTES = 64 * 2**20
+# A product of M rows does 2·M FLOPs per weight element it reads; at 256 rows (128 FLOPs per fp32 byte) it is
+# compute-bound on any device here. Shrinking the 4096-wide grid points to a few rows made them skinny, and
+# every large model's matmuls were predicted ~50% too slow on the 2-core VM (docs/benchmarks.md).
+MIN_TIMED_ROWS = 256
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,9 +80,9 @@ def seconds_per_call(work: Callable[[], object], device: torch.device, batches: 
     return min(times)
 
 
-def _shrink(first: int, work_of_one: float, max_flops: float) -> int:
-    """The first dimension, halved until first × work_of_one fits in max_flops (never below 1)."""
-    while first > 1 and first * work_of_one > max_flops:
+def _shrink(first: int, work_of_one: float, max_flops: float, floor: int = 1) -> int:
+    """The first dimension, halved until first × work_of_one fits in max_flops, never below `floor`."""
+    while first > floor and first * work_of_one > max_flops:
         first //= 2
     return first
 
@@ -103,7 +108,7 @@ def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: fl
         for n in dims:
             cells = []
             for k in dims:
-                timed_m = _shrink(m, 2 * n * k, max_flops)
+                timed_m = _shrink(m, 2 * n * k, max_flops, MIN_TIMED_ROWS)
                 a = torch.randn(timed_m, k, device=device, dtype=torch_dtype)
                 bias = torch.randn(n, device=device, dtype=torch_dtype)
                 places = max(1, window // (element * n * k))  # weights that fit in the window, read in turn
@@ -129,15 +134,32 @@ def window_curve(device: torch.device, dtype: str, windows: list[int], size: int
 # ----------------------------------------------------------------------------- attention
 
 
-def _qkv(batch_heads: int, queries: int, keys: int, head_dim: int, device, dtype, grad: bool):
-    """q, k, v laid out as the model has them: head-split views of wider rows; k, v inside a longer cache."""
-    q = torch.randn(batch_heads, queries, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
-    cache = torch.randn(2, batch_heads, 1, max(keys, 2 * keys if queries == 1 else keys), head_dim,
-                        device=device, dtype=dtype)
-    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+def _qkv(batch_heads: int, seq: int, head_dim: int, device, dtype, grad: bool):
+    """q, k, v of a causal pass laid out as the model has them: head-split views of wider rows."""
+    q = torch.randn(batch_heads, seq, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    k, v = torch.randn(2, batch_heads, seq, 1, head_dim, device=device, dtype=dtype).transpose(2, 3)
     if grad:
         q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     return q, k, v
+
+
+def _decode_call(attend: Callable, batch_heads: int, keys: int, head_dim: int, device, dtype,
+                 window: int) -> Callable[[], torch.Tensor]:
+    """One query per sequence against `keys` cached keys, as `gpt.model.KVCache.attend` runs it: the whole
+    cache behind a boolean mask. Successive calls read their keys and values from successive places of a
+    `window`-byte pool: between two steps of one layer, the rest of the model passes through the caches,
+    and a cache-hot KV cache made decode attention 2-3x faster than in a model (2-core VM, 2026-11-23)."""
+    q = torch.randn(batch_heads, 1, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    places = max(1, window // (2 * batch_heads * keys * head_dim * torch.tensor([], dtype=dtype).element_size()))
+    pool = torch.randn(places, 2, batch_heads, 1, keys, head_dim, device=device, dtype=dtype)
+    visible = torch.ones(1, keys, dtype=torch.bool, device=device)
+    turn = iter(range(1 << 62))
+
+    def call() -> torch.Tensor:
+        keys_values = pool[next(turn) % places]
+        return attend(q, keys_values[0], keys_values[1], visible)
+
+    return call
 
 
 def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_heads: list[int], seqs: list[int],
@@ -145,7 +167,7 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
     """FLOP/s (causal count, as `flops.forward_operations`) of `attend` per variant, nested [iBH][iSeq][iD].
 
     "causal": queries = keys = seq; "causal_backward": its backward (2.5 × the forward's FLOPs, the
-    scores recomputed); "decode": one query per sequence against seq cached keys.
+    scores recomputed); "decode": one query per sequence against a KV cache of seq keys (`_decode_call`).
     """
     torch_dtype = TORCH_DTYPES[dtype]
     tables: dict[str, list] = {"causal": [], "causal_backward": [], "decode": []}
@@ -156,9 +178,9 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
             for head_dim in head_dims:
                 causal_flops = 4 * head_dim * seq * (seq + 1) // 2
                 timed = _shrink(bh, 3.5 * causal_flops, max_flops)
-                q, k, v = _qkv(timed, seq, seq, head_dim, device, torch_dtype, grad=False)
+                q, k, v = _qkv(timed, seq, head_dim, device, torch_dtype, grad=False)
                 forward = seconds_per_call(lambda: attend(q, k, v), device)
-                qg, kg, vg = _qkv(timed, seq, seq, head_dim, device, torch_dtype, grad=True)
+                qg, kg, vg = _qkv(timed, seq, head_dim, device, torch_dtype, grad=True)
                 out = attend(qg, kg, vg)
                 grad_out = torch.randn_like(out)
                 both = seconds_per_call(lambda: torch.autograd.grad(attend(qg, kg, vg), (qg, kg, vg), grad_out),
@@ -166,8 +188,8 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
                 cells["causal"].append(timed * causal_flops / forward)
                 cells["causal_backward"].append(timed * 2.5 * causal_flops / max(both - forward, 0.1 * forward))
                 timed = _shrink(bh, 4 * head_dim * seq, max_flops)
-                q, k, v = _qkv(timed, 1, seq, head_dim, device, torch_dtype, grad=False)
-                cells["decode"].append(timed * 4 * head_dim * seq / seconds_per_call(lambda: attend(q, k, v), device))
+                decode = _decode_call(attend, timed, seq, head_dim, device, torch_dtype, WARM_BYTES)
+                cells["decode"].append(timed * 4 * head_dim * seq / seconds_per_call(decode, device))
                 tick()
             for variant in tables:
                 rows[variant].append(cells[variant])
