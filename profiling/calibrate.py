@@ -7,6 +7,14 @@ import argparse
 from profiling.device_profile import DeviceProfile, calibrate, cache_path, save_profile
 
 
+def _per_parameter(adamw: dict) -> str:
+    curve = adamw.get("curve")
+    if not curve:
+        return f"{adamw['seconds_per_parameter'] * 1e9:,.2f} ns/parameter"
+    return ", ".join(f"{seconds * 1e9:,.2f}" for seconds in curve["seconds_per_parameter"]) + (
+        f" ns/parameter at {', '.join(f'{count / 1e6:g}' for count in curve['parameters'])}M parameters")
+
+
 def describe(profile: DeviceProfile) -> str:
     """A few headline figures of a profile, for the terminal."""
     overhead = profile.overhead
@@ -14,8 +22,7 @@ def describe(profile: DeviceProfile) -> str:
         f"{profile.kind} profile of {profile.device} ({profile.dtype}), {profile.date}",
         f"  best matmul        {profile.peak_flops / 1e9:,.1f} GFLOP/s ({profile.peak_flops_source})",
         f"  copy bandwidth     {profile.memory_bandwidth / 1e9:,.1f} GB/s (read + written)",
-        f"  AdamW              {profile.adamw['seconds_per_parameter'] * 1e9:,.2f} ns/parameter + "
-        f"{profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
+        f"  AdamW              {_per_parameter(profile.adamw)} + {profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
         f"  per call           {overhead['per_call_s']['inference'] * 1e6:,.1f} us inference, "
         f"{overhead['per_call_s']['training'] * 1e6:,.1f} us training (beyond the tables)",
         f"  fixed              {overhead['fixed_s']['forward'] * 1e6:,.1f} us per forward, "

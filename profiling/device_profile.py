@@ -9,7 +9,9 @@ A profile prices one operation (`profiling.flops.Op`) at its own shape:
     memory-bound  seconds over element counts per kind (LayerNorm, GELU, add, copy, embedding,
                   cross-entropy, sampling, and their backwards), piecewise linear in log-log; past the
                   largest size, time grows in proportion to the size (the largest size's bandwidth)
-    adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step)
+    adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step); a
+                  measured profile's seconds per parameter is a curve over the model's parameter count
+                  (log-log, clamped at its ends), since the update slows once its state outgrows the caches
     overhead      a fixed cost per operation call (Python, dispatch, kernel launch) and per forward /
                   training micro-step / generated token, beyond what the tables above contain
 
@@ -68,7 +70,7 @@ class DeviceProfile:
     matmul: dict[str, Any]  # {"dims": [...], "flops_per_sec": [[[...]]]} indexed [M][N][K]
     attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
     memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
-    adamw: dict[str, float]  # seconds_per_parameter, seconds_per_tensor
+    adamw: dict[str, Any]  # seconds_per_parameter, seconds_per_tensor, curve {parameters, seconds_per_parameter}
     overhead: dict[str, Any]  # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token}, overlap
     software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
     threads: int | None = None  # CPU threads PyTorch used
@@ -98,7 +100,10 @@ class DeviceProfile:
             return op.flops / _grid_value(table, axes, (batch_heads, keys, head_dim))
         if op.kind == "adamw":
             params, tensors = op.shape
-            return params * self.adamw["seconds_per_parameter"] + tensors * self.adamw["seconds_per_tensor"]
+            curve = self.adamw.get("curve")
+            per_parameter = (_grid_value(curve["seconds_per_parameter"], [curve["parameters"]], (params,)) if curve
+                             else self.adamw["seconds_per_parameter"])
+            return params * per_parameter + tensors * self.adamw["seconds_per_tensor"]
         table = self.memory.get(op.kind)
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
@@ -423,6 +428,7 @@ class Grid:
     head_dims: list[int]
     sizes: list[int]  # elements of the memory-bound operations
     adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
+    adamw_totals: list[int]  # parameter counts of the optimizer's per-parameter curve
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
 
 
@@ -431,15 +437,18 @@ GRIDS = {
     # thread on the project's 2-vCPU VM (docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
-                adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)]),
+                adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
+                adamw_totals=[2**18, 2**20, 2**22, 2**24]),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
-                 adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
+                 adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)],
+                 adamw_totals=[2**22, 2**24, 2**26, 2**28]),
     # A handful of points in seconds: for tests, and what train.py and sample.py measure when nothing is cached.
     # It keeps one 1024³ matmul and a 32 MiB copy, so that the ceilings it shows (a CPU's MFU peak) are those of
     # shapes and sizes past the caches, not of the small ones.
     "quick": Grid(dims=[1, 32, 1024], max_flops=2.2e9, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
                   sizes=[2**8, 2**14, 2**20, 2**23], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)],
+                  adamw_totals=[2**16, 2**20],
                   cold_bytes=64 * 2**20),
 }
 
@@ -509,7 +518,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     grid = GRIDS["quick" if quick else torch_device.type]
     steps = len(grid.dims) ** 2 * (len(grid.dims) + sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
+    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + len(grid.adamw_totals) + 2
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -525,6 +534,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                                               grid.head_dims, grid.max_flops, tick)
         memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
         adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
+        adamw["curve"] = {"parameters": grid.adamw_totals, "seconds_per_parameter": microbench.adamw_per_parameter(
+            torch_device, grid.adamw_totals, adamw["seconds_per_tensor"], tick)}
         timings = {}
         for layers in (1, 3):
             config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)

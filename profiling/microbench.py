@@ -285,31 +285,35 @@ def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
 # ----------------------------------------------------------------------------- the optimizer
 
 
+def _optimizer_step_seconds(device: torch.device, tensors: int, elements: int) -> float:
+    """Seconds of what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's
+    step (the trainer's own `make_optimizer`), zero the gradients — over `tensors` tensors of `elements`."""
+    from gpt.trainer import TrainConfig, make_optimizer
+
+    params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device)) for _ in range(tensors))
+    grads = [torch.randn(elements, device=device) for _ in range(tensors)]
+    optimizer = make_optimizer(params, TrainConfig(device=str(device)))
+
+    def step() -> None:
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return seconds_per_call(step, device)
+
+
 def adamw_fit(device: torch.device, cases: list[tuple[int, int]],
               tick: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Seconds per parameter and per parameter tensor of a training step's optimizer phase.
 
-    Times what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's step
-    (the trainer's own `make_optimizer`), zero the gradients — on `cases` of (tensors, elements per tensor),
-    then fits seconds = a·parameters + b·tensors by least squares.
+    Times `_optimizer_step_seconds` on `cases` of (tensors, elements per tensor), then fits
+    seconds = a·parameters + b·tensors by least squares.
     """
-    from gpt.trainer import TrainConfig, make_optimizer
-
     rows = []
     for tensors, elements in cases:
-        params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device))
-                                        for _ in range(tensors))
-        grads = [torch.randn(elements, device=device) for _ in range(tensors)]
-        optimizer = make_optimizer(params, TrainConfig(device=str(device)))
-
-        def step() -> None:
-            for param, grad in zip(params, grads):
-                param.grad = grad
-            torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        rows.append((tensors * elements, tensors, seconds_per_call(step, device)))
+        rows.append((tensors * elements, tensors, _optimizer_step_seconds(device, tensors, elements)))
         tick()
     # Normal equations of the two-parameter least-squares fit, in plain floats.
     spp = sum(p * p for p, _, _ in rows)
@@ -320,6 +324,23 @@ def adamw_fit(device: torch.device, cases: list[tuple[int, int]],
     det = spp * stt - spt * spt
     per_param, per_tensor = (sps * stt - sts * spt) / det, (spp * sts - spt * sps) / det
     return {"seconds_per_parameter": max(per_param, 0.0), "seconds_per_tensor": max(per_tensor, 0.0)}
+
+
+ADAMW_CURVE_TENSORS = 4
+
+
+def adamw_per_parameter(device: torch.device, totals: list[int], seconds_per_tensor: float,
+                        tick: Callable[[], None] = lambda: None) -> list[float]:
+    """Seconds per parameter of the optimizer phase at each total parameter count of `totals` (over
+    `ADAMW_CURVE_TENSORS` tensors, their per-tensor cost taken off): the update slows once its state —
+    parameters, gradients and two moments, 16 bytes per fp32 parameter — outgrows the caches, which the
+    small cases of `adamw_fit` never do."""
+    per_parameter = []
+    for total in totals:
+        seconds = _optimizer_step_seconds(device, ADAMW_CURVE_TENSORS, total // ADAMW_CURVE_TENSORS)
+        per_parameter.append(max(seconds - ADAMW_CURVE_TENSORS * seconds_per_tensor, 0.1 * seconds) / total)
+        tick()
+    return per_parameter
 
 
 # ----------------------------------------------------------------------------- whole tiny models

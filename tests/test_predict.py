@@ -3,6 +3,7 @@ reference profiles, and (slow) a quick calibration against the model's own train
 """
 
 import json
+import math
 
 import pytest
 
@@ -91,6 +92,23 @@ def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     assert result.breakdown["memory_bound"] == pytest.approx(memory / steps, rel=1e-12)
     assert result.breakdown["overhead"] == pytest.approx(overhead / steps, rel=1e-12)
     assert result.tokens_per_sec == pytest.approx(batch * steps / (matmul + attention + memory + overhead))
+
+
+def test_optimizer_cost_per_parameter_follows_the_measured_curve():
+    """Seconds per parameter interpolated in log-log over the parameter count, clamped past the curve's ends."""
+    profile = synthetic_profile()
+    profile.adamw = {"seconds_per_parameter": 0.0, "seconds_per_tensor": PER_TENSOR,
+                     "curve": {"parameters": [10**4, 10**6], "seconds_per_parameter": [1e-9, 4e-9]}}
+    params, tensors = flops.param_count(CONFIG), flops.parameter_tensors(CONFIG)
+    assert 10**4 < params < 10**6
+    upper = (math.log(params) - math.log(10**4)) / (math.log(10**6) - math.log(10**4))
+    per_parameter = 1e-9 * 4**upper  # the geometric interpolation between 1 and 4 ns
+    result = predict.predict_train(CONFIG, 2, 32, 1, profile)
+    assert result.breakdown["optimizer"] == pytest.approx(params * per_parameter + tensors * PER_TENSOR, rel=1e-12)
+    big = GPTConfig(vocab_size=300, block_size=64, n_layer=24, n_head=4, n_embd=256)  # past the curve: its end
+    result = predict.predict_train(big, 1, 8, 1, profile)
+    assert result.breakdown["optimizer"] == pytest.approx(
+        flops.param_count(big) * 4e-9 + flops.parameter_tensors(big) * PER_TENSOR, rel=1e-12)
 
 
 def test_prefill_by_hand():
