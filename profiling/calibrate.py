@@ -22,12 +22,14 @@ def describe(profile: DeviceProfile) -> str:
         f"{profile.kind} profile of {profile.device} ({profile.dtype}), {profile.date}",
         f"  best matmul        {profile.peak_flops / 1e9:,.1f} GFLOP/s ({profile.peak_flops_source})",
         f"  copy bandwidth     {profile.memory_bandwidth / 1e9:,.1f} GB/s (read + written)",
-        f"  AdamW              {_per_parameter(profile.adamw)} + {profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
+        f"  AdamW              {_per_parameter(profile.adamw)} + "
+        f"{profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
         f"  per call           {overhead['per_call_s']['inference'] * 1e6:,.1f} us inference, "
         f"{overhead['per_call_s']['training'] * 1e6:,.1f} us training (beyond the tables)",
         f"  fixed              {overhead['fixed_s']['forward'] * 1e6:,.1f} us per forward, "
         f"{overhead['fixed_s']['train_micro_step'] * 1e6:,.1f} us per training micro-step, "
-        f"{overhead['fixed_s']['token'] * 1e6:,.1f} us per generated token",
+        f"{overhead['fixed_s']['token'] * 1e6:,.1f} us per generated token, "
+        f"{overhead['fixed_s']['prefill'] * 1e6:,.1f} us per prefill",
     ])
 
 

@@ -71,7 +71,8 @@ class DeviceProfile:
     attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
     memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
     adamw: dict[str, Any]  # seconds_per_parameter, seconds_per_tensor, curve {parameters, seconds_per_parameter}
-    overhead: dict[str, Any]  # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token}, overlap
+    # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token, prefill}, overlap
+    overhead: dict[str, Any]
     software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
     threads: int | None = None  # CPU threads PyTorch used
     tf32: bool | None = None  # CUDA: float32 matmuls allowed to use TF32 while measuring
@@ -385,7 +386,7 @@ def reference_profile(accelerator_key: str, dtype: str = "bf16") -> DeviceProfil
         adamw={"seconds_per_parameter": 8 * 4 / bandwidth, "seconds_per_tensor": 0.0},
         overhead={"per_call_s": {"inference": figure["eager_host_per_call_s"],
                                  "training": figure["eager_host_per_call_s"]},
-                  "fixed_s": {"forward": 0.0, "train_micro_step": 0.0, "token": 0.0},
+                  "fixed_s": {"forward": 0.0, "train_micro_step": 0.0, "token": 0.0, "prefill": 0.0},
                   "device_per_call_s": launch, "overlap": True},
         citations=citations,
     )
@@ -475,7 +476,8 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
         train_forward = flops.forward_operations(config, 1, 4, loss=True)
         paths[layers] = {"inference": priced(forward),
                          "training": priced(train_forward + flops.backward_operations(config, train_forward, 1, 4)),
-                         "token": priced(flops.decode_operations(config, 1, 5))}
+                         "token": priced(flops.decode_operations(config, 1, 5)),
+                         "prefill": priced(flops.prefill_operations(config, 1, 4))}
     low, high = sorted(timings)
     per_call, fixed = {}, {}
     for path in ("inference", "training"):
@@ -485,8 +487,12 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
         fixed[path] = max(timings[low][path] - tables_low - per_call[path] * calls_low, 0.0)
     tables_token, calls_token = paths[low]["token"]
     token = timings[low]["token"] - tables_token - per_call["inference"] * calls_token - fixed["inference"]
+    # generate's one-off work around the prompt's forward does not grow with depth: the mean of both depths
+    prefill = sum(timings[layers]["prefill"] - paths[layers]["prefill"][0]
+                  - per_call["inference"] * paths[layers]["prefill"][1] for layers in timings) / len(timings)
     return {"per_call_s": per_call,
-            "fixed_s": {"forward": fixed["inference"], "train_micro_step": fixed["training"], "token": max(token, 0.0)},
+            "fixed_s": {"forward": fixed["inference"], "train_micro_step": fixed["training"], "token": max(token, 0.0),
+                        "prefill": max(prefill, 0.0)},
             "overlap": False, "measured_on": {str(k): v for k, v in timings.items()}}
 
 

@@ -351,7 +351,9 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
 
     "inference": one forward of one token against a 4-token KV cache (a decode step's forward);
     "training": forward and backward of the loss over 1 × 4 tokens, as `Trainer.train_step` runs them;
-    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does).
+    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does);
+    "prefill": `GPT.generate` up to its first token after a 4-token prompt — the call's one-off work (its KV
+    cache and output buffers, the first draw) around the prompt's forward pass, as sample.py times a prefill.
     """
     from gpt.model import GPT, KVCache
 
@@ -378,4 +380,4 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
         model.zero_grad(set_to_none=True)
 
     training = seconds_per_call(train_micro_step, device, batches=10)
-    return {"inference": inference, "training": training, "token": (long - short) / 8}
+    return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short}

@@ -109,7 +109,7 @@ def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: 
     _check(config, batch=batch, prompt_tokens=prompt_tokens)
     _check_context(config, prompt_tokens)
     seconds = price(flops.prefill_operations(config, batch, prompt_tokens, profile.dtype), profile, training=False)
-    seconds["overhead"] += profile.overhead["fixed_s"]["forward"] + profile.overhead["fixed_s"]["token"]
+    seconds["overhead"] += profile.overhead["fixed_s"]["prefill"]
     model_flops = batch * flops.prefill_flops(config, prompt_tokens, causal=False)
     return _prediction("prefill", seconds, batch * prompt_tokens, model_flops, profile)
 
