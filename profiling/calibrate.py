@@ -8,11 +8,12 @@ from profiling.device_profile import DeviceProfile, calibrate, cache_path, save_
 
 
 def _per_parameter(adamw: dict) -> str:
-    curve = adamw.get("curve")
-    if not curve:
+    grid = adamw.get("grid")
+    if not grid:
         return f"{adamw['seconds_per_parameter'] * 1e9:,.2f} ns/parameter"
-    return ", ".join(f"{seconds * 1e9:,.2f}" for seconds in curve["seconds_per_parameter"]) + (
-        f" ns/parameter at {', '.join(f'{count / 1e6:g}' for count in curve['parameters'])}M parameters")
+    values = [seconds for row in grid["seconds_per_parameter"] for seconds in row]
+    return (f"{min(values) * 1e9:,.2f}-{max(values) * 1e9:,.2f} ns/parameter (tensors of "
+            f"{grid['tensor_elements'][0]:,}-{grid['tensor_elements'][-1]:,} elements)")
 
 
 def describe(profile: DeviceProfile) -> str:

@@ -10,8 +10,9 @@ A profile prices one operation (`profiling.flops.Op`) at its own shape:
                   cross-entropy, sampling, and their backwards), piecewise linear in log-log; past the
                   largest size, time grows in proportion to the size (the largest size's bandwidth)
     adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step); a
-                  measured profile's seconds per parameter is a curve over the model's parameter count
-                  (log-log, clamped at its ends), since the update slows once its state outgrows the caches
+                  measured profile's seconds per parameter is a grid over the tensor's size and the model's
+                  parameter count (log-log, clamped at its edges): the update makes several passes over each
+                  tensor, which stay in cache for small tensors, and its whole state outgrows the caches
     overhead      a fixed cost per operation call (Python, dispatch, kernel launch) and per forward /
                   training micro-step / generated token, beyond what the tables above contain
 
@@ -70,7 +71,7 @@ class DeviceProfile:
     matmul: dict[str, Any]  # {"dims": [...], "flops_per_sec": [[[...]]]} indexed [M][N][K]
     attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
     memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
-    adamw: dict[str, Any]  # seconds_per_parameter, seconds_per_tensor, curve {parameters, seconds_per_parameter}
+    adamw: dict[str, Any]  # seconds_per_parameter, seconds_per_tensor, grid {tensor_elements, parameters, seconds...}
     # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token, prefill}, overlap
     overhead: dict[str, Any]
     software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
@@ -100,11 +101,13 @@ class DeviceProfile:
             axes = [self.attention["batch_heads"], self.attention["seq"], self.attention["head_dim"]]
             return op.flops / _grid_value(table, axes, (batch_heads, keys, head_dim))
         if op.kind == "adamw":
-            params, tensors = op.shape
-            curve = self.adamw.get("curve")
-            per_parameter = (_grid_value(curve["seconds_per_parameter"], [curve["parameters"]], (params,)) if curve
-                             else self.adamw["seconds_per_parameter"])
-            return params * per_parameter + tensors * self.adamw["seconds_per_tensor"]
+            params, grid = sum(op.shape), self.adamw.get("grid")
+            if grid is None:
+                return params * self.adamw["seconds_per_parameter"] + len(op.shape) * self.adamw["seconds_per_tensor"]
+            axes = [grid["tensor_elements"], grid["parameters"]]
+            per_parameter = lambda size: _grid_value(grid["seconds_per_parameter"], axes, (size, params))  # noqa: E731
+            tensors = len(op.shape) * self.adamw["seconds_per_tensor"]
+            return sum(size * per_parameter(size) for size in op.shape) + tensors
         table = self.memory.get(op.kind)
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
@@ -429,7 +432,8 @@ class Grid:
     head_dims: list[int]
     sizes: list[int]  # elements of the memory-bound operations
     adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
-    adamw_totals: list[int]  # parameter counts of the optimizer's per-parameter curve
+    adamw_sizes: list[int]  # tensor sizes (elements) of the optimizer's per-parameter grid
+    adamw_totals: list[int]  # and its parameter counts
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
 
 
@@ -439,17 +443,17 @@ GRIDS = {
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
-                adamw_totals=[2**18, 2**20, 2**22, 2**24]),
+                adamw_sizes=[2**14, 2**17, 2**20, 2**22], adamw_totals=[2**20, 2**24]),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)],
-                 adamw_totals=[2**22, 2**24, 2**26, 2**28]),
+                 adamw_sizes=[2**16, 2**20, 2**24, 2**26], adamw_totals=[2**24, 2**28]),
     # A handful of points in seconds: for tests, and what train.py and sample.py measure when nothing is cached.
     # It keeps one 1024³ matmul and a 32 MiB copy, so that the ceilings it shows (a CPU's MFU peak) are those of
     # shapes and sizes past the caches, not of the small ones.
     "quick": Grid(dims=[1, 32, 1024], max_flops=2.2e9, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
                   sizes=[2**8, 2**14, 2**20, 2**23], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)],
-                  adamw_totals=[2**16, 2**20],
+                  adamw_sizes=[2**14, 2**18], adamw_totals=[2**18],
                   cold_bytes=64 * 2**20),
 }
 
@@ -524,7 +528,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     grid = GRIDS["quick" if quick else torch_device.type]
     steps = len(grid.dims) ** 2 * (len(grid.dims) + sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + len(grid.adamw_totals) + 2
+    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -540,8 +545,9 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                                               grid.head_dims, grid.max_flops, tick)
         memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
         adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
-        adamw["curve"] = {"parameters": grid.adamw_totals, "seconds_per_parameter": microbench.adamw_per_parameter(
-            torch_device, grid.adamw_totals, adamw["seconds_per_tensor"], tick)}
+        adamw["grid"] = {"tensor_elements": grid.adamw_sizes, "parameters": grid.adamw_totals,
+                         "seconds_per_parameter": microbench.adamw_per_parameter(
+                             torch_device, grid.adamw_sizes, grid.adamw_totals, adamw["seconds_per_tensor"], tick)}
         timings = {}
         for layers in (1, 3):
             config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)

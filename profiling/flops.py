@@ -238,7 +238,7 @@ class Op:
 
     kind "matmul": shape (M, N, K), an (M × K) @ (K × N) product. kind "attention": shape
     (batch·heads, queries, keys, head_dim) with `variant` "causal" (queries = keys), "decode" (one query
-    sees every key) or "causal_backward". kind "adamw": shape (parameters, parameter tensors), the
+    sees every key) or "causal_backward". kind "adamw": shape (elements of each parameter tensor), the
     whole optimizer step (gradient clipping and zeroing included). Any other kind is memory-bound:
     shape (elements,), priced by the bytes it moves.
     """
@@ -329,10 +329,18 @@ def backward_operations(config: GPTConfig, forward: list[Op], batch: int, seq_le
     return ops
 
 
+def parameter_tensor_sizes(config: GPTConfig) -> list[int]:
+    """Elements of each parameter tensor the optimizer visits: wte (shared with the head), wpe, per block
+    6 weights (+6 biases), ln_f."""
+    d, d_kv = config.n_embd, config.n_kv_head * config.head_dim
+    weights = [d, d * (d + 2 * d_kv), d * d, d, 4 * d * d, 4 * d * d]  # ln_1, qkv, proj, ln_2, fc, mlp proj
+    biases = [d, d + 2 * d_kv, d, d, 4 * d, d] if config.bias else []
+    return ([config.vocab_size * d, config.block_size * d] + config.n_layer * (weights + biases)
+            + [d] * (2 if config.bias else 1))
+
+
 def parameter_tensors(config: GPTConfig) -> int:
-    """Parameter tensors the optimizer visits: wte (shared with the head), wpe, per block 6 weights (+6 biases), ln_f."""
-    per_block = 6 * (2 if config.bias else 1)
-    return 2 + config.n_layer * per_block + (2 if config.bias else 1)
+    return len(parameter_tensor_sizes(config))
 
 
 def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accum: int = 1,
@@ -344,7 +352,7 @@ def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accu
     params = param_count(config)
     # AdamW in float32: read parameter, gradient and both moments, write parameter and moments; clipping
     # reads the gradients once more.
-    ops.append(Op("adamw", "adamw", (params, parameter_tensors(config)), 0, 8 * 4 * params, 1, "optimizer"))
+    ops.append(Op("adamw", "adamw", tuple(parameter_tensor_sizes(config)), 0, 8 * 4 * params, 1, "optimizer"))
     return ops
 
 

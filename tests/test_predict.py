@@ -94,21 +94,39 @@ def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     assert result.tokens_per_sec == pytest.approx(batch * steps / (matmul + attention + memory + overhead))
 
 
-def test_optimizer_cost_per_parameter_follows_the_measured_curve():
-    """Seconds per parameter interpolated in log-log over the parameter count, clamped past the curve's ends."""
+def test_optimizer_cost_per_parameter_follows_the_measured_grid():
+    """Each tensor's parameters at the seconds per parameter of its size and the model's parameter count,
+    interpolated in log-log, clamped past the grid's edges."""
     profile = synthetic_profile()
     profile.adamw = {"seconds_per_parameter": 0.0, "seconds_per_tensor": PER_TENSOR,
-                     "curve": {"parameters": [10**4, 10**6], "seconds_per_parameter": [1e-9, 4e-9]}}
-    params, tensors = flops.param_count(CONFIG), flops.parameter_tensors(CONFIG)
-    assert 10**4 < params < 10**6
-    upper = (math.log(params) - math.log(10**4)) / (math.log(10**6) - math.log(10**4))
-    per_parameter = 1e-9 * 4**upper  # the geometric interpolation between 1 and 4 ns
+                     "grid": {"tensor_elements": [100, 10**4], "parameters": [10**4, 10**6],
+                              "seconds_per_parameter": [[1e-9, 2e-9], [4e-9, 8e-9]]}}
+    d, L, V = CONFIG.n_embd, CONFIG.n_layer, CONFIG.vocab_size
+    params = flops.param_count(CONFIG)
+    total_weight = (math.log(params) - math.log(10**4)) / (math.log(10**6) - math.log(10**4))
+
+    def per_parameter(size: int) -> float:  # by hand: geometric interpolation along each axis, clamped
+        size_weight = min(max((math.log(size) - math.log(100)) / (math.log(10**4) - math.log(100)), 0.0), 1.0)
+        return 1e-9 * 4**size_weight * 2**total_weight
+
+    # wte, wpe, then per block ln_1, qkv, proj, ln_2 (d each, biases of d, 3d, d, d, 4d, d), fc and mlp proj
+    # (4d² each; past the grid's 10⁴ elements like qkv's 3d² and proj's d²), ln_f and its bias.
+    sizes = [V * d, CONFIG.block_size * d] + L * [d, 3 * d * d, d * d, d, 4 * d * d, 4 * d * d,
+                                                    d, 3 * d, d, d, 4 * d, d] + [d, d]
+    assert sum(sizes) == params
+    expected = sum(size * per_parameter(size) for size in sizes) + len(sizes) * PER_TENSOR
     result = predict.predict_train(CONFIG, 2, 32, 1, profile)
-    assert result.breakdown["optimizer"] == pytest.approx(params * per_parameter + tensors * PER_TENSOR, rel=1e-12)
-    big = GPTConfig(vocab_size=300, block_size=64, n_layer=24, n_head=4, n_embd=256)  # past the curve: its end
-    result = predict.predict_train(big, 1, 8, 1, profile)
-    assert result.breakdown["optimizer"] == pytest.approx(
-        flops.param_count(big) * 4e-9 + flops.parameter_tensors(big) * PER_TENSOR, rel=1e-12)
+    assert result.breakdown["optimizer"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_parameter_tensors_are_the_models_own():
+    from gpt import GPT
+
+    for config in (CONFIG, GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                     bias=False)):
+        model_sizes = sorted(p.numel() for p in GPT(config).parameters())
+        assert sorted(flops.parameter_tensor_sizes(config)) == model_sizes
+        assert sum(model_sizes) == flops.param_count(config)
 
 
 def test_prefill_by_hand():
