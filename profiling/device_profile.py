@@ -438,7 +438,7 @@ class Grid:
 
 
 GRIDS = {
-    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 11 memory kinds: 28 s at one
+    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 12 memory kinds: 28 s at one
     # thread on the project's 2-vCPU VM (docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],

@@ -223,7 +223,8 @@ MEMORY_PASSES = {
     "layernorm_backward": 3,
     "gelu": 2,
     "gelu_backward": 3,
-    "copy": 2,  # transpose to contiguous, KV-cache append
+    "copy": 2,  # transpose to contiguous
+    "kv_write": 2,  # one layer's new keys (or values) written into the KV cache at their positions
     "cross_entropy": 2,  # log-softmax over the vocabulary and the picked log-probabilities
     "cross_entropy_backward": 2,
     "sample": 3,  # temperature scale, softmax and one draw over the vocabulary, per sequence
@@ -309,7 +310,7 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
     if loss:
         ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
     else:
-        ops.append(_memory("kv_cache_write", "copy", 2 * tokens * d_kv, elem, n_layer))
+        ops.append(_memory("kv_cache_write", "kv_write", tokens * d_kv, elem, 2 * n_layer))  # keys, then values
     return ops
 
 

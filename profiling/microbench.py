@@ -218,6 +218,11 @@ def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dt
     if kind == "copy":
         x = randn(rows, 4, ROW // 4)
         return (lambda: x.transpose(0, 1).contiguous()), None
+    if kind == "kv_write":  # as KVCache.attend: a head-split view of the qkv rows, index_copy_ along positions
+        keys = randn(1, rows, 3, 4, ROW // 4)[:, :, 1].transpose(1, 2)  # (1, heads, rows, head_dim)
+        cache = torch.zeros(1, 4, rows, ROW // 4, device=device, dtype=dtype)
+        positions = torch.arange(rows, device=device)
+        return (lambda: cache.index_copy_(2, positions, keys)), None
     if kind in ("layernorm", "gelu"):
         x, weight, bias = randn(rows, ROW, grad=True), randn(ROW, grad=True), randn(ROW, grad=True)
         if kind == "layernorm":
@@ -250,7 +255,7 @@ def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dt
 
 BACKWARD_OF = {"layernorm": "layernorm_backward", "gelu": "gelu_backward", "cross_entropy": "cross_entropy_backward",
                "embedding": "embedding_backward"}
-MEMORY_KINDS = ("add", "copy", "layernorm", "gelu", "embedding", "cross_entropy", "sample")
+MEMORY_KINDS = ("add", "copy", "kv_write", "layernorm", "gelu", "embedding", "cross_entropy", "sample")
 
 
 def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int],
