@@ -126,16 +126,22 @@ class DeviceProfile:
         return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
 
     def _coldness(self, working_set: int) -> float:
-        """0 at the warm window, 1 at the cold one: how far the measured skinny-matmul slowdown has gone at
-        `working_set` bytes of weights (`window_curve`), or log-linear in bytes when no curve was measured."""
-        warm, cold = self.matmul["window_bytes"], self.matmul["cold"]["window_bytes"]
+        """0 for weights that stay in cache, 1 at the cold window: how far the measured skinny-matmul slowdown
+        (`window_curve`, from its smallest window up) has gone at `working_set` bytes of weights, or log-linear
+        in bytes from the warm window when no curve was measured.
+
+        The curve's smallest window is its cache-hot end: on the 2-core VM the warm table, though read over
+        64 MiB, ran as fast as that end while the curve had already fallen to the cold figure at 64 MiB, so
+        measuring from the warm window priced a 100 MB model's decode as if its weights were cached."""
+        cold = self.matmul["cold"]["window_bytes"]
         curve = self.matmul.get("window_curve")
         if working_set >= cold:
             return 1.0
         if not curve:
-            return _bracket([warm, cold], working_set)[2]
-        at = lambda size: _size_curve(curve["bytes"], curve["flops_per_sec"], size) / size  # noqa: E731
-        slowdown, full = math.log(at(warm) / at(working_set)), math.log(at(warm) / at(cold))
+            return _bracket([self.matmul["window_bytes"], cold], working_set)[2]
+        rate = lambda size: _grid_value(curve["flops_per_sec"], [curve["bytes"]], (size,))  # noqa: E731
+        hot = curve["flops_per_sec"][0]
+        slowdown, full = math.log(hot / rate(working_set)), math.log(hot / rate(cold))
         return min(max(slowdown / full, 0.0), 1.0) if full > 0 else 0.0
 
     def per_call_seconds(self, phase: str) -> float:

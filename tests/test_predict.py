@@ -248,6 +248,20 @@ def test_skinny_matmuls_of_large_models_read_weights_from_memory():
     assert rate(op(4096, 2**30)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
 
 
+def test_the_window_curve_says_how_cold_a_large_models_weights_are():
+    """The share of the measured slowdown, from the curve's cache-hot smallest window to the cold window,
+    that a model's weight bytes have reached (log FLOP/s) sets how far its skinny matmuls move to the cold table."""
+    profile = synthetic_profile()
+    profile.matmul |= {"window_bytes": 2**25, "cold": {"rows": [1, 64], "flops_per_sec": flat(1e8)[:2],
+                                                        "window_bytes": 2**29},
+                       "window_curve": {"bytes": [2**22, 2**24, 2**26, 2**29], "flops_per_sec": [8e9, 8e9, 4e9, 2e9]}}
+    op = lambda weights: flops.Op("mm", "matmul", (1, 64, 64), 2 * 4096, 0, working_set=weights)  # noqa: E731
+    rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
+    # 64 MiB: the curve has fallen from 8 to 4 of its 8-to-2 GFLOP/s, half the way in log: halfway to cold.
+    assert rate(op(2**26)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)
+    assert rate(op(2**24)) == pytest.approx(MATMUL_RATE)  # within the warm window: the warm table
+
+
 def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, monkeypatch):
     monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
     quick = synthetic_profile()
