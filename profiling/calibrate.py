@@ -30,7 +30,8 @@ def describe(profile: DeviceProfile) -> str:
         f"  fixed              {overhead['fixed_s']['forward'] * 1e6:,.1f} us per forward, "
         f"{overhead['fixed_s']['train_micro_step'] * 1e6:,.1f} us per training micro-step, "
         f"{overhead['fixed_s']['token'] * 1e6:,.1f} us per generated token, "
-        f"{overhead['fixed_s']['prefill'] * 1e6:,.1f} us per prefill",
+        f"{overhead['fixed_s']['prefill'] * 1e6:,.1f} us per prefill, "
+        f"{overhead['fixed_s']['train_step'] * 1e6:,.1f} us per training step",
     ])
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterable
 
 import torch
@@ -363,9 +364,15 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     "training": forward and backward of the loss over 1 × 4 tokens, as `Trainer.train_step` runs them;
     "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does);
     "prefill": `GPT.generate` up to its first token after a 4-token prompt — the call's one-off work (its KV
-    cache and output buffers, the first draw) around the prompt's forward pass, as sample.py times a prefill.
+    cache and output buffers, the first draw) around the prompt's forward pass, as sample.py times a prefill;
+    "train_step": `Trainer.train_step` itself at batch 1 × the context (the batch drawn, the learning rate set,
+    the loss read back, clipping, AdamW), whose harness around the model's work is also a fixed cost.
     """
+    import numpy as np
+
+    from gpt.data import TokenData
     from gpt.model import GPT, KVCache
+    from gpt.trainer import Trainer, TrainConfig
 
     model = GPT(config).to(device=device, dtype=TORCH_DTYPES[dtype])
     tokens = torch.randint(config.vocab_size, (1, 5), device=device)
@@ -390,4 +397,10 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
         model.zero_grad(set_to_none=True)
 
     training = seconds_per_call(train_micro_step, device, batches=10)
-    return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short}
+    stream = np.random.default_rng(0).integers(0, config.vocab_size, 64 * config.block_size, dtype=np.int64)
+    autocast = str(TORCH_DTYPES[dtype]).removeprefix("torch.")  # the trainer's name of the compute dtype
+    trainer = Trainer(config, TrainConfig(batch_size=1, max_iters=10**9, device=str(device), dtype=autocast),
+                      TokenData(stream, stream, "random tokens"), "bytes", Path("/nonexistent"))  # never written
+    train_step = seconds_per_call(trainer.train_step, device, batches=10)
+    return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short,
+            "train_step": train_step}

@@ -93,7 +93,8 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
                            "lower it or raise --context")
     ops = flops.train_step_operations(config, batch, seq_len, grad_accum, profile.dtype)
     seconds = price(ops, profile, training=True)
-    seconds["overhead"] += grad_accum * profile.overhead["fixed_s"]["train_micro_step"]
+    fixed = profile.overhead["fixed_s"]
+    seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]
     tokens = batch * seq_len * grad_accum
     return _prediction("train", seconds, tokens, tokens * flops.training_flops_per_token(config, seq_len), profile)
 

@@ -17,7 +17,7 @@ ATTENTION_RATE = 2e8
 SECONDS_PER_ELEMENT = 1e-9  # every memory-bound kind, at every size
 PER_PARAMETER, PER_TENSOR = 3e-9, 2e-6
 PER_CALL_INFERENCE, PER_CALL_TRAINING = 5e-6, 7e-6
-FIXED = {"forward": 1e-4, "train_micro_step": 3e-4, "token": 2e-4, "prefill": 4e-4}
+FIXED = {"forward": 1e-4, "train_micro_step": 3e-4, "token": 2e-4, "prefill": 4e-4, "train_step": 5e-4}
 
 
 def flat(rate: float, sizes: int = 3) -> list:
@@ -64,7 +64,7 @@ def test_training_step_time_by_hand():
         "attention": attention_flops / ATTENTION_RATE,
         "memory_bound": elements * SECONDS_PER_ELEMENT,
         "optimizer": params * PER_PARAMETER + tensors * PER_TENSOR,
-        "overhead": calls * PER_CALL_TRAINING + accum * FIXED["train_micro_step"],
+        "overhead": calls * PER_CALL_TRAINING + accum * FIXED["train_micro_step"] + FIXED["train_step"],
     }
     result = predict.predict_train(CONFIG, batch, seq, accum, synthetic_profile())
     assert result.breakdown == pytest.approx(expected, rel=1e-12)
