@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_argument_group("model")
     source.add_argument("--out-dir", default="out/tiny",
-                        help="run directory holding ckpt.pt, or a folder of numbered runs (its newest is used)")
+                        help="run directory holding ckpt.pt (or an FSDP run's ckpt.dcp/), or a folder of numbered "
+                        "runs (its newest is used)")
     source.add_argument("--init", metavar="random|PATH",
                         help=f"{INIT_HELP} instead of the checkpoint in --out-dir; random = an untrained model of "
                         "--preset's shape with the overrides below (for timing, no checkpoint needed); PATH = a "

@@ -5,9 +5,9 @@
     python train.py --resume                         # continue the newest run of the preset
     python train.py --init path/to/gpt2 --data my.txt   # fine-tune a Hugging Face GPT-2 folder (out/gpt2-finetune)
 
-Writes into the run directory: ckpt.pt (+ meta.json), config.json and metrics.jsonl. By default
-every run gets a new numbered folder, out/<preset>/run-001, run-002, ...; an explicit --out-dir
-that holds a run needs --resume or --overwrite (gpt/rundir.py).
+Writes into the run directory: ckpt.pt (ckpt.dcp/ with --fsdp) + meta.json, config.json and
+metrics.jsonl. By default every run gets a new numbered folder, out/<preset>/run-001, run-002, ...;
+an explicit --out-dir that holds a run needs --resume or --overwrite (gpt/rundir.py).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from gpt.config import (
     TrainConfig,
 )
 from gpt.errors import GptmeterError
-from gpt.rundir import RunLock, claim_run_dir
+from gpt.rundir import SHARDED_CHECKPOINT_NAME, RunLock, claim_run_dir
 from gpt.tokenizer import TOKENIZERS, get_tokenizer
 
 DEFAULT_OUT_DIR = "out/{preset}"
@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out-dir", help="run directory for checkpoints and logs (default: a new out/<preset>/run-NNN); "
                      "one that holds a run needs --resume or --overwrite")
     run.add_argument("--resume", action="store_true",
-                     help="continue from the run's ckpt.pt (default: the newest run in out/<preset>); the model's "
-                     "shape, tokenizer and vocabulary stay the saved ones, training settings given now apply")
+                     help="continue from the run's checkpoint, ckpt.pt or ckpt.dcp/ (default: the newest run in "
+                     "out/<preset>); the model's shape, tokenizer and vocabulary stay the saved ones, training "
+                     "settings given now apply")
     run.add_argument("--overwrite", action="store_true",
                      help="start over in an --out-dir that holds a run; its files are moved to <out-dir>.old-<time>")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="autocast compute dtype; auto = bfloat16 on GPUs with native bf16 (compute capability "
                      ">= 8.0), float16 with loss scaling on older GPUs, float32 on CPU")
     run.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    run.add_argument("--fsdp", action=argparse.BooleanOptionalAction,
+                     help="shard weights, gradients and AdamW state over the torchrun processes (FSDP2) instead "
+                     "of replicating them (DDP); checkpoints are then sharded (ckpt.dcp/) and resume at any "
+                     "number of processes; without torchrun, a group of one. Default: off, or the resumed run's "
+                     "choice")
     run.add_argument("--seed", type=int, help="random seed for weights, batches and dropout (default 1337)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     run.add_argument("--peak-tflops", type=positive_float,
@@ -221,7 +227,7 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     from tqdm import tqdm
 
     from gpt import distributed
-    from gpt.checkpoint import load_checkpoint
+    from gpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
     from gpt.data import load_data
     from gpt.memory import require_fits, training_bytes
     from gpt.model import GPT, resolve_attention
@@ -230,7 +236,8 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     from profiling.live import TrainingProfiler, describe_prediction
 
     attention = resolve_attention(args.attention, device)
-    saved = load_checkpoint(out_dir, map_location="cpu") if args.resume else None
+    # An FSDP run's sharded weights are read later, by each rank for its own shards.
+    saved = load_checkpoint(out_dir, map_location="cpu", weights=False) if args.resume else None
     folder = pretrained_folder(args.init)
     pretrained = None
     if saved:  # a resumed run keeps its model and tokenizer; flags given now may change training settings
@@ -249,7 +256,12 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
         tokenizer = get_tokenizer(args.tokenizer or ("bytes" if args.preset == "tiny" else "cl100k"))
         model_config = model_config_from(args, tokenizer.vocab_size, attention)
     train_config = train_config_from(args, args.preset, saved and saved["train_config"], device, dtype)
-    require_fits(training_bytes(model_config, train_config.batch_size), device,
+    if saved and saved["train_config"].get("fsdp", False) != train_config.fsdp:
+        given_now = "--fsdp" if train_config.fsdp else "--no-fsdp"
+        raise GptmeterError(f"{given_now} differs from the resumed run's mode, which fixes its checkpoint format "
+                            "(sharded ckpt.dcp/ with --fsdp, ckpt.pt without); drop it to resume in the saved mode")
+    shards = distributed.world_size() if train_config.fsdp else 1
+    require_fits(training_bytes(model_config, train_config.batch_size, shards), device,
                  f"a micro-batch of {train_config.batch_size} sequences of {model_config.block_size} tokens",
                  "lower --batch-size (and raise --grad-accum to keep the tokens per step)")
     if saved:
@@ -264,8 +276,9 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     if saved:
         trainer.resume(saved)
 
-    if distributed.world_size() > 1 and distributed.is_main():
-        print(f"train.py: data-parallel (DDP) on {distributed.world_size()} processes; --batch-size "
+    if trainer.world_size > 1 and distributed.is_main():
+        kind = "sharded data-parallel (FSDP2)" if trainer.sharded else "data-parallel (DDP)"
+        print(f"train.py: {kind} on {distributed.world_size()} processes; --batch-size "
               f"{train_config.batch_size} is per card, global batch {train_config.batch_size * distributed.world_size()} "
               "sequences", file=sys.stderr)
     if distributed.is_main():
@@ -298,11 +311,13 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
     progress.close()
     summary = profiler.summary()  # this card's figures; the job's tokens/s is world_size times
     world = distributed.world_size()
-    summary |= {"world_size": world, "mode": "ddp" if world > 1 else "single",
+    summary |= {"world_size": world, "mode": trainer.mode,
                 "job_tokens_per_sec": None if summary["tokens_per_sec"] is None else summary["tokens_per_sec"] * world}
     trainer.log(summary)
     profiler.close()
-    if stopped is not None:
+    if stopped is not None:  # every rank stopped at the same step; one line says so
+        if not distributed.is_main():
+            return stopped.exit_code
         fail("train.py", str(stopped), stopped.exit_code)
     if summary["tokens_per_sec"] is None:
         speed = f"no tokens/s: all {summary['steps']} steps were warm-up"
@@ -313,7 +328,8 @@ def train(args: argparse.Namespace, given: set[str], device, dtype: str, out_dir
         speed = f"{summary['tokens_per_sec']:,.0f} tokens/s{mfu} ({predicted})"
     if not distributed.is_main():
         return 0
-    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {out_dir / 'ckpt.pt'}; "
+    checkpoint = out_dir / (SHARDED_CHECKPOINT_NAME if trainer.sharded else CHECKPOINT_NAME)
+    print(f"done: step {trainer.step}, val loss {trainer.val_loss:.4f}, {speed}; checkpoint {checkpoint}; "
           f"profile with: python -m profiling report {out_dir}", file=sys.stderr)
     return 0
 

@@ -99,6 +99,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"  # compute dtype under autocast; weights and optimizer stay float32
     compile: bool = False
+    fsdp: bool = False  # shard weights, gradients and optimizer state (FSDP2) instead of replicating them (DDP)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "checkpoint_interval"):
@@ -112,6 +113,8 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.dtype not in DTYPE_NAMES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPE_NAMES)}")
+        if self.fsdp and self.dtype == "float16":  # its loss scaling would need a sharded gradient scaler
+            raise ConfigError("--fsdp does not support --dtype float16; use --dtype bfloat16 or float32")
 
 
 # Training settings that suit a preset better than the generic ones above.

@@ -28,8 +28,19 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(_backend(device), timeout=COLLECTIVE_TIMEOUT)
     return device
+
+
+def init_alone(device: torch.device) -> None:
+    """A process group of one, for FSDP in a plain `python train.py` (no torchrun): an in-memory store, no port."""
+    if not dist.is_initialized():
+        dist.init_process_group(_backend(device), store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=COLLECTIVE_TIMEOUT)
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def rank() -> int:
@@ -52,6 +63,20 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     total = value.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total / world_size()
+
+
+def agree(count: int, device: torch.device, sharded: bool) -> int:
+    """One count for all ranks: the sum over shards, or the largest over replicas (which should all be equal)."""
+    if world_size() == 1:
+        return count
+    box = torch.tensor(count, dtype=torch.float64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.SUM if sharded else dist.ReduceOp.MAX)
+    return int(box.item())
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

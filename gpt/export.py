@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a gptmeter run's checkpoint as a Hugging Face GPT-2 folder (safetensors).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("run_dir", type=Path, help="run directory holding ckpt.pt, or a folder of numbered runs "
-                        "(its newest is exported)")
+    parser.add_argument("run_dir", type=Path, help="run directory holding ckpt.pt or ckpt.dcp/, or a folder of "
+                        "numbered runs (its newest is exported)")
     parser.add_argument("out_dir", type=Path, help="folder to create; must not already hold a model")
     args = parser.parse_args(argv)
     try:

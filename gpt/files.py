@@ -60,7 +60,7 @@ def writable_cache_root() -> Path:
     return writable_folder(cache_root(), "GPTMETER_CACHE_DIR")
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     """Make the rename itself durable (POSIX); silently skipped where directories cannot be opened."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
@@ -88,7 +88,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -30,10 +30,12 @@ def parameter_count(config: GPTConfig) -> int:
     return config.vocab_size * d + config.block_size * d + config.n_layer * per_layer
 
 
-def training_bytes(config: GPTConfig, batch_size: int) -> int:
-    """Lower bound for one training micro-batch: 16 bytes a parameter, logits twice, 4 activations per layer."""
+def training_bytes(config: GPTConfig, batch_size: int, shards: int = 1) -> int:
+    """Lower bound for one training micro-batch: 16 bytes a parameter (split over `shards` FSDP ranks),
+    logits twice, 4 activations per layer."""
     tokens = batch_size * config.block_size
-    return 16 * parameter_count(config) + 4 * tokens * (2 * config.vocab_size + 4 * config.n_layer * config.n_embd)
+    weights_and_optimizer = 16 * parameter_count(config) // shards
+    return weights_and_optimizer + 4 * tokens * (2 * config.vocab_size + 4 * config.n_layer * config.n_embd)
 
 
 def generation_bytes(config: GPTConfig, samples: int, tokens: int, itemsize: int) -> int:

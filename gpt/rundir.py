@@ -24,7 +24,8 @@ from gpt.files import writable_folder
 LOCK_NAME = ".lock"
 CONFIG_FILE = "config.json"  # the resolved configuration, written when the run starts (Trainer.write_config)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per step, evaluation and run end (Trainer.log)
-RUN_FILES = ("ckpt.pt", "meta.json", CONFIG_FILE, METRICS_FILE)  # any of them marks a folder as a run
+SHARDED_CHECKPOINT_NAME = "ckpt.dcp"  # an FSDP run's checkpoint folder (gpt/checkpoint.py)
+RUN_FILES = ("ckpt.pt", "meta.json", CONFIG_FILE, METRICS_FILE, SHARDED_CHECKPOINT_NAME)  # any marks a run
 RUN_PREFIX = "run-"
 _NUMBERED = re.compile(rf"{RUN_PREFIX}(\d+)")
 _TEMPORARY = re.compile(r".+\.\d+\.tmp")
@@ -36,6 +37,20 @@ class OutDirError(GptmeterError, ValueError):
 
 def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in RUN_FILES)
+
+
+def sharded_checkpoint(folder: Path) -> Path | None:
+    """The run's DCP checkpoint folder: ckpt.dcp, else ckpt.dcp.old (a save cut between its renames), else None."""
+    final = Path(folder) / SHARDED_CHECKPOINT_NAME
+    for candidate in (final, final.with_name(final.name + ".old")):
+        if (candidate / "meta.json").is_file():
+            return candidate
+    return None
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """ckpt.pt, or an FSDP run's checkpoint folder."""
+    return (folder / RUN_FILES[0]).is_file() or sharded_checkpoint(folder) is not None
 
 
 def numbered_runs(folder: Path) -> list[Path]:
@@ -157,7 +172,7 @@ def claim_run_dir(out_dir: Path | None, default_parent: Path, resume: bool, over
             folder = new_numbered_run(default_parent)
     else:
         folder = Path(out_dir)
-    if resume and not (folder / RUN_FILES[0]).is_file():
+    if resume and not has_checkpoint(folder):
         raise OutDirError(f"no checkpoint at {folder / RUN_FILES[0]} to resume; drop --resume to start a new run")
     writable_folder(folder, "--out-dir")
     lock = RunLock(folder, created=out_dir is None and not resume).acquire()
@@ -168,7 +183,7 @@ def claim_run_dir(out_dir: Path | None, default_parent: Path, resume: bool, over
             note = f"removed {len(stale)} temporary file(s) left by an interrupted save in {folder}"
         if holds_run(folder) and not resume:
             if not overwrite:
-                how = "--resume to continue it or --overwrite" if (folder / RUN_FILES[0]).exists() else "--overwrite"
+                how = "--resume to continue it or --overwrite" if has_checkpoint(folder) else "--overwrite"
                 raise OutDirError(
                     f"{folder} already holds a run; pass {how} to start over (the old files are moved to "
                     f"{folder.name}.old-<time>), or choose another --out-dir"

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from gpt import distributed
-from gpt.checkpoint import save_checkpoint
+from gpt.checkpoint import load_sharded_tensors, save_checkpoint, save_sharded_checkpoint
 from gpt.config import DTYPE_NAMES, GPTConfig, TrainConfig
 from gpt.data import TokenData
 from gpt.files import atomic_write_text, dumps_json, write_json
+from gpt.fsdp import local, shard
 from gpt.model import GPT
-from gpt.rundir import CONFIG_FILE, METRICS_FILE
+from gpt.rundir import CONFIG_FILE, METRICS_FILE, sharded_checkpoint
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -76,9 +78,12 @@ class _StopRequest:
         self.signal_number: int | None = None
 
     def __call__(self, signal_number: int, frame) -> None:
-        if self.signal_number is not None:  # a second Ctrl-C: stop at once
+        if self.signal_number is None:
+            self.signal_number = signal_number
+        elif signal_number == signal.SIGINT:  # a second Ctrl-C: stop at once
             raise KeyboardInterrupt
-        self.signal_number = signal_number
+        # A repeated SIGTERM is ignored: torchrun forwards the SIGTERM or SIGINT it gets as SIGTERM, so a
+        # signal sent to the whole process group arrives twice and must not cut the checkpoint short.
 
     @contextlib.contextmanager
     def installed(self):
@@ -115,11 +120,18 @@ class Trainer:
         if initial_weights is not None:  # fine-tuning: start from these instead of the random initialisation
             self.model.load_state_dict(initial_weights)
         self.model.to(self.device)
+        self.sharded = train_config.fsdp
+        if self.sharded:
+            distributed.init_alone(self.device)  # FSDP needs a process group, even of one, without torchrun
+            shard(self.model, self.device, DTYPES[train_config.dtype])  # before the optimizer sees the parameters
         self.optimizer = make_optimizer(self.model, train_config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=train_config.dtype == "float16")
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        # Under torchrun every rank starts from the same seed, so the weights agree before DDP's first broadcast.
-        self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model) if self.world_size > 1 else None)
+        # Under torchrun every rank starts from the same seed, so the weights agree before DDP's first broadcast
+        # (and FSDP keeps each rank's slice of the same full tensors).
+        replicated = self.world_size > 1 and not self.sharded
+        self.ddp = torch.nn.parallel.DistributedDataParallel(self.model) if replicated else None
+        self.mode = "fsdp" if self.sharded else "ddp" if self.ddp is not None else "single"
         wrapped = self.ddp or self.model
         self.forward = torch.compile(wrapped) if train_config.compile else wrapped
         self.sampler = torch.Generator().manual_seed(train_config.seed)  # draws the training windows
@@ -130,7 +142,8 @@ class Trainer:
 
     # --------------------------------------------------------------------- state
 
-    def state(self) -> dict[str, Any]:
+    def meta(self) -> dict[str, Any]:
+        """Everything a checkpoint holds that is not a tensor."""
         return {
             "model_config": self.model_config.to_dict(),
             "train_config": dataclasses.asdict(self.config),
@@ -139,6 +152,23 @@ class Trainer:
             "step": self.step,
             "val_loss": self.val_loss,
             "elapsed_s": self.elapsed_s,
+            "world_size": self.world_size,
+            "mode": self.mode,
+        }
+
+    def sharded_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The tensors of an FSDP checkpoint (this rank's shards of the weights and AdamW moments, RNG states),
+        and the optimizer's state dict, whose "state" they share. Its param_groups (hyperparameters, not
+        tensors) stay out of the checkpoint, which then holds tensors only: the flags given now set them."""
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"model": model, "optimizer": {"state": optimizer["state"]}, "rng": rng}, optimizer
+
+    def state(self) -> dict[str, Any]:
+        return {
+            **self.meta(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -150,23 +180,36 @@ class Trainer:
         }
 
     def load_state(self, payload: dict[str, Any]) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scaler.load_state_dict(payload["scaler"])
+        """Restore from a checkpoint's payload; an FSDP run reads its tensors from ckpt.dcp, resharded to this world."""
         self.step, self.val_loss, self.elapsed_s = payload["step"], payload["val_loss"], payload["elapsed_s"]
-        torch.set_rng_state(payload["rng"]["torch"])
-        if torch.cuda.is_available() and payload["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
-        self.sampler.set_state(payload["rng"]["sampler"])
+        if self.sharded:
+            tensors, optimizer = self.sharded_state()  # allocated and sharded as this world shards them
+            load_sharded_tensors(sharded_checkpoint(self.out_dir), tensors)  # in place, so `optimizer` too
+            set_state_dict(self.model, self.optimizer, model_state_dict=tensors["model"], optim_state_dict=optimizer)
+            rng = tensors["rng"]
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        else:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scaler.load_state_dict(payload["scaler"])
+            rng = payload["rng"]
+            if torch.cuda.is_available() and rng["cuda"]:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.set_rng_state(rng["torch"])
+        self.sampler.set_state(rng["sampler"])
 
     def save(self) -> Path:
         """Checkpoint the current state, but only a healthy model: a diverged one would replace the last good one.
 
-        Every rank checks health (the weights are the same on all); rank 0 alone writes.
+        Every rank checks health (all ranks agree on the verdict); rank 0 alone writes ckpt.pt, while
+        every rank writes its shards of an FSDP checkpoint.
         """
         self.check_healthy()
         path = self.out_dir / "ckpt.pt"
-        if distributed.is_main():
+        if self.sharded:
+            path = save_sharded_checkpoint(self.out_dir, self.meta(), self.sharded_state()[0])
+        elif distributed.is_main():
             path = save_checkpoint(self.out_dir, self.state())
         self.saved_step = self.step
         return path
@@ -181,8 +224,10 @@ class Trainer:
     # --------------------------------------------------------------------- divergence
 
     def non_finite_weights(self) -> int:
-        """How many parameter values are NaN or infinite (one device sync)."""
-        return int(torch.stack([(~p.isfinite()).sum() for p in self.model.parameters()]).sum())
+        """How many parameter values are NaN or infinite, the same count on every rank (summed over FSDP's
+        shards, the largest of DDP's replicas), so that all ranks stop or save together."""
+        bad = int(torch.stack([(~local(p).isfinite()).sum() for p in self.model.parameters()]).sum())
+        return distributed.agree(bad, self.device, self.sharded)
 
     def _diverged(self, what: str) -> TrainingStopped:
         """The stop for a diverged run, naming the checkpoint that is kept and a flag value to try next."""
@@ -222,8 +267,10 @@ class Trainer:
             x, y = self.data.batch("train", self.config.batch_size, self.model_config.block_size, self.sampler,
                                    self.device, self.rank, self.world_size)
             last = micro_step == self.config.grad_accum - 1
-            # DDP all-reduces gradients on the last micro-step only; the others just accumulate locally.
+            # DDP all-reduces (FSDP reduce-scatters) gradients on the last micro-step only; the others accumulate.
             syncing = contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync()
+            if self.sharded:
+                self.model.set_requires_gradient_sync(last)
             with syncing:
                 with self._autocast():
                     _, loss = self.forward(x, y)
@@ -257,7 +304,9 @@ class Trainer:
             with self._autocast():
                 _, loss = self.forward(x, y)
             losses.append(loss.item())
-        self.val_loss = sum(losses) / len(losses)
+        # Every rank computed the same mean; averaging it makes a NaN on any rank a NaN on all, so all stop together.
+        mean = torch.tensor(sum(losses) / len(losses), dtype=torch.float64, device=self.device)
+        self.val_loss = distributed.mean(mean).item()
         return self.val_loss
 
     # --------------------------------------------------------------------- the loop
@@ -295,6 +344,7 @@ class Trainer:
             "data": self.data.source,
             "params": self.model.num_params(),
             "world_size": self.world_size,
+            "mode": self.mode,
             "global_batch_size": self.config.batch_size * self.world_size,
             **self.extra_config,
         }
@@ -324,7 +374,7 @@ class Trainer:
                 fields = dataclasses.asdict(record) | {
                     "tokens_per_sec": per_card,  # per card, as in a single-process run
                     "world_size": self.world_size,
-                    "mode": "ddp" if self.ddp is not None else "single",
+                    "mode": self.mode,
                     "job_tokens_per_sec": per_card * self.world_size,
                 }
                 fields |= on_step(record) if on_step else {}

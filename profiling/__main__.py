@@ -23,6 +23,7 @@ SUBCOMMANDS = (
     "profiling.cost_cli",
     "profiling.scale_cli",
     "profiling.scenarios",
+    "profiling.train_compare_cli",
 )
 
 

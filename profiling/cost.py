@@ -110,6 +110,15 @@ def fleet_usd_per_day(n_devices: float, device_hour: DeviceHourCost) -> float:
     return require_positive("devices", n_devices) * 24 * device_hour.total_usd
 
 
+def fleet_day_parts(n_devices: float, device_hour: DeviceHourCost) -> dict[str, float]:
+    """USD per day of a fleet paid around the clock, by part: hardware (the rental, or an owned device's
+    depreciation), energy, maintenance/operations, and their total. A rental's energy and operations are inside its
+    price, so those parts are 0 and the total is the rental."""
+    day = require_positive("devices", n_devices) * 24
+    return {"hardware": day * device_hour.hardware_usd, "energy": day * device_hour.energy_usd,
+            "operations": day * device_hour.operations_usd, "total": day * device_hour.total_usd}
+
+
 def energy_kwh(kw_per_device: float, device_seconds: float) -> float:
     return kw_per_device * device_seconds / SECONDS_PER_HOUR
 

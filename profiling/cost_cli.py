@@ -19,7 +19,8 @@ from profiling.device_profile import resolve_profile
 from profiling.predict import predict_decode
 from profiling.prices import PriceError, require_positive
 from profiling.rundir import read_measurements
-from profiling.scale import ServingInputs, device_spec, resolve_model
+from profiling.plan import ServingInputs
+from profiling.scale import device_spec, resolve_model
 from profiling.scenarios import format_scenario, run_scenario
 
 

@@ -5,7 +5,7 @@ profile file if given, contribute only the predictor's error on their device, as
 returns a terminal table plus three PNG plots written into the run directory:
 
     cost_breakdown.png     cost per day of the target serving fleet, rented (one all-in cloud price) beside
-                           owned (hardware, energy, operations)
+                           owned (hardware, energy, operations): scale's operating_cost_usd_per_day
     devices_vs_traffic.png devices needed against queries per day
     cost_vs_model_size.png cost per million generated tokens for the GPT-2 sizes and GPT-3 175B
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from profiling import scale
-from profiling.cost import PriceChoice
 from profiling.scale_cli import format_extrapolation
 
 MODEL_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "gpt3-175b")
@@ -41,8 +40,10 @@ def cost_page(run_dir: Path, device_key: str = "h100-sxm", model: str = "gpt3-17
                for q in TRAFFIC_QUERIES_PER_DAY]
     by_size = {name: scale.extrapolate(replace(request, model=name))["serving"]["usd_per_million_tokens"]
                for name in MODEL_SIZES}
-    pricing = {basis: scale.extrapolate(replace(request, prices=PriceChoice(pricing=basis)))
-               ["serving"]["cost_breakdown_usd_per_day"] for basis in ("cloud", "tco")}
+    sides = headline["serving"]["operating_cost_usd_per_day"]  # the same fleet rented and owned
+    pricing = {side["basis"]: {"rental" if side["basis"] == "cloud" else part: side[part]
+                               for part in ("hardware", "energy", "operations") if side[part]}
+               for side in (sides["rented"], sides["owned"]) if "error" not in side}
     results = {"headline": headline, "devices_vs_queries_per_day": dict(zip(TRAFFIC_QUERIES_PER_DAY, traffic)),
                "usd_per_day_by_pricing": pricing,
                "usd_per_million_tokens_by_model": by_size}

@@ -352,8 +352,14 @@ def _roofline_rate(flops_: float, bytes_: float, peak: float, bandwidth: float) 
     return flops_ / max(flops_ / peak, bytes_ / bandwidth)
 
 
-def reference_profile(accelerator_key: str, dtype: str = "bf16") -> DeviceProfile:
-    """A profile of a datasheet device from its peaks, bandwidth and `REFERENCE_FIGURES` (see module docstring)."""
+def reference_profile(accelerator_key: str, dtype: str = "bf16", weight_bytes: float | None = None,
+                      matmul_dtype: str | None = None) -> DeviceProfile:
+    """A profile of a datasheet device from its peaks, bandwidth and `REFERENCE_FIGURES` (see module docstring).
+
+    Quantized serving weights: `weight_bytes` per element of every matmul's weight operand (K × N), read from memory
+    at that size (weight-only int8/int4 dequantized into a `dtype` matmul); `matmul_dtype` prices the matmuls at the
+    datasheet peak of that dtype with activations stored at its size too (fp8 tensor cores, weights and
+    activations in fp8). Everything else stays at `dtype`."""
     dtype = flops.dtype_name(dtype)
     entry = hardware.accelerator(accelerator_key)
     if entry.key == "cpu" or entry.memory_bandwidth is None:
@@ -361,10 +367,13 @@ def reference_profile(accelerator_key: str, dtype: str = "bf16") -> DeviceProfil
                            "calibrate it: python -m profiling calibrate")
     peak = entry.peak(dtype)
     figure = {name: spec["value"] for name, spec in REFERENCE_FIGURES.items()}
-    gemm, bandwidth = peak * figure["gemm_efficiency"], entry.memory_bandwidth * figure["copy_bandwidth_fraction"]
+    bandwidth = entry.memory_bandwidth * figure["copy_bandwidth_fraction"]
     elem = flops.bytes_per_element(dtype)
+    gemm = entry.peak(matmul_dtype or dtype) * figure["gemm_efficiency"]
+    act = flops.bytes_per_element(matmul_dtype or dtype)
+    weight = act if weight_bytes is None else weight_bytes
     dims = REFERENCE_DIMS
-    matmul = [[[_roofline_rate(2 * m * n * k, (m * k + k * n + m * n) * elem, gemm, bandwidth) for k in dims]
+    matmul = [[[_roofline_rate(2 * m * n * k, (m * k + m * n) * act + k * n * weight, gemm, bandwidth) for k in dims]
                for n in dims] for m in dims]
 
     def attention_rate(variant: str, bh: int, seq: int, head_dim: int) -> float:
@@ -385,7 +394,9 @@ def reference_profile(accelerator_key: str, dtype: str = "bf16") -> DeviceProfil
     citations["datasheet"] = entry.source
     return DeviceProfile(
         device=entry.name, device_class=entry.key, kind="reference", dtype=dtype, date=REFERENCE_DATE,
-        source=f"reference: datasheet ({entry.source}) x published efficiencies (REFERENCE_FIGURES)",
+        source=f"reference: datasheet ({entry.source}) x published efficiencies (REFERENCE_FIGURES)"
+        + (f"; matmul weights read at {weight:g} bytes/element" if weight != elem else "")
+        + (f", matmuls at the datasheet {matmul_dtype} peak" if matmul_dtype else ""),
         peak_flops=peak, peak_flops_source=f"datasheet: {entry.source}", memory_bandwidth=entry.memory_bandwidth,
         matmul={"dims": dims, "flops_per_sec": matmul},
         attention={"backend": "FlashAttention-2-style (published figures)", "batch_heads": REFERENCE_BATCH_HEADS,

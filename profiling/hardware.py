@@ -1,7 +1,8 @@
 """Accelerator peaks: one datasheet table, device detection, and measured ceilings.
 
 Datasheet peaks are *dense* FLOP/s (NVIDIA prints tensor-core figures "with sparsity",
-twice the dense rate, and marks them with an asterisk: we halve those). "fp32" is the
+twice the dense rate, and marks them with an asterisk: we halve those). "fp8" is the FP8 tensor-core rate of
+the datasheets that print one (Hopper, Ada); other devices have none. "fp32" is the
 plain CUDA-core rate; "tf32" the tensor-core rate PyTorch uses for float32 matmuls when
 `torch.backends.cuda.matmul.allow_tf32` is on. Bandwidths and memory sizes are decimal
 (1 GB = 1e9 bytes), as datasheets state them.
@@ -30,14 +31,15 @@ from gpt.cli import AMPERE_CAPABILITY
 from gpt.errors import GptmeterError
 from profiling.flops import dtype_name
 
-TABLE_DTYPES = ("bf16", "fp16", "tf32", "fp32")
+TABLE_DTYPES = ("fp8", "bf16", "fp16", "tf32", "fp32")
 
 
 @dataclass(frozen=True)
 class Accelerator:
     key: str  # short name for lookups, e.g. "h100-sxm"
     name: str
-    peak_flops: dict[str, float]  # dense FLOP/s per dtype in TABLE_DTYPES; a missing dtype is unsupported
+    peak_flops: dict[str, float]  # dense FLOP/s per dtype in TABLE_DTYPES; a missing dtype is unsupported (fp8:
+    # Hopper and Ada tensor cores only)
     memory_bandwidth: float | None  # bytes/s
     memory_bytes: int | None
     board_power_w: float | None  # maximum board power (TDP/TGP)
@@ -60,8 +62,9 @@ def _dense_tflops(**per_dtype: float) -> dict[str, float]:
     return {dtype: tflops * 1e12 for dtype, tflops in per_dtype.items()}
 
 
-_H100_SXM_COMPUTE = _dense_tflops(bf16=989.5, fp16=989.5, tf32=494.5, fp32=67)  # H200, H800, GH200 the same
+_H100_SXM_COMPUTE = _dense_tflops(fp8=1979, bf16=989.5, fp16=989.5, tf32=494.5, fp32=67)  # H200, H800, GH200 the same
 _A100_COMPUTE = _dense_tflops(bf16=312, fp16=312, tf32=156, fp32=19.5)  # all A100 variants
+_NVL_COMPUTE = _dense_tflops(fp8=1670.5, bf16=835.5, fp16=835.5, tf32=417.5, fp32=60)  # H100 NVL, H200 NVL
 _V100_SXM2_COMPUTE = _dense_tflops(fp16=125, fp32=15.7)  # Volta: no bf16, no tf32
 _V100_PCIE_COMPUTE = _dense_tflops(fp16=112, fp32=14)
 _H100_SOURCE = "NVIDIA H100 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/h100/ (2023)"
@@ -99,9 +102,9 @@ _MIG_USER_GUIDE = (
 _TABLE = (
     Accelerator("h100-sxm", "NVIDIA H100 SXM5 80GB", _H100_SXM_COMPUTE, 3.35e12, 80 * GB, 700, _H100_SOURCE,
                 ("NVIDIA H100 80GB HBM3",), _MIG_7),
-    Accelerator("h100-pcie", "NVIDIA H100 PCIe 80GB", _dense_tflops(bf16=756, fp16=756, tf32=378, fp32=51),
+    Accelerator("h100-pcie", "NVIDIA H100 PCIe 80GB", _dense_tflops(fp8=1513, bf16=756, fp16=756, tf32=378, fp32=51),
                 2.0e12, 80 * GB, 350, _H100_SOURCE, ("NVIDIA H100 PCIe",), _MIG_7),
-    Accelerator("h100-nvl", "NVIDIA H100 NVL 94GB", _dense_tflops(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60),
+    Accelerator("h100-nvl", "NVIDIA H100 NVL 94GB", _NVL_COMPUTE,
                 3.9e12, 94 * GB, 400, _H100_NVL_SOURCE, ("NVIDIA H100 NVL",), _MIG_7),
     Accelerator("h800-sxm", "NVIDIA H800 SXM5 80GB", _H100_SXM_COMPUTE, 3.35e12, 80 * GB, 700, _H800_SOURCE,
                 ("NVIDIA H800",), _MIG_7),
@@ -109,7 +112,7 @@ _TABLE = (
                 1000, _GH200_SOURCE, ("NVIDIA GH200 480GB",), _MIG_7),
     Accelerator("h200", "NVIDIA H200 SXM 141GB", _H100_SXM_COMPUTE, 4.8e12, 141 * GB, 700, _H200_SOURCE,
                 ("NVIDIA H200",), _MIG_7),
-    Accelerator("h200-nvl", "NVIDIA H200 NVL 141GB", _dense_tflops(bf16=835.5, fp16=835.5, tf32=417.5, fp32=60),
+    Accelerator("h200-nvl", "NVIDIA H200 NVL 141GB", _NVL_COMPUTE,
                 4.8e12, 141 * GB, 600, _H200_SOURCE, ("NVIDIA H200 NVL",), _MIG_7),
     Accelerator("a100-80gb", "NVIDIA A100 SXM4 80GB", _A100_COMPUTE, 2.039e12, 80 * GB, 400, _A100_SOURCE,
                 ("NVIDIA A100-SXM4-80GB",), _MIG_7),
@@ -128,13 +131,13 @@ _TABLE = (
     Accelerator("a40", "NVIDIA A40 48GB", _dense_tflops(bf16=149.7, fp16=149.7, tf32=74.8, fp32=37.4), 696e9,
                 48 * GB, 300, "NVIDIA A40 GPU datasheet, https://www.nvidia.com/en-us/data-center/a40/ (2021)",
                 ("NVIDIA A40",)),
-    Accelerator("l40s", "NVIDIA L40S", _dense_tflops(bf16=362.05, fp16=362.05, tf32=183, fp32=91.6), 864e9,
+    Accelerator("l40s", "NVIDIA L40S", _dense_tflops(fp8=733, bf16=362.05, fp16=362.05, tf32=183, fp32=91.6), 864e9,
                 48 * GB, 350, "NVIDIA L40S GPU datasheet, https://www.nvidia.com/en-us/data-center/l40s/ (2023)",
                 ("NVIDIA L40S",)),
     Accelerator("l40", "NVIDIA L40", _dense_tflops(bf16=181.05, fp16=181.05, tf32=90.5, fp32=90.5), 864e9,
                 48 * GB, 300, "NVIDIA L40 GPU datasheet, https://www.nvidia.com/en-us/data-center/l40/ (2022)",
                 ("NVIDIA L40",)),
-    Accelerator("l4", "NVIDIA L4", _dense_tflops(bf16=121, fp16=121, tf32=60, fp32=30.3), 300e9, 24 * GB, 72,
+    Accelerator("l4", "NVIDIA L4", _dense_tflops(fp8=242.5, bf16=121, fp16=121, tf32=60, fp32=30.3), 300e9, 24 * GB, 72,
                 "NVIDIA L4 Tensor Core GPU datasheet, https://www.nvidia.com/en-us/data-center/l4/ (2023)",
                 ("NVIDIA L4",)),
     Accelerator("a10g", "NVIDIA A10G (AWS)", _dense_tflops(bf16=70, fp16=70, tf32=35, fp32=31.52), 600e9, 24 * GB,

@@ -115,7 +115,7 @@ def write_prediction_plot(run_dir: Path, summary: dict[str, Any]) -> Path | None
     return _save(figure, run_dir / "prediction.png")
 
 
-def write_tornado_plot(serving: dict[str, Any], out_dir: Path) -> Path:
+def write_tornado_plot(serving: dict[str, Any], out_dir: Path, name: str = "tornado.png") -> Path:
     """One bar per uncertain input: cost per day with that input alone at its low and at its high value,
     around the central plan, largest effect on top (serving["tornado"], sorted by scale.uncertainty)."""
     entries = serving["tornado"][::-1]
@@ -132,7 +132,46 @@ def write_tornado_plot(serving: dict[str, Any], out_dir: Path) -> Path:
     axes.set_xlabel("USD per day")
     axes.legend()
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _save(figure, out_dir / "tornado.png")
+    return _save(figure, out_dir / name)
+
+
+def write_training_comparison_plot(comparison: dict[str, Any], out_dir: Path) -> Path:
+    """train_compare.png: wall time and cloud cost of the same training on each device, log-scale bars
+    (a refused device, whose training state does not fit, has no bar)."""
+    rows = [row for row in comparison["rows"] if not row["refused"]]
+    labels = [f"{row['key']}\n{row['devices']:,} x {row['profile']['kind']}" for row in rows]
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    for index, (key, unit, title) in enumerate((("days", "days", "wall time"), ("usd_cloud", "USD", "cloud cost"))):
+        axes = figure.add_subplot(1, 2, index + 1)
+        bars = axes.bar(labels, [row[key] for row in rows], color="tab:blue")
+        axes.bar_label(bars, [f"{row[key]:,.3g}" for row in rows], fontsize=8)
+        axes.set_yscale("log")
+        axes.set_ylabel(f"{title} ({unit}, log scale)")
+        axes.grid(alpha=0.3, axis="y")
+    model = comparison["model"]
+    figure.suptitle(f"Training {model['name']} on {comparison['tokens']:,.3g} tokens, per device", fontsize=10)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out_dir / "train_compare.png")
+
+
+def write_levers_plot(comparison: dict[str, Any], out_dir: Path) -> Path:
+    """levers.png: the change in cost per day of each optimisation lever against the baseline plan
+    (levers.compare); a lever with no plan is named with its reason cut short."""
+    rows = comparison["levers"][::-1]
+    base = comparison["baseline"]["usd_per_day"]
+    figure, axes = _new_axes(f"Cost per day of each lever against the baseline (${base:,.0f}/day)", "")
+    for row, entry in enumerate(rows):
+        if "error" in entry:
+            axes.text(0, row, f" no plan: {entry['error'][:60]}", va="center", fontsize=7, color=WARMUP_COLOR)
+            continue
+        change = entry["change_usd_per_day"]
+        axes.barh(row, change, color="tab:green" if change < 0 else "tab:red")
+        axes.text(change, row, f" {change:+,.0f} ({entry['change_fraction']:+.0%})", va="center", fontsize=8)
+    axes.axvline(0, color="black", linewidth=1)
+    axes.set_yticks(range(len(rows)), [entry["lever"] for entry in rows])
+    axes.set_xlabel("change in USD per day (negative: cheaper)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out_dir / "levers.png")
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -1,15 +1,18 @@
-"""`python -m profiling report RUN_DIR`: a training run's figures as a table, PNG plots and a cost page.
+"""`python -m profiling report PATH`: a training run's figures as a table, PNG plots and a cost page; or, given
+a file written by `python -m profiling scale --json`, its cost band and tornado (table and tornado chart).
 
-The figures themselves are computed by `profiling.rundir.summarize` (the run directory's one reader);
+The run's figures are computed by `profiling.rundir.summarize` (the run directory's one reader);
 this module lays them out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
+from gpt.errors import GptmeterError
 from gpt.files import dumps_json
 from profiling.rundir import DEFAULT_WINDOW, load_run, summarize
 
@@ -91,18 +94,81 @@ def _prediction_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+# --------------------------------------------------------------------------- a scale --json file: its tornado
+
+
+class ScaleResultError(GptmeterError, ValueError):
+    """A file given to report that is neither a run directory nor a `scale --json` output."""
+
+
+def read_scale_result(path: Path) -> dict[str, Any]:
+    """The `scale --json` object in `path`, checked to carry the band and the tornado."""
+    def refuse(why: str) -> ScaleResultError:
+        return ScaleResultError(f"{path} is a file, not a run directory, and not a `python -m profiling scale "
+                                f"--json` output ({why}); pass a train.py --out-dir or such a file")
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise refuse(f"cannot read it: {error}") from None
+    except json.JSONDecodeError as error:
+        raise refuse(f"not JSON: {error.msg} at line {error.lineno}") from None
+    serving = result.get("serving") if isinstance(result, dict) else None
+    if not isinstance(serving, dict) or not isinstance(serving.get("tornado"), list) or \
+            not isinstance(serving.get("usd_per_day"), dict):
+        raise refuse("no serving.tornado and serving.usd_per_day")
+    return result
+
+
+def _usd(value: float | None) -> str:
+    return "no plan" if value is None else f"${value:,.0f}"
+
+
+def format_tornado(result: dict[str, Any], path: Path) -> str:
+    """The band and one line per input: cost per day with that input alone at its low and at its high value."""
+    serving, band = result["serving"], result["serving"]["usd_per_day"]
+    model, device = result.get("model", {}), result.get("device", {})
+    rows = [("input", "low value: USD/day", "high value: USD/day", "swing")]
+    for entry in serving["tornado"]:
+        ends = [value for value in (entry["low_usd_per_day"], entry["high_usd_per_day"]) if value is not None]
+        rows.append((entry["input"], f"{entry['low']:g}: {_usd(entry['low_usd_per_day'])}",
+                     f"{entry['high']:g}: {_usd(entry['high_usd_per_day'])}",
+                     _usd(max(ends) - min(ends)) if len(ends) == 2 else "n/a"))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    return "\n".join([
+        f"what moves cost per day: {model.get('name', 'model')} on {device.get('name', 'device')} (from {path})",
+        f"cost per day  {_usd(band['low'])} low / {_usd(band['central'])} central / {_usd(band['high'])} high",
+        "", *("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows),
+    ])
+
+
+def report_scale_result(path: Path, plots: bool, as_json: bool) -> None:
+    """Print a `scale --json` file's tornado and draw it as <file stem>-tornado.png beside the file."""
+    from profiling.plots import write_tornado_plot
+
+    result = read_scale_result(path)
+    drawn = [str(write_tornado_plot(result["serving"], path.parent, f"{path.stem}-tornado.png"))] if plots else []
+    if as_json:
+        print(dumps_json({"source": str(path), "usd_per_day": result["serving"]["usd_per_day"],
+                          "tornado": result["serving"]["tornado"], "plots": drawn}, indent=2))
+    else:
+        print(format_tornado(result, path) + ("\nplots: " + ", ".join(drawn) if drawn else ""))
+
+
 # --------------------------------------------------------------------------- command line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "report",
-        help="summarise a training run directory: terminal table and PNG plots",
+        help="summarise a training run directory (table and PNG plots), or a scale --json file (its tornado)",
         description="Summarise RUN_DIR/metrics.jsonl and RUN_DIR/config.json: a table in the terminal, and "
-        "throughput.png, mfu.png and loss.png written into RUN_DIR.",
+        "throughput.png, mfu.png and loss.png written into RUN_DIR. Given instead a FILE written by "
+        "python -m profiling scale --json, print its cost-per-day band and tornado (each uncertain input alone at "
+        "its low and high value) and draw the tornado chart as <FILE stem>-tornado.png beside it.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
-                        help="the --out-dir of a train.py run, or a folder of numbered runs such as out/tiny (its newest)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR|FILE",
+                        help="the --out-dir of a train.py run, a folder of numbered runs such as out/tiny (its "
+                        "newest), or a file written by python -m profiling scale --json")
     parser.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW,
         help=f"steps in the rolling window for 'last N steps' figures and the plots' smoothing "
@@ -126,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
     """Print the report and write the plots; a bad run directory raises RunDirError (a GptmeterError)."""
     from profiling.plots import write_plots, write_prediction_plot  # matplotlib loads only when plots are drawn
 
+    if args.run_dir.is_file():
+        report_scale_result(args.run_dir, plots=not args.no_plots, as_json=args.json)
+        return 0
     run_log = load_run(args.run_dir)
     summary = summarize(run_log, args.window)
     plots = [] if args.no_plots else write_plots(run_log, args.window)

@@ -6,11 +6,7 @@ committed or calibrated, else its *reference* profile (datasheet × cited publis
 Nothing measured on another device class is carried over: a `--from` run or profile file made on
 this CPU contributes only the predictor's own error there, shown as a confidence figure.
 
-Serving (the planner; docs/cost.md has the formulas): a replica is `tp` devices of one server (powers of two).
-For each `tp` the largest batch whose weights + KV cache (at --weights-dtype / --kv-dtype) fit, and whose time to
-first token and per-user decode speed meet --ttft-s and --min-user-tokens-per-sec, with continuous batching's
-prefill work on the same devices and two ring all-reduces per layer over the server's interconnect; then the `tp`
-needing the fewest devices for the peak traffic. Five uncertain inputs give a band and a tornado by re-running it.
+Serving: the planner of `profiling.plan` (tensor-parallel degree, batch, fleet, band and tornado).
 
 Training: predict_train(micro-batch × context, gradient accumulation) on the profile gives the MFU of the
 target model on the target device (optimizer update included, unsharded); total model FLOPs (3 × forward,
@@ -26,23 +22,19 @@ value given on the command line).
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpt.errors import GptmeterError
 from gpt.config import PRESETS, GPTConfig
 from profiling import cost, flops, hardware, predict
-from profiling.hardware import Accelerator
-from profiling.prices import require_positive
 from profiling.device_profile import DeviceProfile, resolve_profile
+from profiling.hardware import Accelerator
+from profiling.plan import (LATENCY_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs, plan_serving,
+                            uncertainty)
 from profiling.predict import Prediction
+from profiling.prices import require_positive
 from profiling.rundir import Measurements, read_measurements
-
-
-class ScaleError(GptmeterError, ValueError):
-    """An extrapolation that cannot be made; the message is one line naming the problem and the fix."""
 
 
 # --------------------------------------------------------------------------- target model and device
@@ -93,318 +85,6 @@ def roofline(flops: float, bytes_read: float, peak_flops: float, bandwidth: floa
     return Roofline(max(compute_s, memory_s), compute_s, memory_s)
 
 
-# --------------------------------------------------------------------------- serving and training plans
-
-
-SERVING_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}  # stored bytes per element
-# MLCommons MLPerf Inference v4.0, Llama-2-70B server scenario: time to first token at most 2 s and time per
-# output token at most 200 ms (5 tokens/s per user), 2024.
-LATENCY_SOURCE = "MLPerf Inference v4.0 Llama-2-70B server constraints (TTFT 2 s, TPOT 200 ms), MLCommons 2024"
-MAX_BATCH = 4096  # the search's ceiling: sequences one replica decodes together
-
-
-@dataclass(frozen=True)
-class ServingInputs:
-    prompt_tokens: int = 0  # tokens read per query before generating
-    output_tokens: int = 700  # tokens generated per query ("--tokens-per-query")
-    queries_per_day: float = 1e8
-    peak_to_average: float = 1.0  # fleet sized for peak = average × this
-    dtype: str = "bf16"  # the matmuls: the profile the steps are priced on
-    weights_dtype: str = "bf16"  # stored weights: memory only (the step is priced at `dtype`)
-    kv_dtype: str = "bf16"  # stored KV cache: memory only
-    ttft_s: float = 2.0  # time to first token at most this (LATENCY_SOURCE)
-    min_user_tokens_per_sec: float = 5.0  # each user's decode speed at least this (LATENCY_SOURCE)
-    devices_per_server: int = 8
-    usable_memory_fraction: float = 0.9  # the rest: activations, workspace, fragmentation
-    allreduce_latency_s: float = 10e-6  # fixed cost of one all-reduce inside a server (assumption)
-    step_time_factor: float = 1.0  # predicted times × this: the predictor's uncertainty in the band
-    price_factor: float = 1.0  # device-hour price × this: the price's uncertainty in the band
-
-    def __post_init__(self) -> None:
-        for name in ("output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
-                     "usable_memory_fraction", "ttft_s", "min_user_tokens_per_sec", "step_time_factor",
-                     "price_factor"):
-            require_positive(name.replace("output_tokens", "tokens_per_query"), getattr(self, name))
-        if self.prompt_tokens < 0 or self.allreduce_latency_s < 0:
-            raise ScaleError("prompt tokens and the all-reduce latency must not be negative")
-        if self.usable_memory_fraction > 1:
-            raise ScaleError(f"usable memory fraction is in (0, 1], got {self.usable_memory_fraction}")
-        if self.peak_to_average < 1:
-            raise ScaleError(f"--peak-to-average is peak over average traffic, at least 1, got {self.peak_to_average}; "
-                             "pass 1 for a fleet sized for the average")
-        for name in ("weights_dtype", "kv_dtype"):
-            if getattr(self, name) not in SERVING_BYTES:
-                raise ScaleError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
-                                 f"{', '.join(SERVING_BYTES)}")
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A predicted time on one replica, and where it goes (seconds by category, already divided over tp)."""
-
-    seconds: float
-    breakdown: dict[str, float]
-    mfu: float  # of the replica's tp devices
-
-
-def allreduce_seconds(config: GPTConfig, tokens: int, tp: int, link_bytes_per_s: float, latency_s: float,
-                      activation_bytes: float) -> float:
-    """Two ring all-reduces per layer (after attention, after the MLP) of tokens × width activations:
-    each moves 2(tp−1)/tp of the tensor over every device's link, plus a fixed latency."""
-    if tp == 1:
-        return 0.0
-    per_allreduce = 2 * (tp - 1) / tp * tokens * config.n_embd * activation_bytes / link_bytes_per_s + latency_s
-    return 2 * config.n_layer * per_allreduce
-
-
-def _on_replica(prediction: Prediction | None, tp: int, factor: float, allreduce_s: float) -> Phase:
-    if prediction is None:
-        return Phase(0.0, {}, 0.0)
-    scale = factor / tp
-    breakdown = {k: v * scale for k, v in prediction.breakdown.items()} | {"all_reduce": allreduce_s}
-    seconds = sum(breakdown.values())
-    return Phase(seconds, breakdown, prediction.mfu * prediction.step_seconds / (tp * seconds))
-
-
-@dataclass(frozen=True)
-class ReplicaPoint:
-    """One replica of `tp` devices decoding `batch` sequences under continuous batching.
-
-    Every decode iteration (one token for each sequence) also prefills the prompts of the batch / output_tokens
-    queries that arrive to replace the finished ones, on the same devices. A new query waits at most one
-    iteration, then its prompt is prefilled: time to first token = prefill of one prompt + one iteration."""
-
-    tensor_parallel: int
-    batch: int
-    decode_step: Phase
-    prefill: Phase  # one prompt
-    iteration_s: float
-    ttft_s: float
-    user_tokens_per_sec: float
-    queries_per_sec: float
-
-
-class Planner:
-    """Replica points of one model on one device, their memory limit, and the best batch per tp."""
-
-    def __init__(self, config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs):
-        self.config, self.device, self.profile, self.inputs = config, device, profile, inputs
-        self.context = inputs.prompt_tokens + inputs.output_tokens
-        if self.context > config.block_size:
-            raise ScaleError(f"a query of {self.context} tokens exceeds the model's context of {config.block_size}; "
-                             "lower --prompt-tokens or --tokens-per-query")
-        self.weight_bytes = flops.param_count(config) * SERVING_BYTES[inputs.weights_dtype]
-        self.kv_bytes_per_token = (flops.kv_cache_bytes_per_token(config, "bf16") / 2 * SERVING_BYTES[inputs.kv_dtype])
-        link = hardware.INTERCONNECTS.get(device.key)
-        self.link_bytes_per_s = link.bytes_per_s if link else None
-        self._steps: dict[int, Prediction] = {}
-        # Decode time is linear in the context: the step at the mean context is the generation's mean step.
-        self.mean_context = max(inputs.prompt_tokens, 1) + inputs.output_tokens // 2
-        self.prefill_one = (predict.predict_prefill(config, 1, inputs.prompt_tokens, profile)
-                            if inputs.prompt_tokens else None)
-
-    def max_batch(self, tp: int) -> int:
-        usable = tp * self.device.memory_bytes * self.inputs.usable_memory_fraction
-        return max(0, int((usable - self.weight_bytes) // (self.context * self.kv_bytes_per_token)))
-
-    def tensor_parallel_degrees(self) -> list[int]:
-        """Powers of two within a server; beyond 1 only where the hardware table has the server's link."""
-        degrees, tp = [], 1
-        while tp <= self.inputs.devices_per_server and (tp == 1 or self.link_bytes_per_s):
-            degrees.append(tp)
-            tp *= 2
-        return degrees
-
-    def point(self, tp: int, batch: int) -> ReplicaPoint:
-        inputs, factor = self.inputs, self.inputs.step_time_factor
-        if batch not in self._steps:
-            self._steps[batch] = predict.predict_decode_step(self.config, batch, self.mean_context, self.profile)
-        elem = flops.bytes_per_element(self.profile.dtype)
-
-        def comm(tokens: int) -> float:
-            return allreduce_seconds(self.config, tokens, tp, self.link_bytes_per_s or 1.0,
-                                     inputs.allreduce_latency_s, elem) * factor
-
-        step = _on_replica(self._steps[batch], tp, factor, comm(batch))
-        prefill = _on_replica(self.prefill_one, tp, factor, comm(inputs.prompt_tokens))
-        iteration = step.seconds + batch / inputs.output_tokens * prefill.seconds
-        return ReplicaPoint(tp, batch, step, prefill, iteration, prefill.seconds + iteration, 1 / iteration,
-                            batch / (inputs.output_tokens * iteration))
-
-    def meets(self, point: ReplicaPoint) -> str | None:
-        """The latency target `point` misses, or None."""
-        if point.ttft_s > self.inputs.ttft_s:
-            return "ttft"
-        if point.user_tokens_per_sec < self.inputs.min_user_tokens_per_sec:
-            return "user_tokens_per_sec"
-        return None
-
-    def best(self, tp: int) -> tuple[ReplicaPoint, str] | tuple[None, str]:
-        """The largest batch on `tp` devices meeting both latency targets and memory, and the limit that bound it.
-
-        Iteration time grows with the batch, so the feasible batches are 1..b*: a binary search finds b*."""
-        ceiling = min(self.max_batch(tp), MAX_BATCH)
-        if ceiling < 1:
-            return None, "memory"
-        first = self.point(tp, 1)
-        if (missed := self.meets(first)) is not None:
-            return None, missed
-        low, high = 1, ceiling
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self.meets(self.point(tp, middle)) is None:
-                low = middle
-            else:
-                high = middle - 1
-        if low == ceiling:
-            return self.point(tp, low), "memory" if ceiling < MAX_BATCH else "max_batch"
-        return self.point(tp, low), self.meets(self.point(tp, low + 1)) or "memory"
-
-
-@dataclass(frozen=True)
-class ServingPlan:
-    tensor_parallel: int
-    batch: int
-    limited_by: str  # memory, ttft, user_tokens_per_sec or max_batch: what stopped the batch growing
-    ttft_s: float
-    user_tokens_per_sec: float
-    weight_gb: float
-    kv_cache_gb: float
-    prefill: Phase  # one prompt
-    decode_step: Phase  # one token for every sequence of the batch, at the generation's mean context
-    replica_tokens_per_sec: float  # generated tokens/s of one replica, prefill work included
-    replica_queries_per_sec: float
-    replicas: int
-    devices: int
-    utilisation: float  # average traffic over the fleet's capacity
-    usd_per_day: float
-    usd_per_query: float
-    usd_per_million_tokens: float  # per million generated tokens
-    kwh_per_day: float
-    wh_per_query: float
-    kg_co2_per_day: float
-    cost_breakdown_usd_per_day: dict[str, float] = field(default_factory=dict)
-    candidates: dict[int, str] = field(default_factory=dict)  # tp -> "batch B, D devices" or why it was refused
-
-
-def _no_plan(planner: Planner, refusals: dict[int, str]) -> ScaleError:
-    inputs = planner.inputs
-    if all(reason == "memory" for reason in refusals.values()):
-        return ScaleError(
-            f"the weights ({planner.weight_bytes / 1e9:,.1f} GB in {inputs.weights_dtype}) and one query's KV cache fit "
-            f"no server: {max(refusals)} {planner.device.key} devices offer "
-            f"{max(refusals) * planner.device.memory_bytes * inputs.usable_memory_fraction / 1e9:,.1f} GB usable; "
-            "use --weights-dtype int8/int4, a device with more memory, or more --devices-per-server")
-    tp = max(tp for tp, reason in refusals.items() if reason != "memory")
-    point = planner.point(tp, 1)
-    if refusals[tp] == "ttft":
-        return ScaleError(f"even at batch 1 on {tp} devices the time to first token is {point.ttft_s:.3g} s, over "
-                          f"--ttft-s {inputs.ttft_s:g}; raise --ttft-s, lower --prompt-tokens or pick a faster device")
-    return ScaleError(f"even at batch 1 on {tp} devices a user gets {point.user_tokens_per_sec:.3g} tokens/s, under "
-                      f"--min-user-tokens-per-sec {inputs.min_user_tokens_per_sec:g}; lower it, or pick a faster device")
-
-
-def plan_serving(config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs,
-                 priced: cost.PricedDevice) -> ServingPlan:
-    """Choose tp and batch (the fewest devices for the peak traffic; the smaller tp on a tie), then size the fleet."""
-    planner = Planner(config, device, profile, inputs)
-    peak_qps = inputs.queries_per_day / cost.SECONDS_PER_DAY * inputs.peak_to_average
-    chosen, refusals, candidates = None, {}, {}
-    for tp in planner.tensor_parallel_degrees():
-        point, limit = planner.best(tp)
-        if point is None:
-            refusals[tp] = limit
-            candidates[tp] = f"refused: {limit} at batch 1"
-            continue
-        devices = math.ceil(peak_qps / point.queries_per_sec) * tp
-        candidates[tp] = f"batch {point.batch} ({limit}), {devices} devices"
-        if chosen is None or devices < chosen[2]:
-            chosen = (point, limit, devices)
-    if chosen is None:
-        raise _no_plan(planner, refusals)
-    point, limit, devices = chosen
-    tp = point.tensor_parallel
-    hour = priced.device_hour
-    usd_per_day = cost.fleet_usd_per_day(devices, hour) * inputs.price_factor
-    kwh_per_day = cost.energy_kwh(priced.kw_per_device, devices * cost.SECONDS_PER_DAY)
-    capacity = devices // tp * point.queries_per_sec
-    return ServingPlan(
-        tensor_parallel=tp,
-        batch=point.batch,
-        limited_by=limit,
-        ttft_s=point.ttft_s,
-        user_tokens_per_sec=point.user_tokens_per_sec,
-        weight_gb=planner.weight_bytes / 1e9,
-        kv_cache_gb=point.batch * planner.context * planner.kv_bytes_per_token / 1e9,
-        prefill=point.prefill,
-        decode_step=point.decode_step,
-        replica_tokens_per_sec=point.batch / point.iteration_s,
-        replica_queries_per_sec=point.queries_per_sec,
-        replicas=devices // tp,
-        devices=devices,
-        utilisation=inputs.queries_per_day / cost.SECONDS_PER_DAY / capacity,
-        usd_per_day=usd_per_day,
-        usd_per_query=usd_per_day / inputs.queries_per_day,
-        usd_per_million_tokens=usd_per_day / (inputs.queries_per_day * inputs.output_tokens) * 1e6,
-        kwh_per_day=kwh_per_day,
-        wh_per_query=kwh_per_day * 1000 / inputs.queries_per_day,
-        kg_co2_per_day=kwh_per_day * priced.grid_kg_co2_per_kwh,
-        cost_breakdown_usd_per_day={part: devices * 24 * usd * inputs.price_factor
-                                    for part, usd in hour.parts().items()},
-        candidates=candidates,
-    )
-
-
-# Each uncertain input of the plan: its low and high value (the central one is the plan's own) and why.
-def band_inputs(central: ServingInputs) -> dict[str, tuple[float, float, str]]:
-    return {
-        "step_time_factor": (0.8, 1.25, "assumption: predicted step times within -20%/+25%"),
-        "price_factor": (0.6, 1.5, "assumption: device-hour price from committed-use discounts to on-demand premiums"),
-        "peak_to_average": (1.0, max(2.0, 2 * central.peak_to_average),
-                            "assumption: a fleet sized for the average to one sized for twice the peak"),
-        "allreduce_latency_s": (5e-6, 30e-6, "assumption: NCCL intra-server all-reduce latency"),
-        "usable_memory_fraction": (0.8, 0.95, "assumption: memory left for activations and fragmentation"),
-    }
-
-
-def uncertainty(config: GPTConfig, device: Accelerator, profile: DeviceProfile, central: ServingInputs,
-                priced: cost.PricedDevice) -> dict[str, Any]:
-    """The tornado (each input alone at its low and high value, the plan re-run) and the band: the plan with
-    every input at whichever end lowered cost, and at whichever end raised it."""
-    def plan(**changes: float) -> ServingPlan:
-        return plan_serving(config, device, profile, replace(central, **changes), priced)
-
-    def plan_or_none(**changes: float) -> ServingPlan | None:
-        try:
-            return plan(**changes)
-        except ScaleError:  # the ends together can miss a target that each alone meets
-            return None
-
-    def usd(**changes: float) -> float | None:
-        """Cost per day, or None where no plan meets the latency targets and memory at that value."""
-        found = plan_or_none(**changes)
-        return found.usd_per_day if found else None
-
-    base = plan()
-    tornado, cheap, dear = [], {}, {}
-    for name, (low, high, source) in band_inputs(central).items():
-        at_low, at_high = usd(**{name: low}), usd(**{name: high})
-        tornado.append({"input": name, "low": low, "central": getattr(central, name), "high": high,
-                        "source": source, "low_usd_per_day": at_low, "high_usd_per_day": at_high})
-        ends = [(cost_, value) for cost_, value in ((at_low, low), (at_high, high)) if cost_ is not None]
-        ends += [(base.usd_per_day, getattr(central, name))]  # an end with no plan is left at the central value
-        cheap[name], dear[name] = min(ends)[1], max(ends)[1]
-    tornado.sort(key=lambda entry: -abs((entry["high_usd_per_day"] or base.usd_per_day)
-                                        - (entry["low_usd_per_day"] or base.usd_per_day)))
-    low, high = plan_or_none(**cheap), plan_or_none(**dear)
-
-    def band(name: str) -> dict[str, float | None]:
-        return {"low": getattr(low, name, None), "central": getattr(base, name), "high": getattr(high, name, None)}
-
-    return {"usd_per_day": band("usd_per_day"), "wh_per_query": band("wh_per_query"),
-            "devices_band": band("devices"), "tornado": tornado}
-
-
 @dataclass(frozen=True)
 class TrainingInputs:
     tokens: float
@@ -449,6 +129,7 @@ class ScaleRequest:
     devices_per_server: int | None = None
     usable_memory_fraction: float | None = None
     allreduce_latency_s: float | None = None
+    tensor_parallel: int | None = None  # None: the planner chooses
     train_tokens: float | None = None
     train_devices: int | None = None
     train_micro_batch: int | None = None
@@ -473,8 +154,17 @@ SHAPE_FLAGS = {"n_layer": "--layers", "n_embd": "--width", "n_head": "--heads", 
                "block_size": "--context", "vocab_size": "--vocab"}  # ScaleRequest.shape's fields and their flags
 
 
-def extrapolate(request: ScaleRequest) -> dict[str, Any]:
-    """Training and serving of the target model on the target device; every input listed with its kind."""
+@dataclass(frozen=True)
+class Target:
+    """A request resolved: the model, the device, the profile its steps are priced on, the device-hour price."""
+
+    config: GPTConfig
+    device: Accelerator
+    profile: DeviceProfile
+    priced: cost.PricedDevice
+
+
+def resolve(request: ScaleRequest) -> Target:
     if request.model is None and not request.shape.get("n_layer"):
         raise ScaleError("name a target model: --model PRESET, or --layers N --width D --heads H")
     conflicting = [SHAPE_FLAGS[name] for name, value in request.shape.items() if value is not None]
@@ -483,10 +173,60 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
                          "ignored; drop them, or drop --model and give the shape: --layers N --width D --heads H")
     config = resolve_model(request.model, None if request.model else request.shape)
     device = device_spec(request.device)
-    dtype = flops.dtype_name(request.dtype)
-    profile = resolve_profile(device.key, request.device_profile, dtype)
+    profile = resolve_profile(device.key, request.device_profile, flops.dtype_name(request.dtype))
+    return Target(config, device, profile, cost.price_device(request.prices, device.key, device.board_power_w))
+
+
+def _given(inputs: dict[str, dict[str, Any]], request: ScaleRequest, name: str, default: float,
+           unit: str = "") -> float:
+    """The request's value of `name`, or `default`; recorded in `inputs` with its source."""
+    value = getattr(request, name)
+    source = "assumed (default)" if value is None else f"assumed (--{name.replace('_', '-')})"
+    inputs[name] = {"value": default if value is None else value, "unit": unit, "source": source}
+    return inputs[name]["value"]
+
+
+def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | None = None) -> ServingInputs:
+    """The planner's inputs: the request's values, the defaults for what it left unset (recorded in `inputs`)."""
+    inputs = {} if inputs is None else inputs
+
+    def given(name: str, default: float, unit: str = "") -> float:
+        return _given(inputs, request, name, default, unit)
+
+    serving = ServingInputs(
+        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
+        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
+        queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
+        peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
+        dtype=flops.dtype_name(request.dtype),
+        weights_dtype=request.weights_dtype,
+        kv_dtype=request.kv_dtype,
+        ttft_s=given("ttft_s", ServingInputs.ttft_s, "s"),
+        min_user_tokens_per_sec=given("min_user_tokens_per_sec", ServingInputs.min_user_tokens_per_sec, "tokens/s"),
+        devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
+        usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
+        allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
+        tensor_parallel=request.tensor_parallel,
+    )
+    for name in ("ttft_s", "min_user_tokens_per_sec"):
+        if getattr(request, name) is None:
+            inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    if request.tensor_parallel is not None:
+        given("tensor_parallel", request.tensor_parallel, "devices")
+    return serving
+
+
+def plan_request(request: ScaleRequest) -> ServingPlan:
+    """The central serving plan of a request (no band, no training): what `--compare` re-runs per lever."""
+    target = resolve(request)
+    return plan_serving(target.config, target.device, target.profile, serving_inputs(request), target.priced)
+
+
+def extrapolate(request: ScaleRequest) -> dict[str, Any]:
+    """Training and serving of the target model on the target device; every input listed with its kind."""
+    target = resolve(request)
+    config, device, profile, priced = target.config, target.device, target.profile, target.priced
     measured = read_measurements(list(request.sources))
-    priced = cost.price_device(request.prices, device.key, device.board_power_w)
     params = flops.param_count(config)
     summary = profile.summary()
     inputs: dict[str, dict[str, Any]] = {"device_profile": {
@@ -495,28 +235,9 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
                   f"{summary['source']}"}}
 
     def given(name: str, default: float, unit: str = "") -> float:
-        value = getattr(request, name)
-        source = "assumed (default)" if value is None else f"assumed (--{name.replace('_', '-')})"
-        inputs[name] = {"value": default if value is None else value, "unit": unit, "source": source}
-        return inputs[name]["value"]
+        return _given(inputs, request, name, default, unit)
 
-    serving = ServingInputs(
-        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
-        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
-        queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
-        peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
-        dtype=dtype,
-        weights_dtype=request.weights_dtype,
-        kv_dtype=request.kv_dtype,
-        ttft_s=given("ttft_s", ServingInputs.ttft_s, "s"),
-        min_user_tokens_per_sec=given("min_user_tokens_per_sec", ServingInputs.min_user_tokens_per_sec, "tokens/s"),
-        devices_per_server=int(given("devices_per_server", ServingInputs.devices_per_server)),
-        usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
-        allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
-    )
-    for name in ("ttft_s", "min_user_tokens_per_sec"):
-        if getattr(request, name) is None:
-            inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    serving = serving_inputs(request, inputs)
     link = hardware.INTERCONNECTS.get(device.key)
     if link is not None:
         inputs["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
@@ -534,7 +255,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     training, step = plan_training(config, profile, training_inputs, priced)
     return {
         "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
-        "device": {"key": device.key, "name": device.name, "dtype": dtype, "peak_flops": device.peak(dtype),
+        "device": {"key": device.key, "name": device.name, "dtype": serving.dtype,
+                   "peak_flops": device.peak(serving.dtype),
                    "memory_bandwidth_bytes_per_s": device.memory_bandwidth, "memory_bytes": device.memory_bytes,
                    "board_power_w": device.board_power_w, "source": device.source},
         "profile": summary,
@@ -544,5 +266,6 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
         "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
         "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
-        "serving": asdict(plan) | band,
+        "serving": asdict(plan) | band | {
+            "operating_cost_usd_per_day": operating_costs(plan.devices, request.prices, device)},
     }

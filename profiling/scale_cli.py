@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,11 @@ from gpt.cli import add_shape_arguments
 from gpt.config import PRESETS
 from gpt.files import dumps_json
 from profiling import cost
-from profiling.plots import write_tornado_plot
-from profiling.scale import (LATENCY_SOURCE, SERVING_BYTES, ScaleRequest, ServingInputs, TrainingInputs,
-                             extrapolate)
+from profiling.derive import DERIVATIONS, derivation, derive
+from profiling.levers import OTHER_DEVICE, RELAX, compare
+from profiling.plots import write_levers_plot, write_tornado_plot
+from profiling.plan import LATENCY_SOURCE, SERVING_BYTES, ServingInputs
+from profiling.scale import ScaleError, ScaleRequest, TrainingInputs, extrapolate
 
 
 def _ms(seconds: float) -> str:
@@ -28,6 +31,71 @@ def _where(phase: dict[str, Any]) -> str:
 
 def _number(value: float | None, form: str = "{:,.4g}") -> str:
     return "no plan" if value is None else form.format(value)
+
+
+def _operating_cost_lines(sides: dict[str, Any]) -> list[str]:
+    """Rented and owned fleets' USD per day by part, side by side; a side that could not be priced says why."""
+    fleets = ("rented", "owned")
+    head = [f"{fleet} (headline)" if fleet == sides["headline"] else fleet for fleet in fleets]
+    lines = [f"  cost/day by part{'':<23}{head[0]:<22}{head[1]}"]
+    for part, label in (("hardware", "hardware"), ("energy", "energy"), ("operations", "maintenance/operations"),
+                        ("total", "total")):
+        cells = []
+        for fleet in fleets:
+            side = sides[fleet]
+            if "error" in side:
+                cells.append("not priced" if part != "total" else f"not priced: {side['error']}")
+            elif side["basis"] == "cloud" and part in ("energy", "operations"):
+                cells.append("in the rental")
+            else:
+                note = {"cloud": " rental", "tco": " depreciation"}[side["basis"]] if part == "hardware" else ""
+                cells.append(f"${side[part]:,.0f}{note}")
+        lines.append(f"                 {label:<24}{cells[0]:<22}{cells[1]}")
+    return lines
+
+
+def format_derivation(comparison: dict[str, Any]) -> list[str]:
+    """Published against derived, the input that explains most of the gap, and every input's source."""
+    published, derived = comparison["published"], comparison["derived"]
+    band = derived["usd_per_day_band"]
+    lines = [f"published against derived: {comparison['scenario']} ({comparison['source']})",
+             f"  {'':<12}{'published':<34}derived by the planner (above)",
+             f"  {'fleet':<12}{published['devices']:<34,.0f}{derived['devices']:,} (tp {derived['tensor_parallel']}, "
+             f"batch {derived['batch']}, limited by {derived['limited_by']})",
+             f"  {'USD/day':<12}{published['usd_per_day']:<34,.0f}{derived['usd_per_day']:,.0f} (band "
+             f"{_number(band['low'], '{:,.0f}')}-{_number(band['high'], '{:,.0f}')})",
+             f"  {'USD/query':<12}{published['usd_per_query']:<34.5f}{derived['usd_per_query']:.5f}",
+             f"  derived / published = {comparison['derived_over_published']:.3g}; the published fleet is the one "
+             "its cost pays for at its price, not an input here"]
+    best = comparison["explains_most"]
+    if best is not None:
+        lines.append(f"  explains most (tornado, the publication's price left out): {best['input']} at its "
+                     f"{best['end']} value {best['value']:g} alone gives ${best['usd_per_day']:,.0f}/day, "
+                     f"{best['gap_closed']:.0%} of the gap to the published figure ({best['source']})")
+    check = comparison["reproduction"]
+    lines.append(f"  arithmetic check: cost --scenario {comparison['scenario']} gives ${check['usd_per_day']:,.0f}/day "
+                 f"from the published inputs ({check['relative_difference']:+.2%} against the published figure)")
+    if comparison["changed_on_the_command_line"]:
+        lines.append("  changed on the command line: " + ", ".join(comparison["changed_on_the_command_line"]))
+    lines.append("  inputs of the derivation:")
+    lines += [f"    {name}: {source}" for name, source in comparison["inputs"].items()]
+    return lines
+
+
+def format_levers(comparison: dict[str, Any]) -> list[str]:
+    """The lever table: each lever's plan and its change in cost per day against the baseline."""
+    base = comparison["baseline"]
+    lines = [f"levers (each the serving plan re-run with one input changed; baseline {base['devices']:,} devices, "
+             f"tp {base['tensor_parallel']}, batch {base['batch']}, ${base['usd_per_day']:,.0f}/day)",
+             f"  {'lever':<26}{'devices':>9}{'tp':>4}{'batch':>7}{'USD/day':>12}{'change':>19}  flags"]
+    for row in comparison["levers"]:
+        if "error" in row:
+            lines.append(f"  {row['lever']:<26}no plan: {row['error']}")
+            continue
+        change = f"{row['change_usd_per_day']:+,.0f} ({row['change_fraction']:+.0%})"
+        lines.append(f"  {row['lever']:<26}{row['devices']:>9,}{row['tensor_parallel']:>4}{row['batch']:>7}"
+                     f"{row['usd_per_day']:>12,.0f}{change:>19}  {row['flags']}")
+    return lines
 
 
 def format_extrapolation(result: dict[str, Any]) -> str:
@@ -55,6 +123,7 @@ def format_extrapolation(result: dict[str, Any]) -> str:
                   f"                 where it goes: {_where(prefill)}"]
     step = training["step"]
     lines += [
+        f"  weights        {serving['weights']}",
         f"  fleet          {serving['replicas']:,} replicas = {serving['devices']:,} devices",
         f"  cost           ${serving['usd_per_day']['central']:,.0f}/day = ${serving['usd_per_query']:.5f}/query = "
         f"${serving['usd_per_million_tokens']:,.3f} per million generated tokens",
@@ -66,7 +135,7 @@ def format_extrapolation(result: dict[str, Any]) -> str:
             f"{entry['input']} {_number(entry['low_usd_per_day'], '${:,.0f}')}.."
             f"{_number(entry['high_usd_per_day'], '${:,.0f}')}"
             for entry in serving["tornado"]),
-        "  breakdown/day  " + ", ".join(f"{k} ${v:,.0f}" for k, v in serving["cost_breakdown_usd_per_day"].items()),
+        *_operating_cost_lines(serving["operating_cost_usd_per_day"]),
         f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "
         f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
         "",
@@ -80,6 +149,10 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         "confidence: " + confidence["note"],
     ]
     lines += [f"  {phase:<8} {entry['error']:+.1%}  [{entry['source']}]" for phase, entry in confidence["errors"].items()]
+    if "derivation" in result:
+        lines += ["", *format_derivation(result["derivation"])]
+    if "levers" in result:
+        lines += ["", *format_levers(result["levers"])]
     lines += ["", "inputs (kind: measured, reference or assumed)"]
     width = max(len(name) for name in result["inputs"])
     lines += [f"  {name:<{width}}  {entry['kind']:<9} {entry['value']:<12} {entry['unit']:<9} {entry['source']}"
@@ -105,7 +178,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     target = parser.add_argument_group("target model (a preset, or an explicit shape)")
     target.add_argument("--model", metavar="PRESET", help=f"one of {', '.join(PRESETS)}")
     add_shape_arguments(target, "--context", "--vocab")
-    parser.add_argument("--device", required=True, metavar="KEY", help="target device key of the hardware table")
+    parser.add_argument("--device", metavar="KEY", help="target device key of the hardware table (required unless "
+                        "--scenario)")
+    parser.add_argument("--scenario", metavar="NAME", choices=list(DERIVATIONS),
+                        help="derive a published estimate through the planner from its traffic, model, device and "
+                        f"price (one of {', '.join(DERIVATIONS)}; its other inputs are listed with their sources), "
+                        "and print published against derived; other flags change one of its inputs")
     parser.add_argument("--dtype", default="bf16", help="serving and training dtype: weights, KV cache, profile (bf16)")
     parser.add_argument("--profile", dest="device_profile", type=Path, metavar="FILE",
                         help="device profile of the target device class (python -m profiling calibrate --out); "
@@ -123,9 +201,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          help=f"each user's decode speed at least this, tokens/s (default "
                          f"{ServingInputs.min_user_tokens_per_sec:g}: {LATENCY_SOURCE})")
     traffic.add_argument("--weights-dtype", default="bf16", choices=list(SERVING_BYTES),
-                         help="stored weights: sets memory, hence the batch; steps stay priced at --dtype (bf16)")
+                         help="stored weights: sets memory, hence the batch, and on a reference profile the bytes each "
+                         "matmul reads (int8/int4 weight-only at --dtype; fp8 at the datasheet fp8 peak where it has "
+                         "one) (bf16)")
     traffic.add_argument("--kv-dtype", default="bf16", choices=list(SERVING_BYTES),
-                         help="stored KV cache: sets memory, hence the batch (bf16)")
+                         help="stored KV cache: sets memory, hence the batch; attention stays priced at --dtype (bf16)")
     traffic.add_argument("--peak-to-average", type=float, help="fleet sized for average × this, at least 1 (default 1.0)")
     traffic.add_argument("--devices-per-server", type=int, help="devices one tensor-parallel replica may span (8)")
     traffic.add_argument("--usable-memory-fraction", type=float, help="of device memory for weights + KV (0.9)")
@@ -140,29 +220,59 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     train.add_argument("--train-grad-accum", type=int,
                        help=f"micro-steps per optimizer update (default {TrainingInputs.grad_accum})")
     cost.add_price_arguments(parser)
+    parser.add_argument("--tensor-parallel", type=int, metavar="N",
+                        help="devices per replica, at most --devices-per-server (default: the planner chooses the "
+                        "degree needing the fewest devices)")
+    parser.add_argument("--compare", action="store_true",
+                        help="also re-run the serving plan under each optimisation lever (fp8 and int8 weights, "
+                        f"latency targets relaxed {RELAX:g}x, twice the tensor-parallel degree, another device class, "
+                        "owned instead of rented) and print each one's change in USD per day against the baseline")
+    parser.add_argument("--compare-device", metavar="KEY",
+                        help="the device class of --compare's device lever (default: "
+                        + ", ".join(f"{a} -> {b}" for a, b in OTHER_DEVICE.items()) + ", else h100-sxm)")
     parser.add_argument("--plot", type=Path, metavar="DIR",
                         help="also draw the tornado chart (cost per day, each uncertain input alone at its low and "
-                        "high) as DIR/tornado.png")
+                        "high) as DIR/tornado.png, and with --compare the levers' changes as DIR/levers.png")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
 
 def request_from(args: argparse.Namespace) -> ScaleRequest:
-    """The command line's answers as a typed request."""
+    """The command line's answers as a typed request; with --scenario, the derivation's request with the flags
+    given on top of it."""
     shape = {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "n_kv_head": args.kv_heads,
              "block_size": args.context, "vocab_size": args.vocab}
     chosen = {name: getattr(args, name) for name in (
         "model", "dtype", "device_profile", "weights_dtype", "kv_dtype", "ttft_s", "min_user_tokens_per_sec",
         "prompt_tokens", "tokens_per_query", "queries_per_day",
-        "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s",
+        "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s", "tensor_parallel",
         "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
-    return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
-                        prices=cost.price_choice(args), **chosen)
+    if args.scenario is None:
+        if args.device is None:
+            raise ScaleError("name the target device: --device KEY (or derive a published case: --scenario NAME)")
+        return ScaleRequest(device=args.device, shape=shape, sources=tuple(args.sources),
+                            prices=cost.price_choice(args), **chosen)
+    if args.device is not None or args.model is not None or any(value is not None for value in shape.values()):
+        raise ScaleError(f"--scenario {args.scenario} fixes the model and the device; drop --device, --model and "
+                         "the shape flags")
+    base = derivation(args.scenario).request
+    prices = cost.price_choice(args)
+    price_changes = {name: value for name, value in vars(prices).items() if value != getattr(cost.PriceChoice(), name)}
+    return replace(base, sources=tuple(args.sources), prices=replace(base.prices, **price_changes),
+                   **{name: value for name, value in chosen.items() if value is not None and name != "model"})
 
 
 def run(args: argparse.Namespace) -> int:
-    result = extrapolate(request_from(args))
+    request = request_from(args)
+    if args.scenario is not None:
+        result, result["derivation"] = derive(args.scenario, request)
+    else:
+        result = extrapolate(request)
+    if args.compare:
+        result["levers"] = compare(request, args.compare_device)
     if args.plot is not None:
         result["plots"] = [str(write_tornado_plot(result["serving"], args.plot))]
+        if args.compare:
+            result["plots"].append(str(write_levers_plot(result["levers"], args.plot)))
     print(dumps_json(result, indent=2) if args.json else format_extrapolation(result))
     return 0

@@ -28,3 +28,16 @@ def pytest_collection_modifyitems(config, items):
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Token and hardware caches go to a per-session temporary folder, never to ~/.cache."""
     monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gptmeter-cache"))
+
+
+@pytest.fixture
+def cli(capsys):
+    """`python -m profiling`, in process: cli(*argv) -> (exit status, stdout, stderr)."""
+    from profiling import __main__ as dispatcher
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        status = dispatcher.main(list(argv))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return call

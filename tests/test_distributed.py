@@ -1,7 +1,8 @@
-"""torchrun data-parallel training on CPU: 2 gloo processes, launched the way a user launches them."""
+"""torchrun data-parallel (DDP) and sharded (FSDP2) training on CPU: 2 gloo processes, launched the way a user launches them."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,6 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from gpt.checkpoint import load_checkpoint
+from gpt.export import export_run
+from profiling.__main__ import main as profiling_main
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = ["--block-size", "32", "--layers", "2", "--heads", "2", "--width", "32", "--dropout", "0",
@@ -82,3 +88,106 @@ def test_killing_one_rank_ends_the_job_non_zero_within_the_time_limit(corpus, tm
     process.communicate(timeout=TIME_LIMIT_S)
     assert process.returncode != 0
     assert time.monotonic() - started < TIME_LIMIT_S
+
+
+CONSTANT_LR = ["--min-lr", "3e-3"]  # equal to --learning-rate: the schedule no longer depends on --max-iters
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_resumes_on_one_process_with_the_losses_of_an_uninterrupted_run(corpus, tmp_path):
+    common = ["--data", str(corpus), "--grad-accum", "2", *CONSTANT_LR]  # accumulated, reduced once
+    sharded, one = tmp_path / "fsdp", tmp_path / "one"
+    subprocess.run(command(2, *common, "--fsdp", "--max-iters", "3", "--batch-size", "2", "--out-dir", str(sharded)),
+                   check=True, cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True)
+    assert (sharded / "ckpt.dcp" / ".metadata").is_file() and not (sharded / "ckpt.pt").exists()
+    # The same global batch of 4 on one process: DCP reshards the 2 ranks' checkpoint, the run stays in FSDP mode.
+    single = [sys.executable, str(REPO / "train.py"), *RUN, *common, "--max-iters", "5", "--batch-size", "4"]
+    subprocess.run([*single, "--resume", "--out-dir", str(sharded)], check=True, cwd=tmp_path, env=environment(),
+                   timeout=TIME_LIMIT_S, capture_output=True)
+    subprocess.run([*single, "--out-dir", str(one)], check=True, cwd=tmp_path, env=environment(),
+                   timeout=TIME_LIMIT_S, capture_output=True)
+    resumed, reference = step_records(sharded), step_records(one)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    assert [(r["world_size"], r["mode"]) for r in resumed] == [(2, "fsdp")] * 3 + [(1, "fsdp")] * 2
+    # float32 sums in another order (sharded reduce-scatter against one process): equal to 1e-5 relative.
+    for a, b in zip(resumed, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # One process reads the sharded checkpoint whole, as sample.py and gpt.export do.
+    whole, plain = load_checkpoint(sharded), load_checkpoint(one)
+    assert whole["step"] == 5 and whole["world_size"] == 1 and whole["mode"] == "fsdp"
+    assert whole["model"].keys() == plain["model"].keys()
+    # AdamW divides by the gradient's running RMS, so rounding noise in near-zero gradients (the key bias, which
+    # softmax ignores) moves weights by ~1e-6 after 5 steps at lr 3e-3: equal to 1e-5 absolute.
+    for name, tensor in plain["model"].items():
+        assert torch.allclose(whole["model"][name], tensor, rtol=0, atol=1e-5), name
+    sample = subprocess.run([sys.executable, str(REPO / "sample.py"), "--out-dir", str(sharded), "--device", "cpu",
+                             "--max-new-tokens", "4", "--temperature", "0"], cwd=tmp_path, env=environment(),
+                            timeout=TIME_LIMIT_S, capture_output=True, text=True)
+    assert sample.returncode == 0, sample.stderr
+    assert export_run(sharded, tmp_path / "hf") == ["config.json", "model.safetensors"]
+    assert profiling_main(["report", str(sharded), "--json", "--no-plots"]) == 0
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non_zero(corpus, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(command(2, "--data", str(corpus), "--fsdp", "--batch-size", "2", "--max-iters",
+                                       "100000", "--out-dir", str(out)), cwd=tmp_path, env=environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIME_LIMIT_S
+    metrics = out / "metrics.jsonl"
+    while time.monotonic() < deadline and (not metrics.exists() or '"kind": "step"' not in metrics.read_text()):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to both workers
+    _, stderr = process.communicate(timeout=TIME_LIMIT_S)
+    assert process.returncode != 0
+    assert stderr.count("stopped by SIGTERM") == 1, stderr  # rank 0 alone reports
+    last_step = step_records(out)[-1]["step"]
+    saved = load_checkpoint(out)
+    assert saved["step"] == last_step and saved["world_size"] == 2 and saved["mode"] == "fsdp"
+    assert not (out / "ckpt.dcp.tmp").exists() and not (out / "ckpt.dcp.old").exists()
+
+
+POISON_RANK_1 = r'''
+import sys
+import torch
+import train
+from gpt import distributed
+from gpt.fsdp import local
+from gpt.trainer import Trainer
+
+step = Trainer.train_step
+
+
+def poisoned(self):  # after step 4, one value of rank 1's shard becomes NaN; rank 0's weights stay finite
+    record = step(self)
+    if self.step == 1:  # what this rank holds
+        held = sum(local(p).numel() for p in self.model.parameters())
+        moments = sum(local(state["exp_avg"]).numel() for state in self.optimizer.state.values())
+        sys.stderr.write(f"held: {held} {moments} {self.model.num_params()}\n")  # one write: lines stay whole
+    if self.step == 4 and distributed.rank() == 1:
+        with torch.no_grad():
+            local(next(iter(self.model.parameters()))).view(-1)[0] = float("nan")
+    return record
+
+
+Trainer.train_step = poisoned
+sys.exit(train.main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+def test_fsdp_shards_weights_and_a_nan_on_one_rank_stops_every_rank_before_the_next_checkpoint(corpus, tmp_path):
+    script, out = tmp_path / "poisoned_train.py", tmp_path / "run"
+    script.write_text(POISON_RANK_1)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    finished = subprocess.run([*launcher, str(script), *RUN, "--data", str(corpus), "--fsdp", "--batch-size", "2",
+                               "--max-iters", "8", "--checkpoint-interval", "2", "--out-dir", str(out)],
+                              cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True, text=True)
+    assert finished.returncode != 0
+    assert "the run diverged: 1 non-finite weights after step 4; the checkpoint of step 2" in finished.stderr
+    # Each rank holds about half of the weights and of AdamW's moments, and the halves make the whole.
+    held = [[int(n) for n in found] for found in re.findall(r"held: (\d+) (\d+) (\d+)\n", finished.stderr)]
+    (weights_0, moments_0, total), (weights_1, moments_1, _) = held
+    assert weights_0 + weights_1 == moments_0 + moments_1 == total and max(weights_0, weights_1) < 0.6 * total
+    assert load_checkpoint(out)["step"] == 2  # finite (load_checkpoint refuses NaN weights) and not replaced

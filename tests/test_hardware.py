@@ -249,3 +249,14 @@ def test_the_view_lists_every_dtype_calibrated_on_the_device(cache_dir):
     half.matmul["flops_per_sec"][0][0][0] = 9e10
     device_profile.save_profile(half, device_profile.cache_path(half.device, "fp16"))
     assert device_profile.cached_ceilings(hardware.device_name("cpu"), "fp32").matmul_flops == {"fp32": 5e10, "fp16": 9e10}
+
+
+def test_fp8_peaks_are_twice_bf16_where_a_datasheet_prints_one():
+    """Hopper and Ada tensor cores run fp8 at twice their bf16 rate (datasheets: dense = sparse / 2); A100, V100
+    and older have no fp8 tensor cores, hence no entry."""
+    with_fp8 = {key for key, entry in hardware.ACCELERATORS.items() if "fp8" in entry.peak_flops}
+    assert {"h100-sxm", "h100-pcie", "h200", "l40s", "l4"} <= with_fp8
+    assert not with_fp8 & {"a100-80gb", "a100-40gb", "v100-sxm2-32gb", "t4"}
+    for key in with_fp8:
+        entry = hardware.accelerator(key)
+        assert entry.peak("fp8") == pytest.approx(2 * entry.peak("bf16"), rel=0.025), key

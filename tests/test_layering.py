@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "measure": {"energy", "meter", "rundir"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict"},
-    "economics": {"prices", "cost", "scenarios", "scale"},
+    "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
-                     "__init__"},
+                     "__init__", "train_compare_cli"},
 }
 RANK = {module: rank for rank, modules in enumerate(LAYERS.values()) for module in modules}
 

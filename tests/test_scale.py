@@ -2,12 +2,14 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from profiling import cost, flops, predict, rundir, scale
+from profiling.plan import Planner, ServingInputs, band_inputs, plan_serving
 from profiling.device_profile import reference_profile
 
 GPT2 = GPTConfig.from_preset("gpt2")
@@ -42,8 +44,8 @@ H100 = reference_profile("h100-sxm", "bf16")
 
 def _plan(config=GPT3, device="h100-sxm", prices=cost.PriceChoice(), **inputs):
     priced = cost.price_device(prices, device, scale.device_spec(device).board_power_w)
-    return scale.plan_serving(config, scale.device_spec(device), reference_profile(device, "bf16"),
-                              scale.ServingInputs(**inputs), priced)
+    return plan_serving(config, scale.device_spec(device), reference_profile(device, "bf16"), ServingInputs(**inputs),
+                        priced)
 
 
 def test_the_chosen_batch_fits_and_the_next_one_does_not_meet_the_limit_named():
@@ -169,19 +171,6 @@ def test_a_foreign_profile_file_is_refused(tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
-@pytest.fixture
-def cli(capsys):
-    """`python -m profiling`, in process."""
-    from profiling import __main__ as dispatcher
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        status = dispatcher.main(list(argv))
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return call
-
-
 @pytest.mark.parametrize("argv, message", [
     (["scale", "--model", "gpt5", "--device", "h100-sxm"], "unknown model 'gpt5'; known presets: tiny, gpt2"),
     (["scale", "--model", "gpt2", "--device", "tpu-v9"], "unknown accelerator 'tpu-v9'; choose one of h100-sxm"),
@@ -256,11 +245,11 @@ def test_scale_plot_draws_the_tornado(cli, tmp_path):
     result = json.loads(out)
     assert status == 0 and result["plots"] == [str(tmp_path / "pics" / "tornado.png")]
     assert (tmp_path / "pics" / "tornado.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(scale.band_inputs(scale.ServingInputs()))
+    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(band_inputs(ServingInputs()))
 
 
 def test_an_input_end_with_no_plan_is_reported_as_none_not_an_error():
-    planner = scale.Planner(GPT3, scale.device_spec("h100-sxm"), H100, scale.ServingInputs(output_tokens=300))
+    planner = Planner(GPT3, scale.device_spec("h100-sxm"), H100, ServingInputs(output_tokens=300))
     fastest = planner.point(8, 1).user_tokens_per_sec
     request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", tokens_per_query=300,
                                  min_user_tokens_per_sec=0.95 * fastest)  # met at batch 1, not if steps were 25% slower
@@ -268,3 +257,37 @@ def test_an_input_end_with_no_plan_is_reported_as_none_not_an_error():
     slower = next(entry for entry in serving["tornado"] if entry["input"] == "step_time_factor")
     assert serving["batch"] >= 1 and slower["high_usd_per_day"] is None and slower["low_usd_per_day"] is not None
     assert serving["usd_per_day"]["low"] <= serving["usd_per_day"]["central"]
+
+
+# --------------------------------------------------------------------------- owned against rented
+
+
+def test_owned_and_rented_fleets_side_by_side_sum_to_their_totals():
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", queries_per_day=1e8, tokens_per_query=700)
+    rented_first = scale.extrapolate(request)["serving"]
+    owned_first = scale.extrapolate(replace(request, prices=cost.PriceChoice(pricing="tco")))["serving"]
+    devices = rented_first["devices"]
+    assert owned_first["devices"] == devices  # the price never changes the plan
+    for serving, headline in ((rented_first, "rented"), (owned_first, "owned")):
+        sides = serving["operating_cost_usd_per_day"]
+        assert sides["headline"] == headline
+        assert sides[headline]["total"] == pytest.approx(serving["usd_per_day"]["central"])
+        for fleet in ("rented", "owned"):
+            parts = sides[fleet]
+            assert parts["hardware"] + parts["energy"] + parts["operations"] == pytest.approx(parts["total"])
+    sides = rented_first["operating_cost_usd_per_day"]
+    assert sides == owned_first["operating_cost_usd_per_day"] | {"headline": "rented"}
+    assert sides["rented"]["total"] == pytest.approx(devices * 24 * 2.49) and sides["rented"]["energy"] == 0
+    owned = sides["owned"]  # hand count from the price table: $27,500 over 5 years, 10%/year, 700 W × 0.7 × 1.58
+    hours_per_year = 365.25 * 24
+    assert owned["hardware"] == pytest.approx(devices * 24 * 27_500 / (5 * hours_per_year))
+    assert owned["operations"] == pytest.approx(devices * 24 * 0.10 * 27_500 / hours_per_year)
+    assert owned["energy"] == pytest.approx(devices * 24 * 0.700 * 0.7 * 1.58 * 0.0806)
+    assert owned["inputs"]["purchase_usd"]["kind"] == "reference"
+
+
+def test_a_fleet_that_cannot_be_priced_owned_says_why_and_keeps_the_rented_side(cli):
+    status, out, _ = cli("scale", "--model", "gpt2", "--device", "l40s", "--usd-per-device-hour", "1", "--json")
+    sides = json.loads(out)["serving"]["operating_cost_usd_per_day"]
+    assert status == 0 and sides["rented"]["total"] > 0
+    assert "no price for device 'l40s'" in sides["owned"]["error"]

@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +17,11 @@ import torch
 import sample
 import train
 from gpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gpt import distributed
 from gpt.config import GPTConfig
 from gpt.data import load_data
 from gpt.model import GPT
+from gpt.rundir import claim_run_dir
 from gpt.tokenizer import get_tokenizer
 from gpt.trainer import Trainer, TrainConfig, TrainingStopped, learning_rate_at
 
@@ -188,6 +192,7 @@ def run_main(main, argv, capsys) -> tuple[int, str]:
         (["--batch-size", "many"], "whole number"),
         (["--resume", "--out-dir", "/no/such/run"], "no checkpoint"),
         (["--vocab-size", "100"], "smaller than the tokenizer's 257"),
+        (["--fsdp", "--device", "cpu", "--dtype", "float16"], "--fsdp does not support --dtype float16"),
     ],
 )
 def test_train_cli_bad_input_gets_a_clear_error(argv, message, capsys):
@@ -325,3 +330,90 @@ def test_help_answers_without_importing_torch(argv):
              "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture
+def group_of_one():
+    """A sharded Trainer without torchrun makes a process group of one; later tests must not inherit it."""
+    yield
+    distributed.teardown()
+
+
+# FSDP checkpoints (ckpt.dcp/) in one process: a group of one, exact resume, a save cut short at every point.
+
+
+def test_fsdp_alone_stops_and_resumes_bit_exactly(corpus, tmp_path, group_of_one, capsys):
+    whole = make_trainer(corpus, tmp_path / "whole", fsdp=True)
+    assert whole.mode == "fsdp" and whole.world_size == 1
+    whole.run()
+    assert not (tmp_path / "whole" / "ckpt.pt").exists()
+
+    interrupted = make_trainer(corpus, tmp_path / "split", fsdp=True)
+
+    def stop_at_step_3(record):
+        if record.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {}
+
+    with pytest.raises(TrainingStopped, match="SIGTERM at step 3"):
+        interrupted.run(on_step=stop_at_step_3)
+    resumed = make_trainer(corpus, tmp_path / "split", fsdp=True)
+    resumed.resume(load_checkpoint(tmp_path / "split", weights=False))
+    resumed.run()
+    # Weights, AdamW moments and the RNG states (dropout is on) all come back from the shards.
+    assert step_losses(tmp_path / "split") == step_losses(tmp_path / "whole")
+    # The mode fixes the checkpoint format, so a resume that would change it is refused.
+    code, err = run_main(train.main, ["--resume", "--no-fsdp", "--out-dir", str(tmp_path / "split"),
+                                      "--data", str(corpus), "--device", "cpu"], capsys)
+    assert code == 2 and "--no-fsdp differs from the resumed run's mode" in err and "Traceback" not in err
+
+
+def test_a_save_cut_short_at_any_point_leaves_a_loadable_checkpoint(corpus, tmp_path, group_of_one):
+    out = tmp_path / "run"
+    make_trainer(corpus, out, max_iters=2, fsdp=True).run()
+    final, staging, previous = out / "ckpt.dcp", out / "ckpt.dcp.tmp", out / "ckpt.dcp.old"
+    reference = load_checkpoint(out)
+    assert reference["step"] == 2 and reference["mode"] == "fsdp"
+
+    staging.mkdir()  # killed while the ranks wrote their shards: the staging folder has no meta.json
+    (staging / "__0_0.distcp").write_bytes(b"half")
+    assert load_checkpoint(out)["step"] == 2
+    os.replace(final, previous)  # killed between the two renames
+    loaded = load_checkpoint(out)
+    assert loaded["step"] == 2
+    for name, tensor in reference["model"].items():
+        assert torch.equal(loaded["model"][name], tensor), name
+    lock, _ = claim_run_dir(out, out.parent, resume=True, overwrite=False)  # still a run to resume
+    lock.release()
+
+    resumed = make_trainer(corpus, out, max_iters=4, fsdp=True)
+    resumed.resume(load_checkpoint(out, weights=False))
+    resumed.run()  # its next save clears both leftovers
+    assert load_checkpoint(out)["step"] == 4
+    assert sorted(path.name for path in out.iterdir() if path.name.startswith("ckpt")) == ["ckpt.dcp"]
+
+
+def test_a_damaged_sharded_checkpoint_is_named(corpus, tmp_path, group_of_one):
+    out = tmp_path / "run"
+    make_trainer(corpus, out, max_iters=2, fsdp=True).run()
+    shard = next((out / "ckpt.dcp").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot read the sharded checkpoint"):
+        load_checkpoint(out)
+    meta = json.loads((out / "ckpt.dcp" / "meta.json").read_text())
+    (out / "ckpt.dcp" / "meta.json").write_text(json.dumps(meta | {"model_config": {**MODEL, "n_embd": 64}}))
+    with pytest.raises(CheckpointError, match="names or shapes differ from its own model configuration"):
+        load_checkpoint(out)  # refused before any tensor is allocated
+    marker = tmp_path / "executed"
+
+    class Exploit:  # what a hostile .metadata could hold: DCP itself would run it with pickle.load
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (out / "ckpt.dcp" / ".metadata").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(CheckpointError, match="posix.system has no place in a checkpoint index"):
+        load_checkpoint(out)
+    assert not marker.exists()
+    shutil.rmtree(out / "ckpt.dcp")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(out)
