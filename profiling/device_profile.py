@@ -251,18 +251,30 @@ def cached_profile(device: str, dtype: str) -> DeviceProfile | None:
     return load_profile(path) if path.exists() else None
 
 
+def _profiles_of(paths: list[Path], device_class: str, dtype: str) -> list[DeviceProfile]:
+    """The profiles of `device_class` and `dtype` among `paths`. Another device's file is not read further, so
+    that an outdated or damaged profile of one device never stands in the way of another's; one of this
+    device's is a ProfileError naming the fix."""
+    found = []
+    for path in paths:
+        try:
+            head = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # whose it is cannot be told: `calibrate` rewrites its own device's file
+        if isinstance(head, dict) and (head.get("device_class"), head.get("dtype")) == (device_class, dtype):
+            found.append(load_profile(path))
+    return found
+
+
 def _committed_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
-    if not PROFILES_DIR.is_dir():
-        return []
-    found = [load_profile(path) for path in sorted(PROFILES_DIR.glob("*.json"))]
-    return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
+    paths = sorted(PROFILES_DIR.glob("*.json")) if PROFILES_DIR.is_dir() else []
+    return _profiles_of(paths, device_class, flops.dtype_name(dtype))
 
 
 def _cached_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
     folder = cache_root() / CACHE_DIR
     paths = sorted(path for path in folder.glob("*.json") if not path.stem.endswith("-quick")) if folder.is_dir() else []
-    found = [load_profile(path) for path in paths]
-    return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
+    return _profiles_of(paths, device_class, flops.dtype_name(dtype))
 
 
 def resolve_profile(device_key: str | None = None, path: str | Path | None = None,

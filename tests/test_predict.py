@@ -2,6 +2,7 @@
 reference profiles, and (slow) a quick calibration against the model's own training and decoding.
 """
 
+import dataclasses
 import json
 import math
 
@@ -207,6 +208,19 @@ def test_measured_beats_reference_and_cpu_is_never_carried_to_a_gpu(tmp_path, mo
     monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path / "empty"))
     with pytest.raises(ProfileError, match="calibrate"):
         device_profile.resolve_profile("cpu", dtype="fp32")
+
+
+def test_an_outdated_profile_blocks_only_its_own_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
+    old = dataclasses.asdict(synthetic_profile())
+    old |= {"version": device_profile.FORMAT_VERSION - 1, "device_class": "h100-sxm", "dtype": "bf16"}
+    folder = tmp_path / device_profile.CACHE_DIR
+    folder.mkdir()
+    (folder / "cpu-old.json").write_text(json.dumps(old | {"device_class": "cpu", "dtype": "fp32"}))
+    assert device_profile.resolve_profile("h100-sxm", dtype="bf16").kind == "reference"  # the CPU's file ignored
+    (folder / "h100-old.json").write_text(json.dumps(old))
+    with pytest.raises(ProfileError, match="recalibrate"):
+        device_profile.resolve_profile("h100-sxm", dtype="bf16")
 
 
 def test_reference_decode_of_a_large_model_is_bandwidth_bound():
