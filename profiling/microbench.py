@@ -338,7 +338,7 @@ def adamw_per_parameter(device: torch.device, sizes: list[int], totals: list[int
     `sizes` elements (one tensor of `total` where a size exceeds it), the per-tensor cost taken off.
 
     AdamW makes several passes over each tensor: they stay in cache for small tensors, not for large ones
-    (on the 2-core VM, 16.8M parameters took 3.5 ns each in 64 tensors, 6.7 ns in 2). And the whole state —
+    (on the 2-core VM, 16.8M parameters took 3.5 ns each in 64 tensors, 5.0 ns in 4). And the whole state —
     parameters, gradients and two moments, 16 bytes per fp32 parameter — outgrows the caches as a model
     grows, which the small cases of `adamw_fit` never show."""
     table = []
