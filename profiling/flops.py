@@ -310,7 +310,8 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
     if loss:
         ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
     else:
-        ops.append(_memory("kv_cache_write", "kv_write", tokens * d_kv, elem, 2 * n_layer))  # keys, then values
+        # keys and values of a layer, priced as one call (the model makes two; one fewer per-call cost)
+        ops.append(_memory("kv_cache_write", "kv_write", 2 * tokens * d_kv, elem, n_layer))
     return ops
 
 

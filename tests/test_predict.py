@@ -84,7 +84,7 @@ def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     attention = new * L * batch * 4 * d * (prompt + new) / ATTENTION_RATE
     forward_elements = batch * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L)  # ... + KV-cache writes (2d per layer)
     memory = (new * forward_elements + (new - 1) * batch * V) * SECONDS_PER_ELEMENT
-    calls = new * (13 * L + 3) + (new - 1)  # 11L + 3 as in training, + 2L KV writes (keys, values), no loss
+    calls = new * (12 * L + 3) + (new - 1)  # 11L + 3 as in training, + L KV writes, no loss
     overhead = calls * PER_CALL_INFERENCE + new * FIXED["forward"] + (new - 1) * FIXED["token"]
     steps = new - 1
     result = predict.predict_decode(CONFIG, batch, prompt, new, synthetic_profile())
@@ -137,7 +137,7 @@ def test_prefill_by_hand():
     matmul = n * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
     attention = L * batch * 4 * d * prompt * (prompt + 1) // 2 / ATTENTION_RATE
     memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V) * SECONDS_PER_ELEMENT
-    overhead = (13 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
+    overhead = (12 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
     result = predict.predict_prefill(CONFIG, batch, prompt, synthetic_profile())
     assert result.step_seconds == pytest.approx(matmul + attention + memory + overhead, rel=1e-12)
     assert result.tokens_per_sec == pytest.approx(n / result.step_seconds)
