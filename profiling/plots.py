@@ -13,6 +13,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from profiling.rundir import RunLog
+from profiling.scaling import ScalingRow
 
 WARMUP_COLOR = "0.6"
 
@@ -172,6 +173,22 @@ def write_levers_plot(comparison: dict[str, Any], out_dir: Path) -> Path:
     axes.set_xlabel("change in USD per day (negative: cheaper)")
     out_dir.mkdir(parents=True, exist_ok=True)
     return _save(figure, out_dir / "levers.png")
+
+
+def write_scaling_plot(rows: list[ScalingRow], path: Path) -> Path:
+    """scaling.png: tokens/s per card at each world size (bars) and the scaling efficiency against the smallest
+    world size (line, right axis; 100% is perfect data-parallel scaling)."""
+    figure, axes = _new_axes("Tokens/s per card against world size", "tokens/s per card")
+    axes.set_xlabel("world size (processes)")
+    labels = [f"{row.world_size}\n{row.mode}" for row in rows]
+    bars = axes.bar(labels, [row.tokens_per_sec_per_card for row in rows], color="tab:blue")
+    axes.bar_label(bars, [f"{row.tokens_per_sec_per_card:,.0f}" for row in rows], fontsize=8)
+    efficiency = axes.twinx()
+    efficiency.plot(labels, [100 * row.efficiency for row in rows], "o-", color="tab:red")
+    efficiency.set_ylabel("scaling efficiency (%)", color="tab:red")
+    efficiency.set_ylim(0, max(110, 110 * max(row.efficiency for row in rows)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(figure, path)
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -8,13 +8,16 @@ this module lays them out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from gpt.errors import GptmeterError
 from gpt.files import dumps_json
 from profiling.rundir import DEFAULT_WINDOW, load_run, summarize
+from profiling.scaling import ScalingRow, scaling_rows
 
 
 # --------------------------------------------------------------------------- terminal table
@@ -154,6 +157,35 @@ def report_scale_result(path: Path, plots: bool, as_json: bool) -> None:
         print(format_tornado(result, path) + ("\nplots: " + ", ".join(drawn) if drawn else ""))
 
 
+# --------------------------------------------------------------------------- several runs: scaling
+
+
+def format_scaling(rows: list[ScalingRow]) -> str:
+    """One line per run: world size, mode, tokens/s per card and for the job, MFU per card, efficiency."""
+    table = [("world size", "mode", "tokens/s per card", "tokens/s, job", "MFU per card", "efficiency", "run")]
+    table += [(str(row.world_size), row.mode, _number(row.tokens_per_sec_per_card), _number(row.job_tokens_per_sec),
+               _percent(row.mfu_per_card), f"{row.efficiency:.1%}", row.run_dir) for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    return "\n".join(["scaling: tokens/s per card against the smallest world size (100% = perfect scaling)", "",
+                      *("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                        for line in table)])
+
+
+def report_scaling(run_dirs: list[Path], window: int, plots: bool, as_json: bool) -> None:
+    """Several runs of one workload at different world sizes: the scaling table, and scaling.png in the folder
+    that holds them all."""
+    from profiling.plots import write_scaling_plot
+
+    summaries = [summarize(load_run(run_dir), window) for run_dir in run_dirs]
+    rows = scaling_rows(summaries)
+    folder = Path(os.path.commonpath([Path(row.run_dir).resolve() for row in rows]))
+    drawn = [str(write_scaling_plot(rows, folder / "scaling.png"))] if plots else []
+    if as_json:
+        print(dumps_json({"scaling": [dataclasses.asdict(row) for row in rows], "plots": drawn}, indent=2))
+    else:
+        print(format_scaling(rows) + ("\nplots: " + ", ".join(drawn) if drawn else ""))
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -164,11 +196,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Summarise RUN_DIR/metrics.jsonl and RUN_DIR/config.json: a table in the terminal, and "
         "throughput.png, mfu.png and loss.png written into RUN_DIR. Given instead a FILE written by "
         "python -m profiling scale --json, print its cost-per-day band and tornado (each uncertain input alone at "
-        "its low and high value) and draw the tornado chart as <FILE stem>-tornado.png beside it.",
+        "its low and high value) and draw the tornado chart as <FILE stem>-tornado.png beside it. Given several "
+        "run directories of one workload at different world sizes, print tokens/s and MFU per card, tokens/s for "
+        "the job and the scaling efficiency against the smallest world size, and draw scaling.png.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR|FILE",
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR|FILE",
                         help="the --out-dir of a train.py run, a folder of numbered runs such as out/tiny (its "
-                        "newest), or a file written by python -m profiling scale --json")
+                        "newest), or a file written by python -m profiling scale --json; several run directories "
+                        "of one workload at different world sizes (torchrun) give the scaling table and "
+                        "scaling.png (tokens/s per card against world size) in the folder holding them all")
     parser.add_argument(
         "--window", type=int, default=DEFAULT_WINDOW,
         help=f"steps in the rolling window for 'last N steps' figures and the plots' smoothing "
@@ -192,10 +228,14 @@ def run(args: argparse.Namespace) -> int:
     """Print the report and write the plots; a bad run directory raises RunDirError (a GptmeterError)."""
     from profiling.plots import write_plots, write_prediction_plot  # matplotlib loads only when plots are drawn
 
-    if args.run_dir.is_file():
-        report_scale_result(args.run_dir, plots=not args.no_plots, as_json=args.json)
+    if len(args.run_dirs) > 1:
+        report_scaling(args.run_dirs, args.window, plots=not args.no_plots, as_json=args.json)
         return 0
-    run_log = load_run(args.run_dir)
+    run_dir = args.run_dirs[0]
+    if run_dir.is_file():
+        report_scale_result(run_dir, plots=not args.no_plots, as_json=args.json)
+        return 0
+    run_log = load_run(run_dir)
     summary = summarize(run_log, args.window)
     plots = [] if args.no_plots else write_plots(run_log, args.window)
     if not args.no_plots and (breakdown := write_prediction_plot(run_log.run_dir, summary)) is not None:

@@ -188,6 +188,11 @@ def summarize(run: RunLog, window: int = DEFAULT_WINDOW) -> dict[str, Any]:
         "device": _first_present("device", run.summary, run.config),
         "dtype": _first_present("dtype", run.config, run.config.get("train")),
         "params": run.config.get("params"),
+        "world_size": run.config.get("world_size", 1),  # runs before torchrun support were single-process
+        "mode": run.config.get("mode", "single"),
+        "block_size": (run.config.get("model") or {}).get("block_size"),
+        "batch_size": (run.config.get("train") or {}).get("batch_size"),  # per card
+        "grad_accum": (run.config.get("train") or {}).get("grad_accum"),
         "steps": len(run.steps),
         "last_step": run.steps[-1]["step"],
         "warmup_steps": len(run.steps) - len(measured),

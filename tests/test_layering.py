@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Every module of profiling/ in exactly one layer; a lower layer never imports a higher one.
 LAYERS = {
-    "measure": {"energy", "meter", "rundir"},
+    "measure": {"energy", "meter", "rundir", "scaling"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict"},
     "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
