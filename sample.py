@@ -180,19 +180,23 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     from gpt.trainer import DTYPES
     from gpt.warmup import plan_warmup, warm_up
     from profiling.live import GenerationProfiler, describe_generation
+    from profiling.meter import reset_peak_memory
     from profiling.rundir import write_profile
 
     model = model.to(device=device, dtype=DTYPES[dtype]).eval()
     idx = torch.tensor([prompt_ids] * args.num_samples, dtype=torch.long, device=device)
+    # The profiler's set-up (reading the device profile and peaks) comes before the warm-up: right before the
+    # timed prefill it left the host's caches cold and added a third to a small model's prefill (docs/benchmarks.md).
+    profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids), args.board_watts)
     warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
                          every_key=model.config.attention == "triton")
     warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
     if args.compile:  # and the compiled one-token step, for each cache window the run will use
         compile_steps(model, idx, args.max_new_tokens)
+    reset_peak_memory(device)  # the peak the profile reports is the timed generation's
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stream = args.num_samples == 1
     utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids), args.board_watts)
 
     def on_tokens(columns: torch.Tensor) -> None:  # (B, n) new tokens, a chunk at a time: one host sync each
         profiler.on_tokens(columns.size(1))

@@ -40,6 +40,7 @@ from gpt.files import write_json
 from gpt.memory import generation_bytes
 from gpt.model import GPT
 from gpt.trainer import Trainer, TrainConfig
+from gpt.warmup import plan_warmup, warm_up
 from profiling import flops
 from profiling.device_profile import DeviceProfile, calibrate, load_profile
 from profiling.live import GenerationProfiler
@@ -123,12 +124,12 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
     torch.manual_seed(0)
     model = GPT(config).eval()
     idx = torch.randint(config.vocab_size, (batch, PROMPT_TOKENS))
-    model.generate(idx, 2, temperature=0)  # sample.py's warm-up
     clock = host_clock(torch.get_num_threads())[1]
     prefill, decode, wall_prefill, wall_decode = [], [], [], []
     for seed in range(repeats):
         generator = torch.Generator().manual_seed(seed)
         profiler = GenerationProfiler(config, torch.device("cpu"), "fp32", batch, PROMPT_TOKENS, board_watts=1.0)
+        warm_up(model, idx, plan_warmup(PROMPT_TOKENS, NEW_TOKENS, config.block_size, every_key=False))  # as sample.py
         edges = []
 
         def on_tokens(columns: torch.Tensor) -> None:

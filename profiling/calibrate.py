@@ -10,6 +10,15 @@ from profiling.device_profile import (DeviceProfile, ProfileError, cache_path, c
                                       save_profile)
 
 
+def _per_parameter(adamw: dict) -> str:
+    grid = adamw.get("grid")
+    if not grid:
+        return f"{adamw['seconds_per_parameter'] * 1e9:,.2f} ns/parameter"
+    values = [seconds for row in grid["seconds_per_parameter"] for seconds in row]
+    return (f"{min(values) * 1e9:,.2f}-{max(values) * 1e9:,.2f} ns/parameter (tensors of "
+            f"{grid['tensor_elements'][0]:,}-{grid['tensor_elements'][-1]:,} elements)")
+
+
 def describe(profile: DeviceProfile) -> str:
     """A few headline figures of a profile, for the terminal."""
     overhead = profile.overhead
@@ -17,13 +26,15 @@ def describe(profile: DeviceProfile) -> str:
         f"{profile.kind} profile of {profile.device} ({profile.dtype}), {profile.date}",
         f"  best matmul        {profile.peak_flops / 1e9:,.1f} GFLOP/s ({profile.peak_flops_source})",
         f"  copy bandwidth     {profile.memory_bandwidth / 1e9:,.1f} GB/s (read + written)",
-        f"  AdamW              {profile.adamw['seconds_per_parameter'] * 1e9:,.2f} ns/parameter + "
+        f"  AdamW              {_per_parameter(profile.adamw)} + "
         f"{profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
         f"  per call           {overhead['per_call_s']['inference'] * 1e6:,.1f} us inference, "
         f"{overhead['per_call_s']['training'] * 1e6:,.1f} us training (beyond the tables)",
         f"  fixed              {overhead['fixed_s']['forward'] * 1e6:,.1f} us per forward, "
         f"{overhead['fixed_s']['train_micro_step'] * 1e6:,.1f} us per training micro-step, "
-        f"{overhead['fixed_s']['token'] * 1e6:,.1f} us per generated token",
+        f"{overhead['fixed_s']['token'] * 1e6:,.1f} us per generated token, "
+        f"{overhead['fixed_s']['prefill'] * 1e6:,.1f} us per prefill, "
+        f"{overhead['fixed_s']['train_step'] * 1e6:,.1f} us per training step",
     ])
 
 
@@ -36,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Time matmuls over an (M, N, K) grid, attention over sequence lengths and head sizes, "
         "memory-bound operations over sizes, the AdamW step per parameter and the fixed cost of an operator call, "
         "and write the device profile JSON that python -m profiling predict uses. Under a minute on a 2-core CPU "
-        "(22 s at one thread on the project's 2-vCPU VM). "
+        "(about 40 s at one thread on the project's 2-vCPU VM). "
         "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/. Under torchrun "
         "(torchrun --standalone --nproc_per_node N -m profiling calibrate) it instead times all-reduce, all-gather "
         "and reduce-scatter over message sizes on the running backend and adds them to the cached profile, which "

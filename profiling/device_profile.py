@@ -9,7 +9,10 @@ A profile prices one operation (`profiling.flops.Op`) at its own shape:
     memory-bound  seconds over element counts per kind (LayerNorm, GELU, add, copy, embedding,
                   cross-entropy, sampling, and their backwards), piecewise linear in log-log; past the
                   largest size, time grows in proportion to the size (the largest size's bandwidth)
-    adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step)
+    adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step); a
+                  measured profile's seconds per parameter is a grid over the tensor's size and the model's
+                  parameter count (log-log, clamped at its edges): the update makes several passes over each
+                  tensor, which stay in cache for small tensors, and its whole state outgrows the caches
     overhead      a fixed cost per operation call (Python, dispatch, kernel launch) and per forward /
                   training micro-step / generated token, beyond what the tables above contain
 
@@ -42,7 +45,10 @@ from profiling import flops, hardware
 from profiling.flops import MEMORY_PASSES, Op
 
 FORMAT = "gptmeter-device-profile"
-FORMAT_VERSION = 1
+# 2: large matmuls timed with at least microbench.MIN_TIMED_ROWS rows, decode attention on a masked KV cache read
+#    from a window (microbench._decode_call). Version 1 priced large matmuls too slow and decode attention too
+#    fast, so it is refused (recalibrate).
+FORMAT_VERSION = 2
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -65,8 +71,9 @@ class DeviceProfile:
     matmul: dict[str, Any]  # {"dims": [...], "flops_per_sec": [[[...]]]} indexed [M][N][K]
     attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
     memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
-    adamw: dict[str, float]  # seconds_per_parameter, seconds_per_tensor
-    overhead: dict[str, Any]  # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token}, overlap
+    adamw: dict[str, Any]  # seconds_per_parameter, seconds_per_tensor, grid {tensor_elements, parameters, seconds...}
+    # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token, prefill, train_step}, overlap
+    overhead: dict[str, Any]
     software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
     threads: int | None = None  # CPU threads PyTorch used
     tf32: bool | None = None  # CUDA: float32 matmuls allowed to use TF32 while measuring
@@ -95,8 +102,13 @@ class DeviceProfile:
             axes = [self.attention["batch_heads"], self.attention["seq"], self.attention["head_dim"]]
             return op.flops / _grid_value(table, axes, (batch_heads, keys, head_dim))
         if op.kind == "adamw":
-            params, tensors = op.shape
-            return params * self.adamw["seconds_per_parameter"] + tensors * self.adamw["seconds_per_tensor"]
+            params, grid = sum(op.shape), self.adamw.get("grid")
+            if grid is None:
+                return params * self.adamw["seconds_per_parameter"] + len(op.shape) * self.adamw["seconds_per_tensor"]
+            axes = [grid["tensor_elements"], grid["parameters"]]
+            per_parameter = lambda size: _grid_value(grid["seconds_per_parameter"], axes, (size, params))  # noqa: E731
+            tensors = len(op.shape) * self.adamw["seconds_per_tensor"]
+            return sum(size * per_parameter(size) for size in op.shape) + tensors
         table = self.memory.get(op.kind)
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
@@ -115,16 +127,22 @@ class DeviceProfile:
         return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
 
     def _coldness(self, working_set: int) -> float:
-        """0 at the warm window, 1 at the cold one: how far the measured skinny-matmul slowdown has gone at
-        `working_set` bytes of weights (`window_curve`), or log-linear in bytes when no curve was measured."""
-        warm, cold = self.matmul["window_bytes"], self.matmul["cold"]["window_bytes"]
+        """0 for weights that stay in cache, 1 at the cold window: how far the measured skinny-matmul slowdown
+        (`window_curve`, from its smallest window up) has gone at `working_set` bytes of weights, or log-linear
+        in bytes from the warm window when no curve was measured.
+
+        The curve's smallest window is its cache-hot end: on the 2-core VM the warm table, though read over
+        64 MiB, ran as fast as that end while the curve had already fallen to the cold figure at 64 MiB, so
+        measuring from the warm window priced a 100 MB model's decode as if its weights were cached."""
+        cold = self.matmul["cold"]["window_bytes"]
         curve = self.matmul.get("window_curve")
         if working_set >= cold:
             return 1.0
         if not curve:
-            return _bracket([warm, cold], working_set)[2]
-        at = lambda size: _size_curve(curve["bytes"], curve["flops_per_sec"], size) / size  # noqa: E731
-        slowdown, full = math.log(at(warm) / at(working_set)), math.log(at(warm) / at(cold))
+            return _bracket([self.matmul["window_bytes"], cold], working_set)[2]
+        rate = lambda size: _grid_value(curve["flops_per_sec"], [curve["bytes"]], (size,))  # noqa: E731
+        hot = curve["flops_per_sec"][0]
+        slowdown, full = math.log(hot / rate(working_set)), math.log(hot / rate(cold))
         return min(max(slowdown / full, 0.0), 1.0) if full > 0 else 0.0
 
     def per_call_seconds(self, phase: str) -> float:
@@ -234,18 +252,30 @@ def cached_profile(device: str, dtype: str) -> DeviceProfile | None:
     return load_profile(path) if path.exists() else None
 
 
+def _profiles_of(paths: list[Path], device_class: str, dtype: str) -> list[DeviceProfile]:
+    """The profiles of `device_class` and `dtype` among `paths`. Another device's file is not read further, so
+    that an outdated or damaged profile of one device never stands in the way of another's; one of this
+    device's is a ProfileError naming the fix."""
+    found = []
+    for path in paths:
+        try:
+            head = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # whose it is cannot be told: `calibrate` rewrites its own device's file
+        if isinstance(head, dict) and (head.get("device_class"), head.get("dtype")) == (device_class, dtype):
+            found.append(load_profile(path))
+    return found
+
+
 def _committed_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
-    if not PROFILES_DIR.is_dir():
-        return []
-    found = [load_profile(path) for path in sorted(PROFILES_DIR.glob("*.json"))]
-    return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
+    paths = sorted(PROFILES_DIR.glob("*.json")) if PROFILES_DIR.is_dir() else []
+    return _profiles_of(paths, device_class, flops.dtype_name(dtype))
 
 
 def _cached_profiles(device_class: str, dtype: str) -> list[DeviceProfile]:
     folder = cache_root() / CACHE_DIR
     paths = sorted(path for path in folder.glob("*.json") if not path.stem.endswith("-quick")) if folder.is_dir() else []
-    found = [load_profile(path) for path in paths]
-    return [p for p in found if p.device_class == device_class and p.dtype == flops.dtype_name(dtype)]
+    return _profiles_of(paths, device_class, flops.dtype_name(dtype))
 
 
 def resolve_profile(device_key: str | None = None, path: str | Path | None = None,
@@ -389,7 +419,8 @@ def reference_profile(accelerator_key: str, dtype: str = "bf16", weight_bytes: f
         adamw={"seconds_per_parameter": 8 * 4 / bandwidth, "seconds_per_tensor": 0.0},
         overhead={"per_call_s": {"inference": figure["eager_host_per_call_s"],
                                  "training": figure["eager_host_per_call_s"]},
-                  "fixed_s": {"forward": 0.0, "train_micro_step": 0.0, "token": 0.0},
+                  "fixed_s": {"forward": 0.0, "train_micro_step": 0.0, "token": 0.0, "prefill": 0.0,
+                              "train_step": 0.0},
                   "device_per_call_s": launch, "overlap": True},
         citations=citations,
     )
@@ -432,23 +463,28 @@ class Grid:
     head_dims: list[int]
     sizes: list[int]  # elements of the memory-bound operations
     adamw_cases: list[tuple[int, int]]  # (tensors, elements per tensor)
+    adamw_sizes: list[int]  # tensor sizes (elements) of the optimizer's per-parameter grid
+    adamw_totals: list[int]  # and its parameter counts
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
 
 
 GRIDS = {
-    # 7³ warm + 4 × 7² cold matmuls, 4³ attention shapes × 3 variants, 6 sizes × 11 memory kinds: 22 s at one
-    # thread on the project's 2-vCPU VM (docs/benchmarks.md).
+    # 7³ warm + 4 × 7² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 12
+    # memory kinds, the optimizer's grid: about 40 s at one thread on the project's 2-vCPU VM (docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
-                adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)]),
+                adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
+                adamw_sizes=[2**14, 2**17, 2**20, 2**22], adamw_totals=[2**20, 2**24]),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
-                 adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)]),
+                 adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)],
+                 adamw_sizes=[2**16, 2**20, 2**24, 2**26], adamw_totals=[2**24, 2**28]),
     # A handful of points in seconds: for tests, and what train.py and sample.py measure when nothing is cached.
     # It keeps one 1024³ matmul and a 32 MiB copy, so that the ceilings it shows (a CPU's MFU peak) are those of
     # shapes and sizes past the caches, not of the small ones.
     "quick": Grid(dims=[1, 32, 1024], max_flops=2.2e9, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
                   sizes=[2**8, 2**14, 2**20, 2**23], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)],
+                  adamw_sizes=[2**14, 2**18], adamw_totals=[2**18],
                   cold_bytes=64 * 2**20),
 }
 
@@ -466,7 +502,8 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
     from gpt.config import GPTConfig
 
     def priced(ops: list[Op]) -> tuple[float, int]:
-        return sum(op.count * profile.device_seconds(op) for op in ops), sum(op.count for op in ops)
+        calls = sum(op.count for op in ops if op.kind != "adamw")  # as op_seconds: AdamW's calls are in its fit
+        return sum(op.count * profile.device_seconds(op) for op in ops), calls
 
     paths = {}
     for layers in timings:
@@ -475,7 +512,9 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
         train_forward = flops.forward_operations(config, 1, 4, loss=True)
         paths[layers] = {"inference": priced(forward),
                          "training": priced(train_forward + flops.backward_operations(config, train_forward, 1, 4)),
-                         "token": priced(flops.decode_operations(config, 1, 5))}
+                         "token": priced(flops.decode_operations(config, 1, 5)),
+                         "prefill": priced(flops.prefill_operations(config, 1, 4)),
+                         "train_step": priced(flops.train_step_operations(config, 1, config.block_size))}
     low, high = sorted(timings)
     per_call, fixed = {}, {}
     for path in ("inference", "training"):
@@ -485,9 +524,23 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
         fixed[path] = max(timings[low][path] - tables_low - per_call[path] * calls_low, 0.0)
     tables_token, calls_token = paths[low]["token"]
     token = timings[low]["token"] - tables_token - per_call["inference"] * calls_token - fixed["inference"]
+    # generate's one-off work around the prompt's forward, and the trainer's around a training step's, do not
+    # grow with depth: the mean of both depths
+    prefill = sum(timings[layers]["prefill"] - paths[layers]["prefill"][0]
+                  - per_call["inference"] * paths[layers]["prefill"][1] for layers in timings) / len(timings)
+    train_step = sum(timings[layers]["train_step"] - paths[layers]["train_step"][0] - fixed["training"]
+                     - per_call["training"] * paths[layers]["train_step"][1] for layers in timings) / len(timings)
     return {"per_call_s": per_call,
-            "fixed_s": {"forward": fixed["inference"], "train_micro_step": fixed["training"], "token": max(token, 0.0)},
+            "fixed_s": {"forward": fixed["inference"], "train_micro_step": fixed["training"], "token": max(token, 0.0),
+                        "prefill": max(prefill, 0.0), "train_step": max(train_step, 0.0)},
             "overlap": False, "measured_on": {str(k): v for k, v in timings.items()}}
+
+
+def _faster(first: list, second: list) -> list:
+    """Elementwise the larger throughput of two measurements of the same nested table."""
+    if isinstance(first, list):
+        return [_faster(a, b) for a, b in zip(first, second)]
+    return max(first, second)
 
 
 def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = False) -> DeviceProfile:
@@ -516,9 +569,10 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         raise ProfileError(f"CPU calibration measures fp32 only (the CPU tools run float32), not {dtype}; "
                            "use --dtype fp32")
     grid = GRIDS["quick" if quick else torch_device.type]
-    steps = len(grid.dims) ** 2 * (len(grid.dims) + sum(m <= COLD_MAX_ROWS for m in grid.dims))
+    steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -534,6 +588,18 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                                               grid.head_dims, grid.max_flops, tick)
         memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
         adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
+        adamw["grid"] = {"tensor_elements": grid.adamw_sizes, "parameters": grid.adamw_totals,
+                         "seconds_per_parameter": microbench.adamw_per_parameter(
+                             torch_device, grid.adamw_sizes, grid.adamw_totals, adamw["seconds_per_tensor"], tick)}
+        # The skinny products read their weights from memory, which a neighbour's traffic on a shared machine
+        # slows for seconds at a time (on the 2-core VM, a whole pass of them by 30% in one calibration of five):
+        # they are measured a second time, tens of seconds after the first, and the faster of the two is kept.
+        skinny = len(cold_rows)
+        matmul[:skinny] = _faster(matmul[:skinny], microbench.matmul_grid(
+            torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES, rows=cold_rows, tick=tick))
+        cold = _faster(cold, microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
+                                                    rows=cold_rows, tick=tick))
+        curve = _faster(curve, microbench.window_curve(torch_device, dtype, windows))
         timings = {}
         for layers in (1, 3):
             config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)

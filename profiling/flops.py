@@ -223,7 +223,8 @@ MEMORY_PASSES = {
     "layernorm_backward": 3,
     "gelu": 2,
     "gelu_backward": 3,
-    "copy": 2,  # transpose to contiguous, KV-cache append
+    "copy": 2,  # transpose to contiguous
+    "kv_write": 2,  # one layer's new keys (or values) written into the KV cache at their positions
     "cross_entropy": 2,  # log-softmax over the vocabulary and the picked log-probabilities
     "cross_entropy_backward": 2,
     "sample": 3,  # temperature scale, softmax and one draw over the vocabulary, per sequence
@@ -238,7 +239,7 @@ class Op:
 
     kind "matmul": shape (M, N, K), an (M × K) @ (K × N) product. kind "attention": shape
     (batch·heads, queries, keys, head_dim) with `variant` "causal" (queries = keys), "decode" (one query
-    sees every key) or "causal_backward". kind "adamw": shape (parameters, parameter tensors), the
+    sees every key) or "causal_backward". kind "adamw": shape (elements of each parameter tensor), the
     whole optimizer step (gradient clipping and zeroing included). Any other kind is memory-bound:
     shape (elements,), priced by the bytes it moves.
     """
@@ -309,7 +310,8 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
     if loss:
         ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
     else:
-        ops.append(_memory("kv_cache_write", "copy", 2 * tokens * d_kv, elem, n_layer))
+        # keys and values of a layer, priced as one call (the model makes two; one fewer per-call cost)
+        ops.append(_memory("kv_cache_write", "kv_write", 2 * tokens * d_kv, elem, n_layer))
     return ops
 
 
@@ -329,10 +331,18 @@ def backward_operations(config: GPTConfig, forward: list[Op], batch: int, seq_le
     return ops
 
 
+def parameter_tensor_sizes(config: GPTConfig) -> list[int]:
+    """Elements of each parameter tensor the optimizer visits: wte (shared with the head), wpe, per block
+    6 weights (+6 biases), ln_f."""
+    d, d_kv = config.n_embd, config.n_kv_head * config.head_dim
+    weights = [d, d * (d + 2 * d_kv), d * d, d, 4 * d * d, 4 * d * d]  # ln_1, qkv, proj, ln_2, fc, mlp proj
+    biases = [d, d + 2 * d_kv, d, d, 4 * d, d] if config.bias else []
+    return ([config.vocab_size * d, config.block_size * d] + config.n_layer * (weights + biases)
+            + [d] * (2 if config.bias else 1))
+
+
 def parameter_tensors(config: GPTConfig) -> int:
-    """Parameter tensors the optimizer visits: wte (shared with the head), wpe, per block 6 weights (+6 biases), ln_f."""
-    per_block = 6 * (2 if config.bias else 1)
-    return 2 + config.n_layer * per_block + (2 if config.bias else 1)
+    return len(parameter_tensor_sizes(config))
 
 
 def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accum: int = 1,
@@ -344,7 +354,7 @@ def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accu
     params = param_count(config)
     # AdamW in float32: read parameter, gradient and both moments, write parameter and moments; clipping
     # reads the gradients once more.
-    ops.append(Op("adamw", "adamw", (params, parameter_tensors(config)), 0, 8 * 4 * params, 1, "optimizer"))
+    ops.append(Op("adamw", "adamw", tuple(parameter_tensor_sizes(config)), 0, 8 * 4 * params, 1, "optimizer"))
     return ops
 
 

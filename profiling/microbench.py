@@ -7,7 +7,8 @@ is the steadiest estimate of what the device does.
 A batch repeats a call until it lasts `MIN_BATCH_SECONDS`, so microsecond-scale calls are not lost in
 the timer's resolution. A grid point whose work would exceed `max_flops` is measured with its first
 dimension (rows, or batch × heads) shrunk until it fits; throughput is flat in that dimension once it
-is large, and the point's record says which shape was timed.
+is large. A matmul keeps at least `MIN_TIMED_ROWS` rows whatever its work: below that, its weight is
+reused too few times for it to be compute-bound, so fewer rows would be slower per FLOP.
 
 This module only measures; `profiling.device_profile` turns the numbers into a profile.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterable
 
 import torch
@@ -28,6 +30,10 @@ BATCHES = 5
 # Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
 # large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
 WARM_BYTES = 64 * 2**20
+# A product of M rows does 2·M FLOPs per weight element it reads; at 256 rows (128 FLOPs per fp32 byte) it is
+# compute-bound on any device here. Shrinking the 4096-wide grid points to a few rows made them skinny, and
+# every large model's matmuls were predicted ~50% too slow on the 2-core VM (docs/benchmarks.md).
+MIN_TIMED_ROWS = 256
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,9 +81,9 @@ def seconds_per_call(work: Callable[[], object], device: torch.device, batches: 
     return min(times)
 
 
-def _shrink(first: int, work_of_one: float, max_flops: float) -> int:
-    """The first dimension, halved until first × work_of_one fits in max_flops (never below 1)."""
-    while first > 1 and first * work_of_one > max_flops:
+def _shrink(first: int, work_of_one: float, max_flops: float, floor: int = 1) -> int:
+    """The first dimension, halved until first × work_of_one fits in max_flops, never below `floor`."""
+    while first > floor and first * work_of_one > max_flops:
         first //= 2
     return first
 
@@ -103,7 +109,7 @@ def matmul_grid(device: torch.device, dtype: str, dims: list[int], max_flops: fl
         for n in dims:
             cells = []
             for k in dims:
-                timed_m = _shrink(m, 2 * n * k, max_flops)
+                timed_m = _shrink(m, 2 * n * k, max_flops, MIN_TIMED_ROWS)
                 a = torch.randn(timed_m, k, device=device, dtype=torch_dtype)
                 bias = torch.randn(n, device=device, dtype=torch_dtype)
                 places = max(1, window // (element * n * k))  # weights that fit in the window, read in turn
@@ -129,15 +135,32 @@ def window_curve(device: torch.device, dtype: str, windows: list[int], size: int
 # ----------------------------------------------------------------------------- attention
 
 
-def _qkv(batch_heads: int, queries: int, keys: int, head_dim: int, device, dtype, grad: bool):
-    """q, k, v laid out as the model has them: head-split views of wider rows; k, v inside a longer cache."""
-    q = torch.randn(batch_heads, queries, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
-    cache = torch.randn(2, batch_heads, 1, max(keys, 2 * keys if queries == 1 else keys), head_dim,
-                        device=device, dtype=dtype)
-    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+def _qkv(batch_heads: int, seq: int, head_dim: int, device, dtype, grad: bool):
+    """q, k, v of a causal pass laid out as the model has them: head-split views of wider rows."""
+    q = torch.randn(batch_heads, seq, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    k, v = torch.randn(2, batch_heads, seq, 1, head_dim, device=device, dtype=dtype).transpose(2, 3)
     if grad:
         q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     return q, k, v
+
+
+def _decode_call(attend: Callable, batch_heads: int, keys: int, head_dim: int, device, dtype,
+                 window: int) -> Callable[[], torch.Tensor]:
+    """One query per sequence against `keys` cached keys, as `gpt.model.KVCache.attend` runs it: the whole
+    cache behind a boolean mask. Successive calls read their keys and values from successive places of a
+    `window`-byte pool: between two steps of one layer, the rest of the model passes through the caches,
+    and a cache-hot KV cache made decode attention 2-3x faster than in a model (2-core VM, 2026-11-23)."""
+    q = torch.randn(batch_heads, 1, 1, head_dim, device=device, dtype=dtype).transpose(1, 2)
+    places = max(1, window // (2 * batch_heads * keys * head_dim * torch.tensor([], dtype=dtype).element_size()))
+    pool = torch.randn(places, 2, batch_heads, 1, keys, head_dim, device=device, dtype=dtype)
+    visible = torch.ones(1, keys, dtype=torch.bool, device=device)
+    turn = iter(range(1 << 62))
+
+    def call() -> torch.Tensor:
+        keys_values = pool[next(turn) % places]
+        return attend(q, keys_values[0], keys_values[1], visible)
+
+    return call
 
 
 def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_heads: list[int], seqs: list[int],
@@ -145,7 +168,7 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
     """FLOP/s (causal count, as `flops.forward_operations`) of `attend` per variant, nested [iBH][iSeq][iD].
 
     "causal": queries = keys = seq; "causal_backward": its backward (2.5 × the forward's FLOPs, the
-    scores recomputed); "decode": one query per sequence against seq cached keys.
+    scores recomputed); "decode": one query per sequence against a KV cache of seq keys (`_decode_call`).
     """
     torch_dtype = TORCH_DTYPES[dtype]
     tables: dict[str, list] = {"causal": [], "causal_backward": [], "decode": []}
@@ -156,9 +179,9 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
             for head_dim in head_dims:
                 causal_flops = 4 * head_dim * seq * (seq + 1) // 2
                 timed = _shrink(bh, 3.5 * causal_flops, max_flops)
-                q, k, v = _qkv(timed, seq, seq, head_dim, device, torch_dtype, grad=False)
+                q, k, v = _qkv(timed, seq, head_dim, device, torch_dtype, grad=False)
                 forward = seconds_per_call(lambda: attend(q, k, v), device)
-                qg, kg, vg = _qkv(timed, seq, seq, head_dim, device, torch_dtype, grad=True)
+                qg, kg, vg = _qkv(timed, seq, head_dim, device, torch_dtype, grad=True)
                 out = attend(qg, kg, vg)
                 grad_out = torch.randn_like(out)
                 both = seconds_per_call(lambda: torch.autograd.grad(attend(qg, kg, vg), (qg, kg, vg), grad_out),
@@ -166,8 +189,8 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
                 cells["causal"].append(timed * causal_flops / forward)
                 cells["causal_backward"].append(timed * 2.5 * causal_flops / max(both - forward, 0.1 * forward))
                 timed = _shrink(bh, 4 * head_dim * seq, max_flops)
-                q, k, v = _qkv(timed, 1, seq, head_dim, device, torch_dtype, grad=False)
-                cells["decode"].append(timed * 4 * head_dim * seq / seconds_per_call(lambda: attend(q, k, v), device))
+                decode = _decode_call(attend, timed, seq, head_dim, device, torch_dtype, WARM_BYTES)
+                cells["decode"].append(timed * 4 * head_dim * seq / seconds_per_call(decode, device))
                 tick()
             for variant in tables:
                 rows[variant].append(cells[variant])
@@ -196,6 +219,11 @@ def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dt
     if kind == "copy":
         x = randn(rows, 4, ROW // 4)
         return (lambda: x.transpose(0, 1).contiguous()), None
+    if kind == "kv_write":  # as KVCache.attend: a head-split view of the qkv rows, index_copy_ along positions
+        keys = randn(1, rows, 3, 4, ROW // 4)[:, :, 1].transpose(1, 2)  # (1, heads, rows, head_dim)
+        cache = torch.zeros(1, 4, rows, ROW // 4, device=device, dtype=dtype)
+        positions = torch.arange(rows, device=device)
+        return (lambda: cache.index_copy_(2, positions, keys)), None
     if kind in ("layernorm", "gelu"):
         x, weight, bias = randn(rows, ROW, grad=True), randn(ROW, grad=True), randn(ROW, grad=True)
         if kind == "layernorm":
@@ -228,7 +256,7 @@ def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dt
 
 BACKWARD_OF = {"layernorm": "layernorm_backward", "gelu": "gelu_backward", "cross_entropy": "cross_entropy_backward",
                "embedding": "embedding_backward"}
-MEMORY_KINDS = ("add", "copy", "layernorm", "gelu", "embedding", "cross_entropy", "sample")
+MEMORY_KINDS = ("add", "copy", "kv_write", "layernorm", "gelu", "embedding", "cross_entropy", "sample")
 
 
 def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int],
@@ -263,31 +291,35 @@ def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
 # ----------------------------------------------------------------------------- the optimizer
 
 
+def _optimizer_step_seconds(device: torch.device, tensors: int, elements: int) -> float:
+    """Seconds of what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's
+    step (the trainer's own `make_optimizer`), zero the gradients — over `tensors` tensors of `elements`."""
+    from gpt.trainer import TrainConfig, make_optimizer
+
+    params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device)) for _ in range(tensors))
+    grads = [torch.randn(elements, device=device) for _ in range(tensors)]
+    optimizer = make_optimizer(params, TrainConfig(device=str(device)))
+
+    def step() -> None:
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return seconds_per_call(step, device)
+
+
 def adamw_fit(device: torch.device, cases: list[tuple[int, int]],
               tick: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Seconds per parameter and per parameter tensor of a training step's optimizer phase.
 
-    Times what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's step
-    (the trainer's own `make_optimizer`), zero the gradients — on `cases` of (tensors, elements per tensor),
-    then fits seconds = a·parameters + b·tensors by least squares.
+    Times `_optimizer_step_seconds` on `cases` of (tensors, elements per tensor), then fits
+    seconds = a·parameters + b·tensors by least squares.
     """
-    from gpt.trainer import TrainConfig, make_optimizer
-
     rows = []
     for tensors, elements in cases:
-        params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device))
-                                        for _ in range(tensors))
-        grads = [torch.randn(elements, device=device) for _ in range(tensors)]
-        optimizer = make_optimizer(params, TrainConfig(device=str(device)))
-
-        def step() -> None:
-            for param, grad in zip(params, grads):
-                param.grad = grad
-            torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        rows.append((tensors * elements, tensors, seconds_per_call(step, device)))
+        rows.append((tensors * elements, tensors, _optimizer_step_seconds(device, tensors, elements)))
         tick()
     # Normal equations of the two-parameter least-squares fit, in plain floats.
     spp = sum(p * p for p, _, _ in rows)
@@ -300,6 +332,28 @@ def adamw_fit(device: torch.device, cases: list[tuple[int, int]],
     return {"seconds_per_parameter": max(per_param, 0.0), "seconds_per_tensor": max(per_tensor, 0.0)}
 
 
+def adamw_per_parameter(device: torch.device, sizes: list[int], totals: list[int], seconds_per_tensor: float,
+                        tick: Callable[[], None] = lambda: None) -> list[list[float]]:
+    """Seconds per parameter of the optimizer phase, [i_size][i_total]: `totals` parameters in tensors of
+    `sizes` elements (one tensor of `total` where a size exceeds it), the per-tensor cost taken off.
+
+    AdamW makes several passes over each tensor: they stay in cache for small tensors, not for large ones
+    (on the 2-core VM, 16.8M parameters took 3.5 ns each in 64 tensors, 5.0 ns in 4). And the whole state —
+    parameters, gradients and two moments, 16 bytes per fp32 parameter — outgrows the caches as a model
+    grows, which the small cases of `adamw_fit` never show."""
+    table = []
+    for size in sizes:
+        row = []
+        for total in totals:
+            elements = min(size, total)
+            tensors = total // elements
+            seconds = _optimizer_step_seconds(device, tensors, elements)
+            row.append(max(seconds - tensors * seconds_per_tensor, 0.1 * seconds) / (tensors * elements))
+            tick()
+        table.append(row)
+    return table
+
+
 # ----------------------------------------------------------------------------- whole tiny models
 
 
@@ -308,9 +362,17 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
 
     "inference": one forward of one token against a 4-token KV cache (a decode step's forward);
     "training": forward and backward of the loss over 1 × 4 tokens, as `Trainer.train_step` runs them;
-    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does).
+    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does);
+    "prefill": `GPT.generate` up to its first token after a 4-token prompt — the call's one-off work (its KV
+    cache and output buffers, the first draw) around the prompt's forward pass, as sample.py times a prefill;
+    "train_step": `Trainer.train_step` itself at batch 1 × the context (the batch drawn, the learning rate set,
+    the loss read back, clipping, AdamW), whose harness around the model's work is also a fixed cost.
     """
+    import numpy as np
+
+    from gpt.data import TokenData
     from gpt.model import GPT, KVCache
+    from gpt.trainer import Trainer, TrainConfig
 
     model = GPT(config).to(device=device, dtype=TORCH_DTYPES[dtype])
     tokens = torch.randint(config.vocab_size, (1, 5), device=device)
@@ -335,4 +397,10 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
         model.zero_grad(set_to_none=True)
 
     training = seconds_per_call(train_micro_step, device, batches=10)
-    return {"inference": inference, "training": training, "token": (long - short) / 8}
+    stream = np.random.default_rng(0).integers(0, config.vocab_size, 64 * config.block_size, dtype=np.int64)
+    autocast = str(TORCH_DTYPES[dtype]).removeprefix("torch.")  # the trainer's name of the compute dtype
+    trainer = Trainer(config, TrainConfig(batch_size=1, max_iters=10**9, device=str(device), dtype=autocast),
+                      TokenData(stream, stream, "random tokens"), "bytes", Path("/nonexistent"))  # never written
+    train_step = seconds_per_call(trainer.train_step, device, batches=10)
+    return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short,
+            "train_step": train_step}

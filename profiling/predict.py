@@ -9,8 +9,10 @@ and tokens/s and MFU follow from it. What each mode covers, matching what the to
              gradient clipping, AdamW and zeroing the gradients; tokens/s = batch · seq_len · grad_accum / step
     prefill  `GPT.generate` up to the first new token, as sample.py times it: the prompt's forward pass (logits
              at every position, keys and values into the cache) and the first draw; tokens/s = batch · P / time
-    decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards at contexts
-             P+1 … P+N and N−1 draws, counted as batch · (N−1) tokens; step_seconds is the mean per token
+    decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
+             draws, counted as batch · (N−1) tokens; step_seconds is the mean per token. Each forward's
+             attention reads the whole KV cache behind a mask, min(context, P + N) slots, as generate
+             allocates it, whatever the tokens cached so far (the model FLOPs count those only)
 
 MFU is model FLOPs (PaLM convention, profiling.flops) over the profile's peak.
 """
@@ -113,7 +115,8 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
                            "lower it or raise --context")
     ops = flops.train_step_operations(config, batch, seq_len, grad_accum, profile.dtype)
     seconds = price(ops, profile, training=True)
-    seconds["overhead"] += grad_accum * profile.overhead["fixed_s"]["train_micro_step"]
+    fixed = profile.overhead["fixed_s"]
+    seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]
     seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile)
     tokens = batch * seq_len * grad_accum
     return _prediction("train", seconds, tokens, tokens * flops.training_flops_per_token(config, seq_len), profile)
@@ -130,7 +133,7 @@ def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: 
     _check(config, batch=batch, prompt_tokens=prompt_tokens)
     _check_context(config, prompt_tokens)
     seconds = price(flops.prefill_operations(config, batch, prompt_tokens, profile.dtype), profile, training=False)
-    seconds["overhead"] += profile.overhead["fixed_s"]["forward"] + profile.overhead["fixed_s"]["token"]
+    seconds["overhead"] += profile.overhead["fixed_s"]["prefill"]
     model_flops = batch * flops.prefill_flops(config, prompt_tokens, causal=False)
     return _prediction("prefill", seconds, batch * prompt_tokens, model_flops, profile)
 
@@ -144,14 +147,13 @@ def predict_decode(config: GPTConfig, batch: int, prompt_tokens: int, new_tokens
     _check_context(config, prompt_tokens + new_tokens)
     total = dict.fromkeys(CATEGORIES, 0.0)
     fixed = profile.overhead["fixed_s"]
-    sample = [op for op in flops.decode_operations(config, batch, prompt_tokens + 1, profile.dtype)
-              if op.kind == "sample"]
-    for context in range(prompt_tokens + 1, prompt_tokens + new_tokens + 1):
-        forward = flops.forward_operations(config, batch, 1, context, dtype=profile.dtype)
-        _add(total, price(forward, profile, training=False))
-        total["overhead"] += fixed["forward"]
+    capacity = min(config.block_size, prompt_tokens + new_tokens)  # gpt.generate's eager KV cache
+    step = flops.decode_operations(config, batch, capacity, profile.dtype)
+    forward = [op for op in step if op.kind != "sample"]
+    _add(total, price(forward, profile, training=False), new_tokens)
+    total["overhead"] += new_tokens * fixed["forward"]
     steps = new_tokens - 1
-    _add(total, price(sample, profile, training=False), steps)
+    _add(total, price([op for op in step if op.kind == "sample"], profile, training=False), steps)
     total["overhead"] += steps * fixed["token"]
     per_token = {key: value / steps for key, value in total.items()}
     model_flops = batch * sum(flops.decode_flops_per_token(config, c)

@@ -2,7 +2,9 @@
 reference profiles, and (slow) a quick calibration against the model's own training and decoding.
 """
 
+import dataclasses
 import json
+import math
 
 import pytest
 
@@ -16,7 +18,7 @@ ATTENTION_RATE = 2e8
 SECONDS_PER_ELEMENT = 1e-9  # every memory-bound kind, at every size
 PER_PARAMETER, PER_TENSOR = 3e-9, 2e-6
 PER_CALL_INFERENCE, PER_CALL_TRAINING = 5e-6, 7e-6
-FIXED = {"forward": 1e-4, "train_micro_step": 3e-4, "token": 2e-4}
+FIXED = {"forward": 1e-4, "train_micro_step": 3e-4, "token": 2e-4, "prefill": 4e-4, "train_step": 5e-4}
 
 
 def flat(rate: float, sizes: int = 3) -> list:
@@ -63,7 +65,7 @@ def test_training_step_time_by_hand():
         "attention": attention_flops / ATTENTION_RATE,
         "memory_bound": elements * SECONDS_PER_ELEMENT,
         "optimizer": params * PER_PARAMETER + tensors * PER_TENSOR,
-        "overhead": calls * PER_CALL_TRAINING + accum * FIXED["train_micro_step"],
+        "overhead": calls * PER_CALL_TRAINING + accum * FIXED["train_micro_step"] + FIXED["train_step"],
         "communication": 0.0,  # one process
     }
     result = predict.predict_train(CONFIG, batch, seq, accum, synthetic_profile())
@@ -77,12 +79,13 @@ def test_training_step_time_by_hand():
 def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     batch, prompt, new = 3, 10, 5
     L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
-    contexts = range(prompt + 1, prompt + new + 1)  # N one-token forwards; N − 1 draws are timed
+    # N one-token forwards, N − 1 draws timed; each forward's attention reads generate's whole KV cache of
+    # prompt + new slots (the unused ones masked), 4·head_dim FLOPs per slot and head.
     matmul = new * batch * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
-    attention = sum(L * batch * 4 * d * c for c in contexts) / ATTENTION_RATE
+    attention = new * L * batch * 4 * d * (prompt + new) / ATTENTION_RATE
     forward_elements = batch * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L)  # ... + KV-cache writes (2d per layer)
     memory = (new * forward_elements + (new - 1) * batch * V) * SECONDS_PER_ELEMENT
-    calls = new * (12 * L + 3) + (new - 1)  # 11L + 3 as in training, + KV writes, no loss
+    calls = new * (12 * L + 3) + (new - 1)  # 11L + 3 as in training, + L KV writes, no loss
     overhead = calls * PER_CALL_INFERENCE + new * FIXED["forward"] + (new - 1) * FIXED["token"]
     steps = new - 1
     result = predict.predict_decode(CONFIG, batch, prompt, new, synthetic_profile())
@@ -93,6 +96,41 @@ def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     assert result.tokens_per_sec == pytest.approx(batch * steps / (matmul + attention + memory + overhead))
 
 
+def test_optimizer_cost_per_parameter_follows_the_measured_grid():
+    """Each tensor's parameters at the seconds per parameter of its size and the model's parameter count,
+    interpolated in log-log, clamped past the grid's edges."""
+    profile = synthetic_profile()
+    profile.adamw = {"seconds_per_parameter": 0.0, "seconds_per_tensor": PER_TENSOR,
+                     "grid": {"tensor_elements": [100, 10**4], "parameters": [10**4, 10**6],
+                              "seconds_per_parameter": [[1e-9, 2e-9], [4e-9, 8e-9]]}}
+    d, L, V = CONFIG.n_embd, CONFIG.n_layer, CONFIG.vocab_size
+    params = flops.param_count(CONFIG)
+    total_weight = (math.log(params) - math.log(10**4)) / (math.log(10**6) - math.log(10**4))
+
+    def per_parameter(size: int) -> float:  # by hand: geometric interpolation along each axis, clamped
+        size_weight = min(max((math.log(size) - math.log(100)) / (math.log(10**4) - math.log(100)), 0.0), 1.0)
+        return 1e-9 * 4**size_weight * 2**total_weight
+
+    # wte, wpe, then per block ln_1, qkv, proj, ln_2 (d each, biases of d, 3d, d, d, 4d, d), fc and mlp proj
+    # (4d² each; past the grid's 10⁴ elements like qkv's 3d² and proj's d²), ln_f and its bias.
+    sizes = [V * d, CONFIG.block_size * d] + L * [d, 3 * d * d, d * d, d, 4 * d * d, 4 * d * d,
+                                                    d, 3 * d, d, d, 4 * d, d] + [d, d]
+    assert sum(sizes) == params
+    expected = sum(size * per_parameter(size) for size in sizes) + len(sizes) * PER_TENSOR
+    result = predict.predict_train(CONFIG, 2, 32, 1, profile)
+    assert result.breakdown["optimizer"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_parameter_tensors_are_the_models_own():
+    from gpt import GPT
+
+    for config in (CONFIG, GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                     bias=False)):
+        model_sizes = sorted(p.numel() for p in GPT(config).parameters())
+        assert sorted(flops.parameter_tensor_sizes(config)) == model_sizes
+        assert sum(model_sizes) == flops.param_count(config)
+
+
 def test_prefill_by_hand():
     batch, prompt = 2, 16
     L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
@@ -100,7 +138,7 @@ def test_prefill_by_hand():
     matmul = n * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
     attention = L * batch * 4 * d * prompt * (prompt + 1) // 2 / ATTENTION_RATE
     memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V) * SECONDS_PER_ELEMENT
-    overhead = (12 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["forward"] + FIXED["token"]
+    overhead = (12 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
     result = predict.predict_prefill(CONFIG, batch, prompt, synthetic_profile())
     assert result.step_seconds == pytest.approx(matmul + attention + memory + overhead, rel=1e-12)
     assert result.tokens_per_sec == pytest.approx(n / result.step_seconds)
@@ -173,6 +211,19 @@ def test_measured_beats_reference_and_cpu_is_never_carried_to_a_gpu(tmp_path, mo
         device_profile.resolve_profile("cpu", dtype="fp32")
 
 
+def test_an_outdated_profile_blocks_only_its_own_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTMETER_CACHE_DIR", str(tmp_path))
+    old = dataclasses.asdict(synthetic_profile())
+    old |= {"version": device_profile.FORMAT_VERSION - 1, "device_class": "h100-sxm", "dtype": "bf16"}
+    folder = tmp_path / device_profile.CACHE_DIR
+    folder.mkdir()
+    (folder / "cpu-old.json").write_text(json.dumps(old | {"device_class": "cpu", "dtype": "fp32"}))
+    assert device_profile.resolve_profile("h100-sxm", dtype="bf16").kind == "reference"  # the CPU's file ignored
+    (folder / "h100-old.json").write_text(json.dumps(old))
+    with pytest.raises(ProfileError, match="recalibrate"):
+        device_profile.resolve_profile("h100-sxm", dtype="bf16")
+
+
 def test_reference_decode_of_a_large_model_is_bandwidth_bound():
     """Batch-1 decode of GPT-2 XL on an H100 reads every weight once: time ≈ bytes / achievable bandwidth."""
     config = GPTConfig.from_preset("gpt2-xl")
@@ -210,6 +261,20 @@ def test_skinny_matmuls_of_large_models_read_weights_from_memory():
     assert rate(op(1, 2**30)) == pytest.approx(1e8)
     assert rate(op(1, 2**27)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)  # halfway in log bytes
     assert rate(op(4096, 2**30)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
+
+
+def test_the_window_curve_says_how_cold_a_large_models_weights_are():
+    """The share of the measured slowdown, from the curve's cache-hot smallest window to the cold window,
+    that a model's weight bytes have reached (log FLOP/s) sets how far its skinny matmuls move to the cold table."""
+    profile = synthetic_profile()
+    profile.matmul |= {"window_bytes": 2**25, "cold": {"rows": [1, 64], "flops_per_sec": flat(1e8)[:2],
+                                                        "window_bytes": 2**29},
+                       "window_curve": {"bytes": [2**22, 2**24, 2**26, 2**29], "flops_per_sec": [8e9, 8e9, 4e9, 2e9]}}
+    op = lambda weights: flops.Op("mm", "matmul", (1, 64, 64), 2 * 4096, 0, working_set=weights)  # noqa: E731
+    rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
+    # 64 MiB: the curve has fallen from 8 to 4 of its 8-to-2 GFLOP/s, half the way in log: halfway to cold.
+    assert rate(op(2**26)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)
+    assert rate(op(2**24)) == pytest.approx(MATMUL_RATE)  # within the warm window: the warm table
 
 
 def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, monkeypatch):

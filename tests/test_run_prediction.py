@@ -36,7 +36,9 @@ def fake_profile() -> device_profile.DeviceProfile:
         memory={kind: {"elements": [1, 10**9], "seconds": [PER_ELEMENT, PER_ELEMENT * 1e9]} for kind in MEMORY_PASSES},
         adamw={"seconds_per_parameter": 1e-9, "seconds_per_tensor": 1e-6},
         overhead={"per_call_s": {"inference": 1e-5, "training": 2e-5},
-                  "fixed_s": {"forward": 1e-4, "train_micro_step": 1e-4, "token": 1e-4}, "overlap": False},
+                  "fixed_s": {"forward": 1e-4, "train_micro_step": 1e-4, "token": 1e-4, "prefill": 1e-4,
+                              "train_step": 1e-4},
+                  "overlap": False},
     )
 
 
