@@ -11,8 +11,8 @@ and tokens/s and MFU follow from it. What each mode covers, matching what the to
              at every position, keys and values into the cache) and the first draw; tokens/s = batch · P / time
     decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
              draws, counted as batch · (N−1) tokens; step_seconds is the mean per token. Each forward's
-             attention reads the whole KV cache behind a mask, min(context, P + N) slots, as generate
-             allocates it, whatever the tokens cached so far (the model FLOPs count those only)
+             attention reads the cache slots that hold tokens, P+1 … P+N (gpt.generate's KVCache.window
+             in eager mode)
 
 MFU is model FLOPs (PaLM convention, profiling.flops) over the profile's peak.
 """
@@ -147,10 +147,9 @@ def predict_decode(config: GPTConfig, batch: int, prompt_tokens: int, new_tokens
     _check_context(config, prompt_tokens + new_tokens)
     total = dict.fromkeys(CATEGORIES, 0.0)
     fixed = profile.overhead["fixed_s"]
-    capacity = min(config.block_size, prompt_tokens + new_tokens)  # gpt.generate's eager KV cache
-    step = flops.decode_operations(config, batch, capacity, profile.dtype)
-    forward = [op for op in step if op.kind != "sample"]
-    _add(total, price(forward, profile, training=False), new_tokens)
+    for context in range(prompt_tokens + 1, prompt_tokens + new_tokens + 1):  # eager: the stored slots only
+        step = flops.decode_operations(config, batch, context, profile.dtype)
+        _add(total, price([op for op in step if op.kind != "sample"], profile, training=False))
     total["overhead"] += new_tokens * fixed["forward"]
     steps = new_tokens - 1
     _add(total, price([op for op in step if op.kind == "sample"], profile, training=False), steps)

@@ -79,10 +79,11 @@ def test_training_step_time_by_hand():
 def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     batch, prompt, new = 3, 10, 5
     L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
-    # N one-token forwards, N − 1 draws timed; each forward's attention reads generate's whole KV cache of
-    # prompt + new slots (the unused ones masked), 4·head_dim FLOPs per slot and head.
+    # N one-token forwards, N − 1 draws timed; each forward's attention reads the slots that hold tokens
+    # (eager generate's KVCache.window), prompt + 1 … prompt + new, 4·head_dim FLOPs per slot and head.
+    contexts = range(prompt + 1, prompt + new + 1)
     matmul = new * batch * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
-    attention = new * L * batch * 4 * d * (prompt + new) / ATTENTION_RATE
+    attention = sum(L * batch * 4 * d * c for c in contexts) / ATTENTION_RATE
     forward_elements = batch * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L)  # ... + KV-cache writes (2d per layer)
     memory = (new * forward_elements + (new - 1) * batch * V) * SECONDS_PER_ELEMENT
     calls = new * (12 * L + 3) + (new - 1)  # 11L + 3 as in training, + L KV writes, no loss
