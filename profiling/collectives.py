@@ -4,12 +4,18 @@ for a data-parallel training step.
 A data-parallel step adds, on top of one card's compute (profiling.predict):
 
     DDP   one all-reduce of every gradient per optimizer step (gradient accumulation syncs on the last micro-step
-          only), in DDP's buckets
-    FSDP  per micro-step an all-gather of each block's weights before its forward and again before its backward,
-          and per optimizer step a reduce-scatter of each block's gradients
+          only), in DDP's buckets (1 MiB first, then 25 MiB: torch's defaults)
+    FSDP  per micro-step an all-gather of each block's weights before its forward and again before its backward
+          (the root unit, embeddings and final norm, once: FSDP2 keeps the root gathered from its forward to its
+          backward), and per optimizer step a reduce-scatter of each unit's gradients
 
 priced without overlap with compute: an upper bound where the backend overlaps (NCCL on GPUs overlaps DDP's
-all-reduce with the backward), close to what gloo does on a CPU whose cores are all computing.
+all-reduce with the backward), what gloo does on a CPU (FSDP2 issues every collective synchronously there).
+
+Around the collectives the wrappers copy (`data_parallel_copies`, priced on the profile's copy table like any
+memory-bound operation): DDP copies each gradient into its bucket and back (gradient_as_bucket_view is off by
+default); FSDP2 copies a unit's shard into the all-gather's buffer and the gathered tensor out into the
+parameters, and the gradients into the reduce-scatter's buffer.
 
 Times come from a measured table (`python -m profiling calibrate` under torchrun, at its world size; the time of
 an S-byte message is interpolated between measured sizes, and beyond the largest at its bandwidth), or from a
@@ -21,6 +27,7 @@ ring over a link (bytes/s per device, one direction) with a fixed latency per ho
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -29,11 +36,12 @@ from typing import Any
 
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
-from profiling.flops import param_count
+from profiling.flops import Op, bytes_per_element, param_count
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
 SIZES = tuple(4 ** k for k in range(5, 14))  # bytes of the whole tensor: 1 KiB … 64 MiB
 DDP_BUCKET_BYTES = 25 * 2 ** 20  # torch DDP's default bucket_cap_mb
+DDP_FIRST_BUCKET_BYTES = 2 ** 20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES: the last gradients, synced first
 # Per ring hop inside a server on a reference profile. Assumption, not a cited measurement: NCCL's small-message
 # all-reduce on one 8-GPU NVLink server takes some tens of microseconds, a couple per hop.
 REFERENCE_LATENCY_S = 2e-6
@@ -86,9 +94,18 @@ def table_seconds(table: dict[str, Any], op: str, nbytes: float, world_size: int
     return seconds[-1] * nbytes / sizes[-1]
 
 
-def _chunks(total: float, size: float) -> list[float]:
-    whole, rest = divmod(total, size)
-    return [size] * int(whole) + ([rest] if rest else [])
+def ddp_buckets(total_bytes: float) -> list[float]:
+    """Bytes of each of DDP's gradient buckets: the first 1 MiB, then 25 MiB each (tensor boundaries ignored)."""
+    first = min(total_bytes, DDP_FIRST_BUCKET_BYTES)
+    whole, rest = divmod(total_bytes - first, DDP_BUCKET_BYTES)
+    return [first] + [DDP_BUCKET_BYTES] * int(whole) + ([rest] if rest else [])
+
+
+def fsdp_units(config: GPTConfig) -> tuple[int, int]:
+    """Parameters of one block and of the root unit (embeddings and final norm): what FSDP2 gathers as one."""
+    final_norm = config.n_embd * (1 + int(config.bias))
+    block = (param_count(config, embeddings=False) - final_norm) // config.n_layer
+    return block, param_count(config) - config.n_layer * block
 
 
 def data_parallel_seconds(config: GPTConfig, world_size: int, grad_accum: int, sharded: bool,
@@ -98,14 +115,38 @@ def data_parallel_seconds(config: GPTConfig, world_size: int, grad_accum: int, s
     weights under autocast, as train.py keeps them)."""
     if world_size == 1:
         return 0.0
-    total = param_count(config)
     if not sharded:
-        return sum(seconds_of("all_reduce", bucket) for bucket in _chunks(total * param_bytes, DDP_BUCKET_BYTES))
-    final_norm = config.n_embd * (1 + int(config.bias))
-    block = (param_count(config, embeddings=False) - final_norm) // config.n_layer
-    units = [block * param_bytes] * config.n_layer + [(total - config.n_layer * block) * param_bytes]
-    gathers = 2 * grad_accum * sum(seconds_of("all_gather", size) for size in units)
-    return gathers + sum(seconds_of("reduce_scatter", size) for size in units)
+        return sum(seconds_of("all_reduce", bucket) for bucket in ddp_buckets(param_count(config) * param_bytes))
+    block, root = (units * param_bytes for units in fsdp_units(config))
+    gathers = grad_accum * (2 * config.n_layer * seconds_of("all_gather", block) + seconds_of("all_gather", root))
+    return gathers + config.n_layer * seconds_of("reduce_scatter", block) + seconds_of("reduce_scatter", root)
+
+
+def data_parallel_copies(config: GPTConfig, world_size: int, grad_accum: int, sharded: bool,
+                         dtype: object = "fp32") -> list[Op]:
+    """The memory-bound copies DDP or FSDP2 make around the collectives of one optimizer step (module docstring),
+    as operations of the "copy" kind, elements of float32 master weights and gradients."""
+    if world_size == 1:
+        return []
+    elem = bytes_per_element(dtype)
+    if not sharded:  # into the bucket (scaled by 1/world_size) and back into the gradients, float32
+        return [Op("ddp_bucket_copy", "copy", (int(nbytes) // 4,), 0, 2 * int(nbytes), 2, "backward")
+                for nbytes in ddp_buckets(4 * param_count(config))]
+    block, root = fsdp_units(config)
+    ops = []
+    for name, elements, units, gathers in (("block", block, config.n_layer, 2), ("root", root, 1, 1)):
+        shard, count = -(-elements // world_size), units * gathers * grad_accum  # gathers per micro-step
+        ops += [Op(f"fsdp_{name}_gather_copy_in", "copy", (shard,), 0, 2 * shard * elem, count),
+                Op(f"fsdp_{name}_gather_copy_out", "copy", (elements,), 0, 2 * elements * elem, count),
+                Op(f"fsdp_{name}_reduce_copy_in", "copy", (elements,), 0, 2 * elements * 4, units, "backward")]
+    return ops
+
+
+def sharded_optimizer(ops: list[Op], world_size: int) -> list[Op]:
+    """`ops` with the optimizer step over each rank's shard of every parameter tensor (FSDP: 1/world_size of
+    each, rounded up: FSDP2 pads dim 0 to a multiple of the world size)."""
+    return [dataclasses.replace(op, shape=tuple(-(-size // world_size) for size in op.shape),
+                                bytes=-(-op.bytes // world_size)) if op.kind == "adamw" else op for op in ops]
 
 
 def measure(sizes: tuple[int, ...] = SIZES, repeats: int = 5, progress: bool = True) -> dict[str, Any]:

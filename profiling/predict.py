@@ -114,6 +114,9 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
         raise PredictError(f"--seq-len {seq_len} exceeds the model's context of {config.block_size}; "
                            "lower it or raise --context")
     ops = flops.train_step_operations(config, batch, seq_len, grad_accum, profile.dtype)
+    if world_size > 1:  # the wrappers' copies; FSDP's optimizer updates this rank's shards only
+        ops += collectives.data_parallel_copies(config, world_size, grad_accum, sharded, profile.dtype)
+        ops = collectives.sharded_optimizer(ops, world_size) if sharded else ops
     seconds = price(ops, profile, training=True)
     fixed = profile.overhead["fixed_s"]
     seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]

@@ -13,10 +13,12 @@ import pytest
 from gpt.config import GPTConfig
 from profiling import collectives, device_profile, flops, predict
 from profiling.collectives import CommunicationError, Link
-from tests.test_predict import synthetic_profile
+from tests.test_predict import PER_CALL_TRAINING, PER_PARAMETER, PER_TENSOR, SECONDS_PER_ELEMENT, synthetic_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=64)
+# One block: 12·64² weights + 13·64 biases and LayerNorm gains; the root: wte 300·64, wpe 64·64, ln_f 2·64.
+BLOCK, ROOT_UNIT = 12 * 64 * 64 + 13 * 64, 300 * 64 + 64 * 64 + 2 * 64
 TABLE = {"backend": "gloo", "world_size": 2,
          "ops": {op: {"bytes": [1000, 3000], "seconds": [1e-4, 3e-4]} for op in collectives.OPS}}
 
@@ -36,36 +38,65 @@ def test_measured_table_interpolates_clamps_and_extrapolates_at_its_bandwidth():
         collectives.table_seconds(TABLE, "all_reduce", 2000, 4)
 
 
-def test_ddp_all_reduces_every_gradient_in_buckets_and_fsdp_gathers_twice_per_micro_step():
+def test_ddp_all_reduces_every_gradient_in_buckets_and_fsdp_gathers_blocks_twice_per_micro_step():
     calls = []
 
     def bytes_of(op, size):
         calls.append((op, size))
         return size
 
+    assert flops.param_count(CONFIG) == 3 * BLOCK + ROOT_UNIT
+    assert collectives.fsdp_units(CONFIG) == (BLOCK, ROOT_UNIT)
     total = 4 * flops.param_count(CONFIG)
-    assert collectives.data_parallel_seconds(CONFIG, 2, 3, False, bytes_of) == total
+    assert collectives.data_parallel_seconds(CONFIG, 2, 3, False, bytes_of) == total  # one bucket under 1 MiB
     assert {op for op, _ in calls} == {"all_reduce"}
     big = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)  # GPT-2: 498 MB
     calls.clear()
     collectives.data_parallel_seconds(big, 2, 1, False, bytes_of)
-    assert len(calls) == -(-4 * flops.param_count(big) // collectives.DDP_BUCKET_BYTES)
+    # 497,759,232 bytes: the first bucket of 1 MiB, then 18 of 25 MiB and the rest, 496,710,656 − 18·26,214,400
+    assert [size for _, size in calls] == [2**20] + [25 * 2**20] * 18 + [496_710_656 - 18 * 26_214_400]
     calls.clear()
-    assert collectives.data_parallel_seconds(CONFIG, 2, 3, True, bytes_of) == pytest.approx(2 * 3 * total + total)
-    assert sum(op == "reduce_scatter" for op, _ in calls) == CONFIG.n_layer + 1  # each block, then the rest
+    # per micro-step (3) each block gathered twice and the root once; per step one reduce-scatter of each unit
+    gathered = 4 * 3 * (2 * 3 * BLOCK + ROOT_UNIT)
+    assert collectives.data_parallel_seconds(CONFIG, 2, 3, True, bytes_of) == pytest.approx(gathered + total)
+    assert set(calls) == {(op, 4 * unit) for op in ("all_gather", "reduce_scatter") for unit in (BLOCK, ROOT_UNIT)}
     assert collectives.data_parallel_seconds(CONFIG, 1, 3, True, bytes_of) == 0
 
 
-def test_predict_adds_the_measured_collectives_to_the_step():
+def test_ddp_step_adds_the_all_reduce_and_the_bucket_copies_by_hand():
     profile = dataclasses.replace(synthetic_profile(), collectives=TABLE)
     alone = predict.predict_train(CONFIG, 2, 32, 1, profile)
     ddp = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=2)
-    nbytes = 4 * flops.param_count(CONFIG)
-    expected = collectives.table_seconds(TABLE, "all_reduce", nbytes, 2)
+    params = flops.param_count(CONFIG)
+    all_reduce = collectives.table_seconds(TABLE, "all_reduce", 4 * params, 2)
+    copies = 2 * (params * SECONDS_PER_ELEMENT + PER_CALL_TRAINING)  # into the one bucket and back
     assert alone.breakdown["communication"] == 0
-    assert ddp.breakdown["communication"] == pytest.approx(expected)
-    assert ddp.step_seconds == pytest.approx(alone.step_seconds + expected)
+    assert ddp.breakdown["communication"] == pytest.approx(all_reduce)
+    assert ddp.breakdown["memory_bound"] == pytest.approx(alone.breakdown["memory_bound"] + 2 * params * 1e-9)
+    assert ddp.step_seconds == pytest.approx(alone.step_seconds + all_reduce + copies)
     assert ddp.tokens_per_sec == pytest.approx(alone.tokens_per_sec * alone.step_seconds / ddp.step_seconds)
+
+
+def test_fsdp_step_by_hand_gathers_copies_and_sharded_optimizer():
+    profile = dataclasses.replace(synthetic_profile(), collectives=TABLE)
+    accum = 2
+    alone = predict.predict_train(CONFIG, 2, 32, accum, profile)
+    fsdp = predict.predict_train(CONFIG, 2, 32, accum, profile, world_size=2, sharded=True)
+    seconds = lambda op, units: collectives.table_seconds(TABLE, op, 4 * units, 2)  # noqa: E731
+    communication = (accum * (2 * 3 * seconds("all_gather", BLOCK) + seconds("all_gather", ROOT_UNIT))
+                     + 3 * seconds("reduce_scatter", BLOCK) + seconds("reduce_scatter", ROOT_UNIT))
+    # Each gather copies the shard in (half a unit, rounded up) and the whole unit out; each reduce-scatter
+    # copies the unit's gradients in: 6 block gathers and 1 root gather per micro-step, 4 reduce-scatters.
+    gathers = accum * (2 * 3 * (-(-BLOCK // 2) + BLOCK) + (-(-ROOT_UNIT // 2) + ROOT_UNIT))
+    copied = gathers + 3 * BLOCK + ROOT_UNIT
+    copy_calls = accum * 2 * (2 * 3 + 1) + 3 + 1
+    # AdamW over each tensor's half (every size here is even): parameters halve, tensors stay
+    optimizer = flops.param_count(CONFIG) / 2 * PER_PARAMETER + flops.parameter_tensors(CONFIG) * PER_TENSOR
+    assert all(size % 2 == 0 for size in flops.parameter_tensor_sizes(CONFIG))
+    assert fsdp.breakdown["communication"] == pytest.approx(communication)
+    assert fsdp.breakdown["optimizer"] == pytest.approx(optimizer)
+    assert fsdp.breakdown["memory_bound"] == pytest.approx(alone.breakdown["memory_bound"] + copied * 1e-9)
+    assert fsdp.breakdown["overhead"] == pytest.approx(alone.breakdown["overhead"] + copy_calls * PER_CALL_TRAINING)
 
 
 def test_a_profile_without_collectives_says_how_to_measure_them():
