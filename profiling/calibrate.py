@@ -50,8 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(about 40 s at one thread on the project's 2-vCPU VM). "
         "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/. Under torchrun "
         "(torchrun --standalone --nproc_per_node N -m profiling calibrate) it instead times all-reduce, all-gather "
-        "and reduce-scatter over message sizes on the running backend and adds them to the cached profile, which "
-        "predict --world-size N then uses.",
+        "and reduce-scatter over message sizes on the running backend, and the harness of a DDP and an FSDP "
+        "training step at width 8 (hooks, bookkeeping, the trainer's scalar all-reduces), and adds them to the "
+        "cached profile, which predict --world-size N then uses.",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--dtype", help="fp32, tf32, bf16 or fp16 (default: bf16 on a GPU, fp32 on CPU)")
@@ -68,8 +69,8 @@ def calibrate_collectives(device, dtype: str, out: str | None) -> int:
     import torch
 
     from gpt import distributed
-    from profiling import hardware
-    from profiling.collectives import measure
+    from profiling import hardware, harness
+    from profiling.collectives import MODES, measure
 
     device = distributed.init(device)
     name = hardware.device_name(device)  # a CPU's name holds its threads: torchrun gives each rank 1 by default
@@ -80,6 +81,7 @@ def calibrate_collectives(device, dtype: str, out: str | None) -> int:
                            f"process with the threads each rank has: {threads}python -m profiling calibrate "
                            f"--dtype {dtype}")
     table = measure()
+    table["harness"] = harness.measure(replace(profile, collectives=table), device, dtype)
     if not distributed.is_main():
         return 0
     profile = replace(profile, collectives=table)
@@ -87,6 +89,10 @@ def calibrate_collectives(device, dtype: str, out: str | None) -> int:
     nbytes, seconds = table["ops"]["all_reduce"]["bytes"][largest], table["ops"]["all_reduce"]["seconds"][largest]
     print(f"collectives on {table['backend']}, world size {table['world_size']}: all-reduce of {nbytes / 2**20:,.0f} "
           f"MiB in {seconds * 1e3:,.1f} ms ({nbytes / seconds / 1e9:,.2f} GB/s of tensor)")
+    for mode in MODES:
+        cost = table["harness"][mode]
+        print(f"harness of a {mode.upper()} step (width 8): {cost['per_step_s'] * 1e6:,.0f} us per step + "
+              f"{cost['per_block_s'] * 1e6:,.0f} us per block")
     print(f"cached in {save_profile(profile, cache_path(profile.device, profile.dtype), named_by='the cache')}")
     if out:
         print(f"written to {save_profile(profile, out)}")

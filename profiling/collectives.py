@@ -15,7 +15,9 @@ all-reduce with the backward), what gloo does on a CPU (FSDP2 issues every colle
 Around the collectives the wrappers copy (`data_parallel_copies`, priced on the profile's copy table like any
 memory-bound operation): DDP copies each gradient into its bucket and back (gradient_as_bucket_view is off by
 default); FSDP2 copies a unit's shard into the all-gather's buffer and the gathered tensor out into the
-parameters, and the gradients into the reduce-scatter's buffer.
+parameters, and the gradients into the reduce-scatter's buffer. What remains of a distributed step, the
+hooks, Python and DTensor dispatch, the trainer's scalar all-reduces, is the harness (`harness_seconds`),
+measured at width 8 under torchrun (profiling.harness).
 
 Times come from a measured table (`python -m profiling calibrate` under torchrun, at its world size; the time of
 an S-byte message is interpolated between measured sizes, and beyond the largest at its bandwidth), or from a
@@ -42,6 +44,7 @@ OPS = ("all_reduce", "all_gather", "reduce_scatter")
 SIZES = tuple(4 ** k for k in range(5, 14))  # bytes of the whole tensor: 1 KiB … 64 MiB
 DDP_BUCKET_BYTES = 25 * 2 ** 20  # torch DDP's default bucket_cap_mb
 DDP_FIRST_BUCKET_BYTES = 2 ** 20  # torch.distributed._DEFAULT_FIRST_BUCKET_BYTES: the last gradients, synced first
+MODES = ("ddp", "fsdp")
 # Per ring hop inside a server on a reference profile. Assumption, not a cited measurement: NCCL's small-message
 # all-reduce on one 8-GPU NVLink server takes some tens of microseconds, a couple per hop.
 REFERENCE_LATENCY_S = 2e-6
@@ -147,6 +150,17 @@ def sharded_optimizer(ops: list[Op], world_size: int) -> list[Op]:
     each, rounded up: FSDP2 pads dim 0 to a multiple of the world size)."""
     return [dataclasses.replace(op, shape=tuple(-(-size // world_size) for size in op.shape),
                                 bytes=-(-op.bytes // world_size)) if op.kind == "adamw" else op for op in ops]
+
+
+def harness_seconds(table: dict[str, Any], config: GPTConfig, sharded: bool) -> float:
+    """The harness of one data-parallel step of `config` (module docstring): the measured cost per step plus
+    per block (profiling.harness)."""
+    harness = table.get("harness")
+    if harness is None:
+        raise CommunicationError(f"the profile's collectives table has no harness measurement; measure it: "
+                                 f"torchrun --standalone --nproc_per_node {table['world_size']} -m profiling calibrate")
+    cost = harness["fsdp" if sharded else "ddp"]
+    return cost["per_step_s"] + config.n_layer * cost["per_block_s"]
 
 
 def measure(sizes: tuple[int, ...] = SIZES, repeats: int = 5, progress: bool = True) -> dict[str, Any]:

@@ -48,7 +48,9 @@ FORMAT = "gptmeter-device-profile"
 # 2: large matmuls timed with at least microbench.MIN_TIMED_ROWS rows, decode attention on a masked KV cache read
 #    from a window (microbench._decode_call). Version 1 priced large matmuls too slow and decode attention too
 #    fast, so it is refused (recalibrate).
-FORMAT_VERSION = 2
+# 3: a torchrun calibration's collectives table also holds the harness of a DDP and an FSDP step
+#    (collectives["harness"], profiling.harness), which a distributed prediction adds.
+FORMAT_VERSION = 3
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -79,7 +81,8 @@ class DeviceProfile:
     tf32: bool | None = None  # CUDA: float32 matmuls allowed to use TF32 while measuring
     clock: str | None = None  # what timed the measurements: CUDA events, wall, or process CPU time (microbench)
     citations: dict[str, str] = field(default_factory=dict)  # reference figure -> value, source, date
-    collectives: dict[str, Any] | None = None  # measured under torchrun: profiling.collectives.measure
+    # measured under torchrun: profiling.collectives.measure, with "harness" from profiling.harness.measure
+    collectives: dict[str, Any] | None = None
     format: str = FORMAT
     version: int = FORMAT_VERSION
 

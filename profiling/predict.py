@@ -6,7 +6,9 @@
 and tokens/s and MFU follow from it. What each mode covers, matching what the tools measure:
 
     train    `Trainer.train_step`: grad_accum × (forward + backward over batch × seq_len tokens), then
-             gradient clipping, AdamW and zeroing the gradients; tokens/s = batch · seq_len · grad_accum / step
+             gradient clipping, AdamW and zeroing the gradients; tokens/s = batch · seq_len · grad_accum / step.
+             On world_size data-parallel ranks, per card, plus the collectives, the wrappers' copies and the
+             measured harness (profiling.collectives)
     prefill  `GPT.generate` up to the first new token, as sample.py times it: the prompt's forward pass (logits
              at every position, keys and values into the cache) and the first draw; tokens/s = batch · P / time
     decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
@@ -121,6 +123,8 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
     fixed = profile.overhead["fixed_s"]
     seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]
     seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile)
+    if world_size > 1 and profile.collectives is not None:  # measured with the table; none on reference profiles
+        seconds["overhead"] += collectives.harness_seconds(profile.collectives, config, sharded)
     tokens = batch * seq_len * grad_accum
     return _prediction("train", seconds, tokens, tokens * flops.training_flops_per_token(config, seq_len), profile)
 
@@ -249,7 +253,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     work.add_argument("--grad-accum", type=positive_int, default=1, help="train: micro-batches per optimizer step")
     work.add_argument("--world-size", type=positive_int, default=1,
                       help="train: data-parallel processes (torchrun --nproc_per_node); --batch is per process, "
-                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP) to the step")
+                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP), the wrappers' copies and, on "
+                      "a measured profile, the harness measured with the collectives to the step")
     work.add_argument("--fsdp", action="store_true",
                       help="train: FSDP instead of DDP: all-gathers of each block's weights (forward and backward, "
                       "every micro-step) and reduce-scatters of its gradients")

@@ -1,5 +1,6 @@
 """Communication of data-parallel training: the ring model, the measured table and the predictor's
-`--world-size`, against hand counts; (slow) the collectives measured by 2 gloo processes under torchrun."""
+`--world-size`, against hand counts; (slow) the collectives and the harness measured by 2 gloo processes under
+torchrun."""
 
 import dataclasses
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gpt.config import GPTConfig
-from profiling import collectives, device_profile, flops, predict
+from profiling import collectives, device_profile, flops, harness, predict
 from profiling.collectives import CommunicationError, Link
 from tests.test_predict import PER_CALL_TRAINING, PER_PARAMETER, PER_TENSOR, SECONDS_PER_ELEMENT, synthetic_profile
 
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=64)
 # One block: 12·64² weights + 13·64 biases and LayerNorm gains; the root: wte 300·64, wpe 64·64, ln_f 2·64.
 BLOCK, ROOT_UNIT = 12 * 64 * 64 + 13 * 64, 300 * 64 + 64 * 64 + 2 * 64
-TABLE = {"backend": "gloo", "world_size": 2,
+HARNESS = {"ddp": {"per_step_s": 4e-4, "per_block_s": 1e-5}, "fsdp": {"per_step_s": 2e-3, "per_block_s": 3e-3}}
+TABLE = {"backend": "gloo", "world_size": 2, "harness": HARNESS,
          "ops": {op: {"bytes": [1000, 3000], "seconds": [1e-4, 3e-4]} for op in collectives.OPS}}
 
 
@@ -63,21 +65,22 @@ def test_ddp_all_reduces_every_gradient_in_buckets_and_fsdp_gathers_blocks_twice
     assert collectives.data_parallel_seconds(CONFIG, 1, 3, True, bytes_of) == 0
 
 
-def test_ddp_step_adds_the_all_reduce_and_the_bucket_copies_by_hand():
+def test_ddp_step_adds_the_all_reduce_the_bucket_copies_and_the_harness_by_hand():
     profile = dataclasses.replace(synthetic_profile(), collectives=TABLE)
     alone = predict.predict_train(CONFIG, 2, 32, 1, profile)
     ddp = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=2)
     params = flops.param_count(CONFIG)
     all_reduce = collectives.table_seconds(TABLE, "all_reduce", 4 * params, 2)
     copies = 2 * (params * SECONDS_PER_ELEMENT + PER_CALL_TRAINING)  # into the one bucket and back
+    harness = HARNESS["ddp"]["per_step_s"] + 3 * HARNESS["ddp"]["per_block_s"]
     assert alone.breakdown["communication"] == 0
     assert ddp.breakdown["communication"] == pytest.approx(all_reduce)
     assert ddp.breakdown["memory_bound"] == pytest.approx(alone.breakdown["memory_bound"] + 2 * params * 1e-9)
-    assert ddp.step_seconds == pytest.approx(alone.step_seconds + all_reduce + copies)
+    assert ddp.step_seconds == pytest.approx(alone.step_seconds + all_reduce + copies + harness)
     assert ddp.tokens_per_sec == pytest.approx(alone.tokens_per_sec * alone.step_seconds / ddp.step_seconds)
 
 
-def test_fsdp_step_by_hand_gathers_copies_and_sharded_optimizer():
+def test_fsdp_step_by_hand_gathers_copies_sharded_optimizer_and_harness():
     profile = dataclasses.replace(synthetic_profile(), collectives=TABLE)
     accum = 2
     alone = predict.predict_train(CONFIG, 2, 32, accum, profile)
@@ -92,11 +95,26 @@ def test_fsdp_step_by_hand_gathers_copies_and_sharded_optimizer():
     copy_calls = accum * 2 * (2 * 3 + 1) + 3 + 1
     # AdamW over each tensor's half (every size here is even): parameters halve, tensors stay
     optimizer = flops.param_count(CONFIG) / 2 * PER_PARAMETER + flops.parameter_tensors(CONFIG) * PER_TENSOR
+    harness = HARNESS["fsdp"]["per_step_s"] + 3 * HARNESS["fsdp"]["per_block_s"]
     assert all(size % 2 == 0 for size in flops.parameter_tensor_sizes(CONFIG))
     assert fsdp.breakdown["communication"] == pytest.approx(communication)
     assert fsdp.breakdown["optimizer"] == pytest.approx(optimizer)
     assert fsdp.breakdown["memory_bound"] == pytest.approx(alone.breakdown["memory_bound"] + copied * 1e-9)
-    assert fsdp.breakdown["overhead"] == pytest.approx(alone.breakdown["overhead"] + copy_calls * PER_CALL_TRAINING)
+    assert fsdp.breakdown["overhead"] == pytest.approx(alone.breakdown["overhead"] + copy_calls * PER_CALL_TRAINING
+                                                       + harness)
+
+
+def test_a_table_without_the_harness_says_how_to_measure_it():
+    table = {key: value for key, value in TABLE.items() if key != "harness"}
+    profile = dataclasses.replace(synthetic_profile(), collectives=table)
+    with pytest.raises(CommunicationError, match="torchrun --standalone --nproc_per_node 2 -m profiling calibrate"):
+        predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=2)
+
+
+def test_the_harness_splits_into_a_cost_per_step_and_per_block():
+    assert harness.split({1: 5e-3, 3: 11e-3}) == pytest.approx({"per_step_s": 2e-3, "per_block_s": 3e-3})
+    assert harness.split({3: 1e-3, 1: 2e-3}) == {"per_step_s": 2e-3, "per_block_s": 0.0}  # no negative block cost
+    assert harness.split({1: -1e-3, 3: -1e-3}) == {"per_step_s": 0.0, "per_block_s": 0.0}
 
 
 def test_a_profile_without_collectives_says_how_to_measure_them():
@@ -115,12 +133,16 @@ def test_reference_gpu_profiles_ring_over_the_nvlink_of_the_hardware_table():
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_measure_every_collective(tmp_path):
+def test_two_gloo_processes_measure_every_collective_and_the_harness(tmp_path):
     script = tmp_path / "measure.py"
-    script.write_text("import json, torch.distributed as dist\n"
+    script.write_text("import dataclasses, json, torch, torch.distributed as dist\n"
+                      "from profiling import harness\n"
                       "from profiling.collectives import measure\n"
+                      "from tests.test_predict import synthetic_profile\n"
                       "dist.init_process_group('gloo')\n"
                       "table = measure(sizes=(1024, 65536), repeats=2, progress=False)\n"
+                      "profile = dataclasses.replace(synthetic_profile(), collectives=table)\n"
+                      "table['harness'] = harness.measure(profile, torch.device('cpu'), 'fp32', steps=3)\n"
                       "print(json.dumps(table)) if dist.get_rank() == 0 else None\n"
                       "dist.destroy_process_group()\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -132,3 +154,7 @@ def test_two_gloo_processes_measure_every_collective(tmp_path):
     for op in collectives.OPS:
         assert table["ops"][op]["bytes"] == [1024, 65536]
         assert all(seconds > 0 for seconds in table["ops"][op]["seconds"])
+    for mode in collectives.MODES:  # the width-8 steps of both wrappers were timed, and their harness is finite
+        assert set(table["harness"]["measured_s"][mode]) == {"1", "3"}
+        assert all(value > 0 for value in table["harness"]["measured_s"][mode].values())
+        assert 0 <= collectives.harness_seconds(table, CONFIG, mode == "fsdp") < 1

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every module of profiling/ in exactly one layer; a lower layer never imports a higher one.
 LAYERS = {
     "measure": {"energy", "meter", "rundir", "scaling"},
-    "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict", "collectives"},
+    "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict", "collectives",
+              "harness"},
     "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
                      "__init__", "train_compare_cli"},
