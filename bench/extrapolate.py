@@ -16,7 +16,12 @@ For each shape, workload and batch (training, prefill and decode at batch 1 and 
 
 and prints both predictions' error (predicted − measured) / measured next to the measurement.
 
+With --world-size N, data-parallel training instead (bench/distributed.py): train.py itself, in one process
+and under torchrun with N gloo processes (DDP, FSDP), tokens/s per card against `predict_train(world_size=N)`
+on a profile whose collectives and harness were measured under torchrun.
+
     flock /tmp/gptmeter-heavy.lock python -m bench.extrapolate [--profile FILE] [--threads 1] [--json FILE]
+    flock /tmp/gptmeter-heavy.lock python -m bench.extrapolate --world-size 2 [--profile FILE] [--json FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import distributed
 from bench._memory import skip_reason, training_bytes
 from gpt.cli import HelpFormatter, fail, positive_int
 from gpt.config import GPTConfig
@@ -286,7 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed generate calls per point (fastest kept)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write every row (and the profile) as JSON")
+    parser.add_argument("--world-size", type=positive_int, default=1,
+                        help="N > 1: data-parallel training instead: train.py in one process, then under torchrun "
+                        "with N gloo processes (DDP, then FSDP), tokens/s per card, --batches per card, --steps "
+                        "steps a run after the meter's warm-up; the profile is calibrated under torchrun too "
+                        "unless --profile names one with collectives measured at N (bench/distributed.py)")
     args = parser.parse_args(argv)
+    if args.world_size > 1:
+        return distributed_main(args)
     torch.set_num_threads(args.threads)
     try:
         started = time.perf_counter()
@@ -306,6 +320,35 @@ def main(argv: list[str] | None = None) -> int:
                   "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
                   "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}
         write_json(args.json, result)
+    return 0
+
+
+def distributed_main(args: argparse.Namespace) -> int:
+    """--world-size N: the data-parallel cases (bench/distributed.py)."""
+    try:
+        if args.threads != 1:
+            raise GptmeterError("--world-size runs every process at one thread, as torchrun does; drop --threads")
+        started = time.perf_counter()
+        if args.profile:
+            profile = load_profile(args.profile)
+            if profile.device_class != "cpu" or profile.threads != 1:
+                raise GptmeterError(f"{args.profile} profiles {profile.device}, not this CPU at one thread, as every "
+                                    "process runs; calibrate with OMP_NUM_THREADS=1")
+        else:
+            with tempfile.TemporaryDirectory() as folder:
+                profile = distributed.calibrate_profile(args.world_size, Path(folder) / "profile.json")
+        calibration_seconds = None if args.profile else time.perf_counter() - started
+        rows = distributed.run_benchmark(profile, {name: shape_config(name) for name in args.shapes}, args.batches,
+                                         args.world_size, args.steps,
+                                         progress=lambda line: print(line, file=sys.stderr))
+    except GptmeterError as error:
+        fail("bench.extrapolate", str(error))
+    print(distributed.format_rows(rows))
+    if args.json:
+        write_json(args.json, {"device": profile.device, "world_size": args.world_size, "threads": 1,
+                               "calibration_wall_seconds": calibration_seconds, "profile": asdict(profile),
+                               "context": CONTEXT, "vocab": VOCAB, "timed_steps": args.steps,
+                               "rows": [asdict(row) | {"error": row.error} for row in rows]})
     return 0
 
 

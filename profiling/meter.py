@@ -43,6 +43,8 @@ import torch
 
 from profiling.energy import EnergyReader
 
+WARMUP_STEPS = 3  # steps a meter leaves out of its figures by default (train.py's): allocation, caches, lazy init
+
 
 @dataclass(slots=True)
 class StepMetrics:
@@ -165,7 +167,7 @@ class StepMeter:
         measured_peak_flops: float | None = None,
         bytes_read_per_step: float | None = None,
         peak_bandwidth: float | None = None,
-        warmup_steps: int = 3,
+        warmup_steps: int = WARMUP_STEPS,
         window: int = 20,
         energy: EnergyReader | None = None,
         energy_interval_s: float = 0.1,
