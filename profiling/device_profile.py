@@ -7,8 +7,10 @@ A profile prices one operation (`profiling.flops.Op`) at its own shape:
     attention     FLOP/s over (batch·heads, sequence, head size) per variant: causal forward, its backward,
                   one decode query against a KV cache
     memory-bound  seconds over element counts per kind (LayerNorm, GELU, add, copy, embedding,
-                  cross-entropy, sampling, and their backwards), piecewise linear in log-log; past the
-                  largest size, time grows in proportion to the size (the largest size's bandwidth)
+                  cross-entropy, sampling, the KV cache's write and zero-filled allocation, and their
+                  backwards), piecewise linear in log-log; past the largest size, time grows in proportion
+                  to the size (the largest size's bandwidth). LayerNorm and the embedding, which work row
+                  by row, are measured at several row widths and interpolated log-linearly in the width
     adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step); a
                   measured profile's seconds per parameter is a grid over the tensor's size and the model's
                   parameter count (log-log, clamped at its edges): the update makes several passes over each
@@ -48,7 +50,10 @@ FORMAT = "gptmeter-device-profile"
 # 2: large matmuls timed with at least microbench.MIN_TIMED_ROWS rows, decode attention on a masked KV cache read
 #    from a window (microbench._decode_call). Version 1 priced large matmuls too slow and decode attention too
 #    fast, so it is refused (recalibrate).
-FORMAT_VERSION = 2
+# 3: memory-bound operations timed on operands rotated through a window (not cache-hot), LayerNorm and the
+#    embedding at several row widths, the KV cache's allocation ("zeros"). Version 2 priced a small model's
+#    memory-bound work up to 2x too fast.
+FORMAT_VERSION = 3
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -112,7 +117,19 @@ class DeviceProfile:
         table = self.memory.get(op.kind)
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
-        return _size_curve(table["elements"], table["seconds"], op.shape[0])
+        cold = self.memory.get(op.kind + "_cold")
+        if cold is not None and op.working_set > self.matmul["window_bytes"]:  # as _matmul_rate's skinny products
+            warm, weight = _size_curve(table["elements"], table["seconds"], op.shape[0]), self._coldness(op.working_set)
+            return math.exp((1 - weight) * math.log(warm)
+                            + weight * math.log(_size_curve(cold["elements"], cold["seconds"], op.shape[0])))
+        if "widths" not in table:
+            return _size_curve(table["elements"], table["seconds"], op.shape[0])
+        # timed at several row widths: log-linear in the width between the two size curves around it, clamped
+        if len(op.shape) < 2:
+            raise ValueError(f"{op.kind} op {op.name!r} needs its row width: shape (elements, width)")
+        lower, upper, weight = _bracket(table["widths"], op.shape[1])
+        curve = lambda i: _size_curve(table["elements"], table["seconds"][i], op.shape[0])  # noqa: E731
+        return math.exp((1 - weight) * math.log(curve(lower)) + weight * math.log(curve(upper)))
 
     def _matmul_rate(self, op: Op) -> float:
         """FLOP/s at the op's shape; a skinny product of a model whose weights outgrow the warm window is
@@ -571,7 +588,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     grid = GRIDS["quick" if quick else torch_device.type]
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
+    steps += microbench.memory_steps(grid.sizes) + len(grid.adamw_cases) + 2
     steps += len(grid.adamw_sizes) * len(grid.adamw_totals)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
@@ -586,7 +603,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         curve = microbench.window_curve(torch_device, dtype, windows)
         attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                               grid.head_dims, grid.max_flops, tick)
-        memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
+        memory = microbench.memory_tables(torch_device, dtype, grid.sizes, grid.cold_bytes, tick)
         adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
         adamw["grid"] = {"tensor_elements": grid.adamw_sizes, "parameters": grid.adamw_totals,
                          "seconds_per_parameter": microbench.adamw_per_parameter(

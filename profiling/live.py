@@ -211,7 +211,8 @@ class GenerationProfiler:
         note = self.prediction_note
         if self.device_profile is not None:
             try:
-                prefill = predict.predict_prefill(self.config, self.batch, self.prompt_len, self.device_profile)
+                prefill = predict.predict_prefill(self.config, self.batch, self.prompt_len, self.device_profile,
+                                                  max(self.new_tokens, 1))
                 if decode_tokens_per_sec is not None:
                     decode = predict.predict_decode(self.config, self.batch, self.prompt_len, self.new_tokens,
                                                     self.device_profile)

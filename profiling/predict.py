@@ -7,8 +7,9 @@ and tokens/s and MFU follow from it. What each mode covers, matching what the to
 
     train    `Trainer.train_step`: grad_accum × (forward + backward over batch × seq_len tokens), then
              gradient clipping, AdamW and zeroing the gradients; tokens/s = batch · seq_len · grad_accum / step
-    prefill  `GPT.generate` up to the first new token, as sample.py times it: the prompt's forward pass (logits
-             at every position, keys and values into the cache) and the first draw; tokens/s = batch · P / time
+    prefill  `GPT.generate` up to the first new token, as sample.py times it: its KV cache allocated for the
+             prompt and the new tokens, the prompt's forward pass (logits at every position, keys and values into
+             the cache) and the first draw; tokens/s = batch · P / time
     decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
              draws, counted as batch · (N−1) tokens; step_seconds is the mean per token. Each forward's
              attention reads the cache slots that hold tokens, P+1 … P+N (gpt.generate's KVCache.window
@@ -128,11 +129,14 @@ def _check_context(config: GPTConfig, tokens: int) -> None:
                            "lower --prompt-tokens/--new-tokens or raise --context")
 
 
-def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: DeviceProfile) -> Prediction:
-    """The prompt's forward pass and the first draw, as sample.py times its prefill."""
-    _check(config, batch=batch, prompt_tokens=prompt_tokens)
+def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: DeviceProfile,
+                    new_tokens: int = 1) -> Prediction:
+    """The KV cache's allocation for the prompt and `new_tokens`, the prompt's forward pass and the first draw, as
+    sample.py times its prefill."""
+    _check(config, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     _check_context(config, prompt_tokens)
-    seconds = price(flops.prefill_operations(config, batch, prompt_tokens, profile.dtype), profile, training=False)
+    ops = flops.prefill_operations(config, batch, prompt_tokens, profile.dtype, new_tokens)
+    seconds = price(ops, profile, training=False)
     seconds["overhead"] += profile.overhead["fixed_s"]["prefill"]
     model_flops = batch * flops.prefill_flops(config, prompt_tokens, causal=False)
     return _prediction("prefill", seconds, batch * prompt_tokens, model_flops, profile)
@@ -204,7 +208,7 @@ def predict(config: GPTConfig, mode: str, profile: DeviceProfile, batch: int, se
     if prompt_tokens is None:
         raise PredictError(f"--mode {mode} needs --prompt-tokens")
     if mode == "prefill":
-        return predict_prefill(config, batch, prompt_tokens, profile)
+        return predict_prefill(config, batch, prompt_tokens, profile, new_tokens or 1)
     if new_tokens is None:
         raise PredictError("--mode decode needs --new-tokens")
     return predict_decode(config, batch, prompt_tokens, new_tokens, profile)
@@ -252,7 +256,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       "every micro-step) and reduce-scatters of its gradients")
     work.add_argument("--prompt-tokens", type=positive_int, help="prefill/decode: prompt length in tokens")
     work.add_argument("--new-tokens", type=positive_int,
-                      help="decode: tokens generated; the result is the mean per token, as sample.py measures it")
+                      help="decode: tokens generated; the result is the mean per token, as sample.py measures it; "
+                      "prefill: the tokens the KV cache is allocated for beyond the prompt (default 1)")
     where = parser.add_argument_group("device")
     where.add_argument("--device", metavar="KEY",
                        help="key of the hardware table (python -m profiling hardware), e.g. h100-sxm or cpu "

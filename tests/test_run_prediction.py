@@ -107,7 +107,7 @@ def test_sampling_records_prefill_and_decode_predictions(tmp_path, cached_profil
     written = json.loads(path.read_text())
     config = GPTConfig(**written["model"])
     batch, prompt, new = written["batch"], written["prompt_tokens"], written["new_tokens"]
-    prefill = predict.predict_prefill(config, batch, prompt, cached_profile)
+    prefill = predict.predict_prefill(config, batch, prompt, cached_profile, new)  # the cache holds prompt + new
     decode = predict.predict_decode(config, batch, prompt, new, cached_profile)
     assert written["prefill_predicted_tokens_per_sec"] == pytest.approx(prefill.tokens_per_sec, rel=1e-12)
     assert written["decode_predicted_tokens_per_sec"] == pytest.approx(decode.tokens_per_sec, rel=1e-12)
