@@ -365,16 +365,26 @@ def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
 # ----------------------------------------------------------------------------- the optimizer
 
 
-def _optimizer_step_seconds(device: torch.device, tensors: int, elements: int) -> float:
+def _optimizer_step_seconds(device: torch.device, tensors: int, elements: int, window: int = WARM_BYTES) -> float:
     """Seconds of what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's
-    step (the trainer's own `make_optimizer`), zero the gradients — over `tensors` tensors of `elements`."""
+    step (the trainer's own `make_optimizer`), zero the gradients — over `tensors` tensors of `elements`.
+
+    Successive steps update successive copies of the whole state (16 bytes per parameter: parameter, gradient,
+    two moments) filling `window` bytes, up to MAX_OPERAND_SETS of them: in training, a forward and backward pass
+    run between two optimizer steps, so the state is not cache-hot when the step comes round again."""
     from gpt.trainer import TrainConfig, make_optimizer
 
-    params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device)) for _ in range(tensors))
-    grads = [torch.randn(elements, device=device) for _ in range(tensors)]
-    optimizer = make_optimizer(params, TrainConfig(device=str(device)))
+    def state() -> tuple:
+        params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device))
+                                        for _ in range(tensors))
+        grads = [torch.randn(elements, device=device) for _ in range(tensors)]
+        return params, grads, make_optimizer(params, TrainConfig(device=str(device)))
+
+    states = [state() for _ in range(max(1, min(MAX_OPERAND_SETS, window // (16 * tensors * elements))))]
+    turn = iter(range(1 << 62))
 
     def step() -> None:
+        params, grads, optimizer = states[next(turn) % len(states)]
         for param, grad in zip(params, grads):
             param.grad = grad
         torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)
