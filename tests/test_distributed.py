@@ -30,9 +30,13 @@ def corpus(tmp_path) -> Path:
     return path
 
 
-def command(processes: int, *args: str) -> list[str]:
+def command(processes: int, *args: str, script: Path = REPO / "train.py") -> list[str]:
+    """torchrun running `script` (train.py, or a test's wrapper around it) with the small model's flags."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    return [*launcher, str(REPO / "train.py"), *RUN, *args]
+    return [*launcher, str(script), *RUN, *args]
+
+
+MODES = {"ddp": [], "fsdp": ["--fsdp"]}
 
 
 def environment() -> dict[str, str]:
@@ -85,9 +89,18 @@ def test_killing_one_rank_ends_the_job_non_zero_within_the_time_limit(corpus, tm
     assert len(workers) == 2, "torchrun should have started two workers"
     os.kill(workers[1], signal.SIGKILL)
     started = time.monotonic()
-    process.communicate(timeout=TIME_LIMIT_S)
+    _, stderr = process.communicate(timeout=TIME_LIMIT_S)
     assert process.returncode != 0
     assert time.monotonic() - started < TIME_LIMIT_S
+    # torchrun's failure summary names the signal and the process in one line
+    assert f"Signal 9 (SIGKILL) received by PID {workers[1]}" in stderr, stderr
+    assert_no_rank_was_killed_by_torchrun(stderr)
+
+
+def assert_no_rank_was_killed_by_torchrun(stderr: str) -> None:
+    """torchrun sends SIGTERM to the ranks still alive after a failure and SIGKILLs (with this warning) those
+    that have not exited 30 s later: its absence means no surviving rank hung in a collective."""
+    assert "forcefully exiting" not in stderr, stderr
 
 
 CONSTANT_LR = ["--min-lr", "3e-3"]  # equal to --learning-rate: the schedule no longer depends on --max-iters
@@ -129,9 +142,10 @@ def test_fsdp_checkpoint_resumes_on_one_process_with_the_losses_of_an_uninterrup
 
 
 @pytest.mark.slow
-def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non_zero(corpus, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_to_torchrun_saves_one_loadable_checkpoint_and_exits_non_zero(corpus, tmp_path, mode):
     out = tmp_path / "run"
-    process = subprocess.Popen(command(2, "--data", str(corpus), "--fsdp", "--batch-size", "2", "--max-iters",
+    process = subprocess.Popen(command(2, "--data", str(corpus), *MODES[mode], "--batch-size", "2", "--max-iters",
                                        "100000", "--out-dir", str(out)), cwd=tmp_path, env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + TIME_LIMIT_S
@@ -144,11 +158,11 @@ def test_sigterm_to_torchrun_saves_one_loadable_sharded_checkpoint_and_exits_non
     assert stderr.count("stopped by SIGTERM") == 1, stderr  # rank 0 alone reports
     last_step = step_records(out)[-1]["step"]
     saved = load_checkpoint(out)
-    assert saved["step"] == last_step and saved["world_size"] == 2 and saved["mode"] == "fsdp"
-    assert not (out / "ckpt.dcp.tmp").exists() and not (out / "ckpt.dcp.old").exists()
+    assert saved["step"] == last_step and saved["world_size"] == 2 and saved["mode"] == mode
+    assert not list(out.glob("*.tmp")) and not (out / "ckpt.dcp.old").exists()  # no save was left half-done
 
 
-POISON_RANK_1 = r'''
+POISON_RANK_1 = r"""
 import sys
 import torch
 import train
@@ -159,7 +173,7 @@ from gpt.trainer import Trainer
 step = Trainer.train_step
 
 
-def poisoned(self):  # after step 4, one value of rank 1's shard becomes NaN; rank 0's weights stay finite
+def poisoned(self):  # after step 4, one value of rank 1's weights (its shard, or its replica) becomes NaN
     record = step(self)
     if self.step == 1:  # what this rank holds
         held = sum(local(p).numel() for p in self.model.parameters())
@@ -173,21 +187,63 @@ def poisoned(self):  # after step 4, one value of rank 1's shard becomes NaN; ra
 
 Trainer.train_step = poisoned
 sys.exit(train.main(sys.argv[1:]))
-'''
+"""
 
 
 @pytest.mark.slow
-def test_fsdp_shards_weights_and_a_nan_on_one_rank_stops_every_rank_before_the_next_checkpoint(corpus, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_weights_held_per_rank_and_a_nan_on_one_rank_stops_every_rank_before_the_next_checkpoint(corpus, tmp_path,
+                                                                                               mode):
     script, out = tmp_path / "poisoned_train.py", tmp_path / "run"
     script.write_text(POISON_RANK_1)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    finished = subprocess.run([*launcher, str(script), *RUN, "--data", str(corpus), "--fsdp", "--batch-size", "2",
-                               "--max-iters", "8", "--checkpoint-interval", "2", "--out-dir", str(out)],
+    finished = subprocess.run(command(2, "--data", str(corpus), *MODES[mode], "--batch-size", "2", "--max-iters",
+                                      "8", "--checkpoint-interval", "2", "--out-dir", str(out), script=script),
                               cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True, text=True)
     assert finished.returncode != 0
     assert "the run diverged: 1 non-finite weights after step 4; the checkpoint of step 2" in finished.stderr
-    # Each rank holds about half of the weights and of AdamW's moments, and the halves make the whole.
     held = [[int(n) for n in found] for found in re.findall(r"held: (\d+) (\d+) (\d+)\n", finished.stderr)]
     (weights_0, moments_0, total), (weights_1, moments_1, _) = held
-    assert weights_0 + weights_1 == moments_0 + moments_1 == total and max(weights_0, weights_1) < 0.6 * total
+    if mode == "fsdp":  # each rank holds about half of the weights and of AdamW's moments; the halves make the whole
+        assert weights_0 + weights_1 == moments_0 + moments_1 == total and max(weights_0, weights_1) < 0.6 * total
+    else:  # each DDP rank holds a whole replica
+        assert weights_0 == weights_1 == moments_0 == moments_1 == total
     assert load_checkpoint(out)["step"] == 2  # finite (load_checkpoint refuses NaN weights) and not replaced
+
+
+RAISE_ON_RANK_1 = r"""
+import sys
+import train
+from gpt import distributed
+from gpt.trainer import Trainer
+
+step = Trainer.train_step
+
+
+def failing(self):  # rank 1 fails in the step after the step-2 checkpoint, as a rank whose input became unreadable
+    if self.saved_step == 2 and distributed.rank() == 1:
+        raise OSError("rank 1 cannot read its next batch (raised by the test)")
+    return step(self)
+
+
+Trainer.train_step = failing
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_an_exception_on_one_rank_ends_the_job_non_zero_and_keeps_the_last_checkpoint(corpus, tmp_path, mode):
+    script, out = tmp_path / "failing_train.py", tmp_path / "run"
+    script.write_text(RAISE_ON_RANK_1)
+    started = time.monotonic()
+    finished = subprocess.run(command(2, "--data", str(corpus), *MODES[mode], "--batch-size", "2", "--max-iters",
+                                      "8", "--checkpoint-interval", "2", "--out-dir", str(out), script=script),
+                              cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True, text=True)
+    assert finished.returncode != 0
+    assert time.monotonic() - started < TIME_LIMIT_S
+    assert "[rank1]: OSError: rank 1 cannot read its next batch (raised by the test)" in finished.stderr
+    assert_no_rank_was_killed_by_torchrun(finished.stderr)  # rank 0 failed in its next collective, and exited
+    assert [record["step"] for record in step_records(out)] == [1, 2]
+    saved = load_checkpoint(out)
+    assert saved["step"] == 2 and saved["mode"] == mode
+    assert not list(out.glob("*.tmp")) and not (out / "ckpt.dcp.old").exists()
