@@ -1,5 +1,6 @@
 """torchrun data-parallel (DDP) and sharded (FSDP2) training on CPU: 2 gloo processes, launched the way a user launches them."""
 
+import dataclasses
 import json
 import os
 import re
@@ -13,8 +14,13 @@ import pytest
 import torch
 
 from gpt.checkpoint import load_checkpoint
+from gpt.config import GPTConfig
 from gpt.export import export_run
+from profiling import device_profile, predict
 from profiling.__main__ import main as profiling_main
+from profiling.hardware import device_name
+from profiling.rundir import summarize_run
+from tests.test_run_prediction import fake_profile
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = ["--block-size", "32", "--layers", "2", "--heads", "2", "--width", "32", "--dropout", "0",
@@ -48,8 +54,24 @@ def step_records(out_dir: Path) -> list[dict]:
     return [line for line in lines if line["kind"] == "step"]
 
 
+@pytest.fixture
+def rank_profile():
+    """The test's fake device profile in the cache, under the name a torchrun rank (1 thread) looks up, so every
+    run predicts its step on one card; removed afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # OMP_NUM_THREADS=1, as environment() gives each rank
+    try:
+        name = device_name("cpu")
+    finally:
+        torch.set_num_threads(threads)
+    profile = dataclasses.replace(fake_profile(), device=name)
+    path = device_profile.save_profile(profile, device_profile.cache_path(name, profile.dtype))
+    yield profile
+    path.unlink()
+
+
 @pytest.mark.slow
-def test_ddp_on_two_processes_matches_one_process_with_the_global_batch(corpus, tmp_path):
+def test_ddp_on_two_processes_matches_one_process_with_the_global_batch(corpus, tmp_path, rank_profile):
     common = ["--data", str(corpus), "--max-iters", "10", "--grad-accum", "2"]
     subprocess.run(command(2, *common, "--batch-size", "2", "--out-dir", str(tmp_path / "ddp")), check=True,
                    cwd=tmp_path, env=environment(), timeout=TIME_LIMIT_S, capture_output=True)
@@ -68,6 +90,15 @@ def test_ddp_on_two_processes_matches_one_process_with_the_global_batch(corpus, 
         assert "mfu" in record
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["world_size"] == 2 and config["global_batch_size"] == 4
+    # Each step line and the summary carry the share of step time one card's prediction does not explain.
+    predicted = predict.predict_train(GPTConfig(**config["model"]), 2, 32, 2, rank_profile).step_seconds
+    for record in ddp:
+        assert record["unexplained_step_fraction"] == pytest.approx(1 - predicted / record["step_time_s"])
+    summary = [line for line in map(json.loads, (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines())
+               if line["kind"] == "summary"][-1]
+    measured_step_s = summary["measured_time_s"] / summary["measured_steps"]
+    assert summary["unexplained_step_fraction"] == pytest.approx(1 - predicted / measured_step_s)
+    assert summarize_run(tmp_path / "ddp")["unexplained_step_fraction"] == pytest.approx(1 - predicted / measured_step_s)
 
 
 def worker_pids(launcher_pid: int) -> list[int]:
