@@ -64,6 +64,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append((measured_label, _percent(summary["mfu_measured_peak"])))
     rows.append(("HFU (executed FLOPs / peak)", _percent(summary["hfu"])))
     rows += _prediction_rows(summary)
+    if summary["world_size"] > 1:
+        rows += _distributed_rows(summary)
     if summary["energy_j"] is None:
         rows.append(("energy", "n/a (no power readings in the log)"))
     else:
@@ -95,6 +97,13 @@ def _prediction_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [(f"  predicted {category}", f"{seconds * 1e3:,.3f} ms ({seconds / step:.1%})")
              for category, seconds in prediction["breakdown"].items()]
     return rows
+
+
+def _distributed_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a distributed step spends beyond one card's work: the share of step time the single-card prediction
+    leaves unexplained (communication, waiting for slower ranks); n/a without a prediction."""
+    return [("world size", f"{summary['world_size']} ({summary['mode']}); figures above are per card"),
+            ("step time unexplained by one card's prediction", _percent(summary["unexplained_step_fraction"]))]
 
 
 # --------------------------------------------------------------------------- a scale --json file: its tornado
@@ -161,12 +170,16 @@ def report_scale_result(path: Path, plots: bool, as_json: bool) -> None:
 
 
 def format_scaling(rows: list[ScalingRow]) -> str:
-    """One line per run: world size, mode, tokens/s per card and for the job, MFU per card, efficiency."""
-    table = [("world size", "mode", "tokens/s per card", "tokens/s, job", "MFU per card", "efficiency", "run")]
+    """One line per run: world size, mode, tokens/s per card and for the job, MFU per card, efficiency, and the
+    share of step time the single-card prediction leaves unexplained."""
+    table = [("world size", "mode", "tokens/s per card", "tokens/s, job", "MFU per card", "efficiency",
+              "unexplained", "run")]
     table += [(str(row.world_size), row.mode, _number(row.tokens_per_sec_per_card), _number(row.job_tokens_per_sec),
-               _percent(row.mfu_per_card), f"{row.efficiency:.1%}", row.run_dir) for row in rows]
+               _percent(row.mfu_per_card), f"{row.efficiency:.1%}",
+               _percent(row.unexplained_step_fraction), row.run_dir) for row in rows]
     widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
-    return "\n".join(["scaling: tokens/s per card against the smallest world size (100% = perfect scaling)", "",
+    return "\n".join(["scaling: tokens/s per card against the smallest world size (100% = perfect scaling); "
+                      "unexplained: the share of step time one card's prediction does not account for", "",
                       *("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                         for line in table)])
 
