@@ -226,7 +226,8 @@ MEMORY_PASSES = {
     "copy": 2,  # transpose to contiguous
     "kv_write": 2,  # one layer's new keys (or values) written into the KV cache at their positions
     "kv_write_decode": 2,  # the same for a decode step's one new position per sequence and head
-    "zeros": 1,  # a KV cache allocated for a generate call, zero-filled
+    "zeros": 1,
+    "bias_grad": 1,  # a Linear's output gradient summed over the tokens (its bias's gradient)  # a KV cache allocated for a generate call, zero-filled
     "cross_entropy": 2,  # log-softmax over the vocabulary and the picked log-probabilities
     "cross_entropy_backward": 2,
     "sample": 3,  # temperature scale, softmax and one draw over the vocabulary, per sequence
@@ -326,13 +327,19 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
 
 def backward_operations(config: GPTConfig, forward: list[Op], batch: int, seq_len: int,
                         dtype: object = "fp32") -> list[Op]:
-    """The backward pass of a causal forward: each matmul becomes two (input and weight gradients)."""
+    """The backward pass of a causal forward: each matmul becomes two (input and weight gradients), plus the sum
+    of its output gradient over the tokens where it has a bias; the gradients of q, k and v, split apart in the
+    forward, are concatenated back into the qkv projection's."""
     elem, ops = bytes_per_element(dtype), []
     for op in forward:
         if op.kind == "matmul":
             m, n, k = op.shape
             ops.append(_matmul(op.name + "_grad_input", m, k, n, elem, op.count, "backward", op.working_set))
             ops.append(_matmul(op.name + "_grad_weight", n, k, m, elem, op.count, "backward", op.working_set))
+            if config.bias and op.name != "head":  # the output head shares the embedding and has no bias
+                ops.append(_memory(op.name + "_grad_bias", "bias_grad", m * n, elem, op.count, "backward"))
+            if op.name == "qkv":
+                ops.append(_memory("qkv_grad_concat", "copy", m * n, elem, op.count, "backward"))
         elif op.kind == "attention":
             ops.append(_attention(config, batch, seq_len, seq_len, elem, "causal_backward"))
         else:

@@ -263,6 +263,9 @@ def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dt
             return pool[next(turn) % places].index_copy_(2, position, keys)
 
         return write_one, None
+    if kind == "bias_grad":  # as a Linear's backward sums its output gradient (tokens, features) over the tokens
+        grad = rotating(lambda: (randn(rows, width),))
+        return (lambda: grad()[0].sum(0)), None
     if kind == "zeros":  # a KV cache allocated for a generate call: zero-filled new memory
         return (lambda: torch.zeros(elements, device=device, dtype=dtype)), None
     if kind in ("layernorm", "gelu"):
@@ -314,8 +317,8 @@ def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dt
 
 BACKWARD_OF = {"layernorm": "layernorm_backward", "gelu": "gelu_backward", "cross_entropy": "cross_entropy_backward",
                "embedding": "embedding_backward"}
-MEMORY_KINDS = ("add", "copy", "kv_write", "kv_write_decode", "zeros", "layernorm", "gelu", "embedding",
-                "cross_entropy", "sample")
+MEMORY_KINDS = ("add", "copy", "kv_write", "kv_write_decode", "zeros", "bias_grad", "layernorm", "gelu",
+                "embedding", "cross_entropy", "sample")
 
 
 def memory_steps(sizes: list[int]) -> int:

@@ -55,10 +55,12 @@ def test_training_step_time_by_hand():
     attention_flops = accum * 3.5 * L * batch * 4 * d * seq * (seq + 1) // 2
     # Memory-bound elements per forward: embedding n·d, 2L+1 LayerNorms, L transposes, 2L adds, L GELUs of 4d,
     # cross-entropy over the vocabulary; the backward touches the same elements.
-    elements = accum * 2 * (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L) + n * V)
+    # The backward also sums the output gradient of each biased matmul over the tokens (3d + d + 4d + d per
+    # block) and concatenates the q, k, v gradients (3d per block).
+    elements = accum * (2 * (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L) + n * V) + n * d * 12 * L)
     # Calls: forward 11L + 4 (2 LayerNorms, 4 matmuls, attention, transpose, 2 adds, GELU per block; embedding,
-    # ln_f, head, loss); backward the same plus one more call per matmul (4L + 1).
-    calls = accum * (11 * L + 4 + 15 * L + 5)
+    # ln_f, head, loss); backward the same plus one more call per matmul (4L + 1), 4 bias sums and a concat (5L).
+    calls = accum * (11 * L + 4 + 15 * L + 5 + 5 * L)
     params, tensors = flops.param_count(CONFIG), 2 + 12 * L + 2
     expected = {
         "matmul": matmul_flops / MATMUL_RATE,
