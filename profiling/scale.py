@@ -8,9 +8,12 @@ this CPU contributes only the predictor's own error there, shown as a confidence
 
 Serving: the planner of `profiling.plan` (tensor-parallel degree, batch, fleet, band and tornado).
 
-Training: predict_train(micro-batch × context, gradient accumulation) on the profile gives the MFU of the
-target model on the target device (optimizer update included, unsharded); total model FLOPs (3 × forward,
-PaLM) / (peak × that MFU) is the device time. Communication between devices is not modelled.
+Training: predict_train(micro-batch × context, gradient accumulation, world size = the training devices) on the
+profile gives the MFU per device of the target model on the target device: one device's step (optimizer update
+included, unsharded) plus the data-parallel gradient all-reduce of every optimizer step (`training_cluster`: the
+profile's measured collectives at that world size, else the hardware table's links: a ring over NVLink inside a
+server, InfiniBand between servers; profiling.collectives has the formula). Total model FLOPs (3 × forward,
+PaLM) / (peak × that MFU) is the device time. Tensor and pipeline parallelism are not modelled.
 
 The fleet (replicas × tp devices) is paid and powered around the clock: cost per day =
 devices × 24 h × device-hour price; energy per day = devices × 24 h × board power × load factor × PUE.
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import PRESETS, GPTConfig
-from profiling import cost, flops, hardware, predict
+from profiling import collectives, cost, flops, hardware, predict
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.hardware import Accelerator
 from profiling.plan import (LATENCY_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs, plan_serving,
@@ -91,12 +94,45 @@ class TrainingInputs:
     n_devices: int
     micro_batch: int = 1  # sequences of the full context per device per micro-step
     grad_accum: int = 16  # micro-steps per optimizer update
+    devices_per_server: int = predict.DEVICES_PER_SERVER  # the intra-server ring of the gradient all-reduce
+
+
+def training_cluster(profile: DeviceProfile, inputs: TrainingInputs) -> collectives.Cluster | None:
+    """The links the gradient all-reduce of `inputs.n_devices` devices runs over: None where the profile's
+    measured collectives were measured at that world size (they are used), else the hardware table's
+    (`predict.reference_cluster`), for a measured profile too: a table measured at another world size does not
+    scale to this one."""
+    table = profile.collectives
+    if inputs.n_devices == 1 or (table is not None and table["world_size"] == inputs.n_devices):
+        return None
+    return predict.reference_cluster(profile.device_class, inputs.devices_per_server)
+
+
+def communication(profile: DeviceProfile, inputs: TrainingInputs, step: Prediction) -> dict[str, Any]:
+    """What the gradient all-reduce of a training plan assumed, for the output: per step, the links, the share."""
+    cluster = training_cluster(profile, inputs)
+    seconds = step.breakdown["communication"]
+    summary: dict[str, Any] = {"seconds_per_step": seconds, "share_of_step": seconds / step.step_seconds,
+                               "world_size": inputs.n_devices, "collective": "DDP all-reduce of every float32 "
+                               "gradient once per optimizer step, in 25 MiB buckets, not overlapped with compute"}
+    if inputs.n_devices == 1:
+        return summary | {"links": "one device: none"}
+    if cluster is None:
+        return summary | {"links": f"measured: the profile's {profile.collectives['backend']} collectives at world "
+                                   f"size {inputs.n_devices}"}
+    return summary | {"devices_per_server": cluster.per_server, "servers": cluster.servers(inputs.n_devices),
+                      "intra_server": None if cluster.intra is None else asdict(cluster.intra),
+                      "inter_server": asdict(cluster.inter)}
 
 
 def plan_training(config: GPTConfig, profile: DeviceProfile, inputs: TrainingInputs,
                   priced: cost.PricedDevice) -> tuple[cost.TrainingCost, Prediction]:
-    """Model FLOPs at the full context (3 × forward, PaLM) over peak × the MFU predicted for one device's step."""
-    step = predict.predict_train(config, inputs.micro_batch, config.block_size, inputs.grad_accum, profile)
+    """Model FLOPs at the full context (3 × forward, PaLM) over peak × the MFU predicted per device for a
+    data-parallel step of `inputs.n_devices` devices (one device's step plus the gradient all-reduce)."""
+    require_positive("devices_per_server", inputs.devices_per_server)
+    step = predict.predict_train(config, inputs.micro_batch, config.block_size, inputs.grad_accum, profile,
+                                 world_size=inputs.n_devices, devices_per_server=inputs.devices_per_server,
+                                 cluster=training_cluster(profile, inputs))
     total = flops.training_flops_per_token(config) * require_positive("train_tokens", inputs.tokens)
     return cost.training_cost(total, profile.peak_flops, step.mfu, inputs.n_devices, priced.device_hour,
                               priced.kw_per_device, priced.grid_kg_co2_per_kwh), step
@@ -241,11 +277,15 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     link = hardware.INTERCONNECTS.get(device.key)
     if link is not None:
         inputs["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
+    network = hardware.inter_node(device.key)
+    inputs["inter_node_bytes_per_s"] = {"value": network.bytes_per_s, "unit": "B/s",
+                                        "source": network.source}
     training_inputs = TrainingInputs(
         tokens=given("train_tokens", CHINCHILLA_TOKENS_PER_PARAM * params, "tokens"),
         n_devices=int(given("train_devices", 1024, "devices")),
         micro_batch=int(given("train_micro_batch", TrainingInputs.micro_batch, "sequences")),
         grad_accum=int(given("train_grad_accum", TrainingInputs.grad_accum, "micro-steps")),
+        devices_per_server=serving.devices_per_server,
     )
     inputs |= priced.inputs
     for entry in inputs.values():
@@ -265,7 +305,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
            for kind in ("measured", "reference", "assumed")},
         "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
-        "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
+        "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict(),
+                                        "communication": communication(profile, training_inputs, step)},
         "serving": asdict(plan) | band | {
             "operating_cost_usd_per_day": operating_costs(plan.devices, request.prices, device)},
     }

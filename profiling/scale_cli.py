@@ -33,6 +33,17 @@ def _number(value: float | None, form: str = "{:,.4g}") -> str:
     return "no plan" if value is None else form.format(value)
 
 
+def _communication(summary: dict[str, Any]) -> str:
+    """One line on the gradient all-reduce of a training plan: its time, share and the links it ran over."""
+    head = f"{_ms(summary['seconds_per_step'])} per optimizer step ({summary['share_of_step']:.0%} of it)"
+    if "inter_server" not in summary:
+        return f"{head}; {summary['links']}"
+    intra, inter = summary["intra_server"], summary["inter_server"]
+    inside = "" if intra is None else f"a ring over {intra['bytes_per_s'] / 1e9:,.0f} GB/s inside each server, "
+    return (f"{head}: {summary['servers']:,} servers x {summary['devices_per_server']} devices, {inside}"
+            f"{inter['bytes_per_s'] / 1e9:,.3g} GB/s per device between servers")
+
+
 def _operating_cost_lines(sides: dict[str, Any]) -> list[str]:
     """Rented and owned fleets' USD per day by part, side by side; a side that could not be priced says why."""
     fleets = ("rented", "owned")
@@ -140,8 +151,10 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
         "",
         "training",
-        f"  predicted MFU  {training['predicted_mfu']:.1%} (one device's optimizer step: {_ms(step['step_seconds'])}; "
+        f"  predicted MFU  {training['predicted_mfu']:.1%} per device (an optimizer step on each of "
+        f"{training['n_devices']:,} devices: {_ms(step['step_seconds'])}; "
         f"where it goes: {_where({'seconds': step['step_seconds'], 'breakdown': step['breakdown']})})",
+        f"  all-reduce     {_communication(training['communication'])}",
         f"  {training['flops']:.3e} FLOPs = {training['device_hours']:,.0f} device-hours = "
         f"{training['days']:,.1f} days on {training['n_devices']:,} devices; ${training['usd']:,.0f}, "
         f"{training['kwh'] / 1000:,.0f} MWh",

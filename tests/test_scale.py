@@ -134,10 +134,27 @@ def test_scale_prices_the_predicted_steps_and_labels_every_input(tmp_path):
     assert {"usd_per_device_hour", "board_power_w", "device_profile", "ttft_s"} <= set(result["reference"])
     serving = result["serving"]
     assert serving["tensor_parallel"] == 8 and serving["limited_by"] in ("memory", "ttft", "user_tokens_per_sec")
-    # Training: model FLOPs over the profile's peak at the MFU predicted for one device's step.
+    # Training: model FLOPs over the profile's peak at the MFU of one device's step slowed by the gradient
+    # all-reduce over 1,024 H100s = 128 servers × 8, counted by hand: 25 MiB buckets of float32 gradients, each a
+    # reduce-scatter + all-gather ring over NVLink 4 (450 GB/s, 2 µs per hop) inside the server and an all-reduce
+    # of its 1/8 share over each GPU's 400 Gb/s NDR NIC (50 GB/s, a tree: 2·⌈log2 128⌉ hops of 5 µs).
     step = predict.predict_train(GPT3, 1, GPT3.block_size, 16, h100)
-    expected_seconds = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak_flops * step.mfu)
-    assert result["training"]["device_hours"] == pytest.approx(expected_seconds / 3600)
+    bucket = 25 * 2 ** 20
+    full, rest = divmod(4 * flops.param_count(GPT3), bucket)
+
+    def one(size):
+        return 2 * 7 / 8 * size / 450e9 + 14 * 2e-6 + 2 * 127 / 128 * (size / 8) / 50e9 + 2 * 7 * 5e-6
+
+    allreduce = full * one(bucket) + one(rest)
+    training = result["training"]
+    assert training["communication"]["seconds_per_step"] == pytest.approx(allreduce, rel=1e-9)
+    assert (training["communication"]["servers"], training["communication"]["devices_per_server"]) == (128, 8)
+    assert training["step"]["step_seconds"] == pytest.approx(step.step_seconds + allreduce, rel=1e-9)
+    mfu = step.mfu * step.step_seconds / (step.step_seconds + allreduce)
+    assert training["predicted_mfu"] == pytest.approx(mfu, rel=1e-9)
+    expected_seconds = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak_flops * mfu)
+    assert training["device_hours"] == pytest.approx(expected_seconds / 3600)
+    assert "NDR 400 Gb/s" in result["inputs"]["inter_node_bytes_per_s"]["source"]
     # The CPU file gives a confidence figure only: the same request without it predicts the very same fleet.
     errors = result["confidence"]["errors"]
     assert errors["decode"]["error"] == 0.05 and errors["prefill"]["error"] == -0.1
