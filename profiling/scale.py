@@ -33,8 +33,8 @@ from gpt.config import PRESETS, GPTConfig
 from profiling import collectives, cost, flops, hardware, predict
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.hardware import Accelerator
-from profiling.plan import (LATENCY_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs, plan_serving,
-                            uncertainty)
+from profiling.plan import (LATENCY_SOURCE, PROMPT_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs,
+                            plan_serving, uncertainty)
 from profiling.predict import Prediction
 from profiling.prices import require_positive
 from profiling.rundir import Measurements, read_measurements
@@ -247,6 +247,8 @@ def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | No
     for name in ("ttft_s", "min_user_tokens_per_sec"):
         if getattr(request, name) is None:
             inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    if request.prompt_tokens is None:
+        inputs["prompt_tokens"]["source"] = f"assumed (default): {PROMPT_SOURCE}"
     if request.tensor_parallel is not None:
         given("tensor_parallel", request.tensor_parallel, "devices")
     return serving
@@ -291,7 +293,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     for entry in inputs.values():
         entry["kind"] = cost.kind_of(entry["source"])
     plan = plan_serving(config, device, profile, serving, priced)
-    band = uncertainty(config, device, profile, serving, priced)
+    band = uncertainty(config, device, profile, serving, priced, request.prices,
+                       {name: entry["source"] for name, entry in inputs.items()})
     training, step = plan_training(config, profile, training_inputs, priced)
     return {
         "model": {"name": request.model or "custom", "params": params, **config.to_dict()},

@@ -33,6 +33,12 @@ def _number(value: float | None, form: str = "{:,.4g}") -> str:
     return "no plan" if value is None else form.format(value)
 
 
+def _swing(entry: dict[str, Any], metric: str) -> float:
+    """How far one tornado input moves `metric` between its two ends (0 where an end has no plan)."""
+    low, high = entry[f"low_{metric}"], entry[f"high_{metric}"]
+    return 0.0 if low is None or high is None else abs(high - low)
+
+
 def _communication(summary: dict[str, Any]) -> str:
     """One line on the gradient all-reduce of a training plan: its time, share and the links it ran over."""
     head = f"{_ms(summary['seconds_per_step'])} per optimizer step ({summary['share_of_step']:.0%} of it)"
@@ -141,11 +147,17 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         "  band           " + "; ".join(
             f"{name} {_number(band['low'])} / {_number(band['central'])} / {_number(band['high'])}" for name, band in
             (("usd/day", serving["usd_per_day"]), ("devices", serving["devices_band"]),
-             ("Wh/query", serving["wh_per_query"]))) + " (low / central / high)",
+             ("Wh/query", serving["wh_per_query"]),
+             ("t CO2/day", {end: None if kg is None else kg / 1000
+                            for end, kg in serving["kg_co2_per_day_band"].items()}))) + " (low / central / high)",
         "  tornado        " + "; ".join(
             f"{entry['input']} {_number(entry['low_usd_per_day'], '${:,.0f}')}.."
             f"{_number(entry['high_usd_per_day'], '${:,.0f}')}"
             for entry in serving["tornado"]),
+        "                 Wh/query: " + "; ".join(
+            f"{entry['input']} {_number(entry['low_wh_per_query'], '{:.3g}')}..{_number(entry['high_wh_per_query'], '{:.3g}')}"
+            for entry in sorted(serving["tornado"], key=lambda entry: -_swing(entry, "wh_per_query"))
+            if _swing(entry, "wh_per_query") > 0),
         *_operating_cost_lines(serving["operating_cost_usd_per_day"]),
         f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "
         f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
