@@ -66,6 +66,8 @@ class ServingInputs:
     step_time_factor: float = 1.0  # predicted times × this: the predictor's uncertainty in the band
     price_factor: float = 1.0  # device-hour price × this: the price's uncertainty in the band
     tensor_parallel: int | None = None  # devices per replica; None: the planner chooses
+    kv_context_tokens: int | None = None  # KV slots each sequence reserves (a traffic file's long end); None:
+    # prompt + output tokens. Never fewer than those.
 
     def __post_init__(self) -> None:
         for name in ("output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
@@ -81,6 +83,8 @@ class ServingInputs:
                              "pass 1 for a fleet sized for the average")
         if self.tensor_parallel is not None:
             require_positive("tensor_parallel", self.tensor_parallel)
+        if self.kv_context_tokens is not None:
+            require_positive("kv_context_tokens", self.kv_context_tokens)
         for name in ("weights_dtype", "kv_dtype"):
             if getattr(self, name) not in SERVING_BYTES:
                 raise ScaleError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
@@ -166,8 +170,12 @@ class Planner:
     def __init__(self, config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs):
         self.config, self.device, self.inputs = config, device, inputs
         self.profile, self.weights_note = weights_profile(profile, device, inputs.weights_dtype)
-        self.context = inputs.prompt_tokens + inputs.output_tokens
+        # The KV slots each sequence holds: its prompt and output, or a traffic file's long end if that is longer.
+        self.context = max(inputs.prompt_tokens + inputs.output_tokens, inputs.kv_context_tokens or 0)
         if self.context > config.block_size:
+            if inputs.kv_context_tokens is not None and inputs.kv_context_tokens == self.context:
+                raise ScaleError(f"the traffic's long queries ({self.context} tokens, its 99th percentile) exceed "
+                                 f"the model's context of {config.block_size}; shorten them in the --traffic file")
             raise ScaleError(f"a query of {self.context} tokens exceeds the model's context of {config.block_size}; "
                              "lower --prompt-tokens or --tokens-per-query")
         self.weight_bytes = flops.param_count(config) * SERVING_BYTES[inputs.weights_dtype]

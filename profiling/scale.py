@@ -38,6 +38,7 @@ from profiling.plan import (LATENCY_SOURCE, PROMPT_SOURCE, ScaleError, ServingIn
 from profiling.predict import Prediction
 from profiling.prices import require_positive
 from profiling.rundir import Measurements, read_measurements
+from profiling.traffic import PERCENTILE, read_traffic
 
 
 # --------------------------------------------------------------------------- target model and device
@@ -166,6 +167,7 @@ class ScaleRequest:
     usable_memory_fraction: float | None = None
     allreduce_latency_s: float | None = None
     tensor_parallel: int | None = None  # None: the planner chooses
+    traffic: Path | None = None  # a distribution of (prompt, output, share) classes instead of the two means
     train_tokens: float | None = None
     train_devices: int | None = None
     train_micro_batch: int | None = None
@@ -222,16 +224,51 @@ def _given(inputs: dict[str, dict[str, Any]], request: ScaleRequest, name: str, 
     return inputs[name]["value"]
 
 
-def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | None = None) -> ServingInputs:
-    """The planner's inputs: the request's values, the defaults for what it left unset (recorded in `inputs`)."""
+def _traffic_means(request: ScaleRequest, inputs: dict[str, dict[str, Any]],
+                   config: GPTConfig | None) -> tuple[int, int, int] | None:
+    """With --traffic: its mean prompt and output (whole tokens) and the KV context of its long end, recorded in
+    `inputs` with their source; the file's longest class checked against the model's context."""
+    if request.traffic is None:
+        return None
+    if request.prompt_tokens is not None or request.tokens_per_query is not None:
+        raise ScaleError("--traffic gives the prompt and output lengths; drop --prompt-tokens and --tokens-per-query, "
+                         "or drop --traffic")
+    found = read_traffic(request.traffic)
+    if config is not None:
+        longest = max(found.classes, key=lambda row: row.context)
+        if longest.context > config.block_size:
+            raise ScaleError(f"{request.traffic}: a class of {longest.prompt_tokens} + {longest.output_tokens} tokens "
+                             f"exceeds the model's context of {config.block_size}; shorten it or drop it")
+    where = f"assumed (--traffic {request.traffic}: share-weighted mean of {len(found.classes)} classes)"
+    prompt, output = round(found.mean_prompt_tokens), max(1, round(found.mean_output_tokens))
+    kv = found.context_percentile()
+    inputs["traffic"] = {"value": str(request.traffic), "unit": "", "source": f"assumed (--traffic): "
+                         f"{len(found.classes)} classes of prompt and output tokens"}
+    inputs["prompt_tokens"] = {"value": prompt, "unit": "tokens", "source": where}
+    inputs["tokens_per_query"] = {"value": output, "unit": "tokens", "source": where}
+    inputs["kv_context_tokens"] = {"value": kv, "unit": "tokens", "source": f"assumed (--traffic {request.traffic}: "
+                                   f"the {PERCENTILE * 100:.0f}th percentile of prompt + output by share, reserved per sequence)"}
+    return prompt, output, kv
+
+
+def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | None = None,
+                   config: GPTConfig | None = None) -> ServingInputs:
+    """The planner's inputs: the request's values, the defaults for what it left unset (recorded in `inputs`);
+    with --traffic, the prompt and output means and the KV context it implies for `config`."""
     inputs = {} if inputs is None else inputs
 
     def given(name: str, default: float, unit: str = "") -> float:
         return _given(inputs, request, name, default, unit)
 
+    traffic = _traffic_means(request, inputs, config)
+    if traffic is None:
+        prompt = int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens"))
+        output = int(given("tokens_per_query", ServingInputs.output_tokens, "tokens"))
+    else:
+        prompt, output, _ = traffic
     serving = ServingInputs(
-        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
-        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
+        prompt_tokens=prompt,
+        output_tokens=output,
         queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
         peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
         dtype=flops.dtype_name(request.dtype),
@@ -243,11 +280,12 @@ def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | No
         usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
         allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
         tensor_parallel=request.tensor_parallel,
+        kv_context_tokens=None if traffic is None else traffic[2],
     )
     for name in ("ttft_s", "min_user_tokens_per_sec"):
         if getattr(request, name) is None:
             inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
-    if request.prompt_tokens is None:
+    if request.prompt_tokens is None and request.traffic is None:
         inputs["prompt_tokens"]["source"] = f"assumed (default): {PROMPT_SOURCE}"
     if request.tensor_parallel is not None:
         given("tensor_parallel", request.tensor_parallel, "devices")
@@ -257,7 +295,8 @@ def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | No
 def plan_request(request: ScaleRequest) -> ServingPlan:
     """The central serving plan of a request (no band, no training): what `--compare` re-runs per lever."""
     target = resolve(request)
-    return plan_serving(target.config, target.device, target.profile, serving_inputs(request), target.priced)
+    return plan_serving(target.config, target.device, target.profile, serving_inputs(request, None, target.config),
+                        target.priced)
 
 
 def extrapolate(request: ScaleRequest) -> dict[str, Any]:
@@ -275,7 +314,7 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     def given(name: str, default: float, unit: str = "") -> float:
         return _given(inputs, request, name, default, unit)
 
-    serving = serving_inputs(request, inputs)
+    serving = serving_inputs(request, inputs, config)
     link = hardware.INTERCONNECTS.get(device.key)
     if link is not None:
         inputs["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
@@ -296,7 +335,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     band = uncertainty(config, device, profile, serving, priced, request.prices,
                        {name: entry["source"] for name, entry in inputs.items()})
     training, step = plan_training(config, profile, training_inputs, priced)
-    return {
+    traffic = {} if request.traffic is None else {"traffic": read_traffic(request.traffic).to_dict()}
+    return traffic | {
         "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
         "device": {"key": device.key, "name": device.name, "dtype": serving.dtype,
                    "peak_flops": device.peak(serving.dtype),

@@ -135,6 +135,13 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         f"{decode['mfu']:.1%}; {serving['replica_tokens_per_sec']:,.0f} tokens/s per replica, prefill included",
         f"                 where it goes: {_where(decode)}",
     ]
+    if "traffic" in result:
+        traffic = result["traffic"]
+        lines.insert(lines.index("serving") + 1,
+                     f"  traffic        {len(traffic['classes'])} classes from {traffic['source']}: means "
+                     f"{traffic['mean_prompt_tokens']:,.1f} prompt + {traffic['mean_output_tokens']:,.1f} output "
+                     f"tokens (priced); KV cache sized for {traffic['kv_context_tokens']:,} tokens per sequence "
+                     f"(its {traffic['percentile'] * 100:.0f}th percentile)")
     if prefill["seconds"]:
         lines += [f"  prefill        {_ms(prefill['seconds'])} per prompt, MFU {prefill['mfu']:.1%}",
                   f"                 where it goes: {_where(prefill)}"]
@@ -219,7 +226,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     traffic = parser.add_argument_group("serving")
     traffic.add_argument("--queries-per-day", type=float, help=f"default {ServingInputs.queries_per_day:g}")
     traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
-    traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
+    traffic.add_argument("--prompt-tokens", type=int,
+                         help=f"prompt tokens per query (default {ServingInputs.prompt_tokens}: LMSYS-Chat-1M's mean "
+                         "user prompt, an assumption until verified; banded 0 .. 1,020)")
+    traffic.add_argument("--traffic", type=Path, metavar="FILE",
+                         help="a distribution instead of the two means: JSON or CSV rows of prompt_tokens, "
+                         "output_tokens, share; throughput from their means, the KV cache sized for their 99th "
+                         "percentile of prompt + output (docs/cost.md)")
     traffic.add_argument("--ttft-s", type=float,
                          help=f"time to first token at most this, seconds (default {ServingInputs.ttft_s:g}: {LATENCY_SOURCE})")
     traffic.add_argument("--min-user-tokens-per-sec", type=float,
@@ -271,7 +284,7 @@ def request_from(args: argparse.Namespace) -> ScaleRequest:
         "model", "dtype", "device_profile", "weights_dtype", "kv_dtype", "ttft_s", "min_user_tokens_per_sec",
         "prompt_tokens", "tokens_per_query", "queries_per_day",
         "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s", "tensor_parallel",
-        "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
+        "traffic", "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
     if args.scenario is None:
         if args.device is None:
             raise ScaleError("name the target device: --device KEY (or derive a published case: --scenario NAME)")
@@ -281,6 +294,8 @@ def request_from(args: argparse.Namespace) -> ScaleRequest:
         raise ScaleError(f"--scenario {args.scenario} fixes the model and the device; drop --device, --model and "
                          "the shape flags")
     base = derivation(args.scenario).request
+    if args.traffic is not None:  # the file replaces the derivation's two means
+        base = replace(base, prompt_tokens=None, tokens_per_query=None)
     prices = cost.price_choice(args)
     price_changes = {name: value for name, value in vars(prices).items() if value != getattr(cost.PriceChoice(), name)}
     return replace(base, sources=tuple(args.sources), prices=replace(base.prices, **price_changes),
