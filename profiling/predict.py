@@ -86,30 +86,50 @@ def _prediction(mode: str, seconds: dict[str, float], tokens: float, model_flops
                       model_flops)
 
 
+DEVICES_PER_SERVER = 8  # an HGX/DGX server's GPUs: the intra-server ring of a reference cluster
+
+
+def reference_cluster(device_class: str, devices_per_server: int = DEVICES_PER_SERVER) -> collectives.Cluster:
+    """The hardware table's links of a device class: a ring inside a server over its NVLink or PCIe link
+    (`hardware.INTERCONNECTS`; a class without one has one device per server), and each device's network link
+    between servers (`hardware.inter_node`: InfiniBand per GPU on DGX systems, sourced, else an assumption)."""
+    link = hardware.INTERCONNECTS.get(device_class)
+    intra = collectives.Link(link.bytes_per_s, collectives.REFERENCE_LATENCY_S, link.source) if link else None
+    network = hardware.inter_node(device_class)
+    inter = collectives.Link(network.bytes_per_s, collectives.INTER_NODE_LATENCY_S, network.source)
+    return collectives.Cluster(devices_per_server if intra else 1, intra, inter)
+
+
 def communication_seconds(config: GPTConfig, world_size: int, grad_accum: int, sharded: bool,
-                          profile: DeviceProfile) -> float:
-    """The collectives of one data-parallel optimizer step (profiling.collectives): from the profile's measured
-    table if it has one, else, on a reference profile, a ring over the device's link in the hardware table."""
+                          profile: DeviceProfile, devices_per_server: int = DEVICES_PER_SERVER,
+                          cluster: collectives.Cluster | None = None) -> float:
+    """The collectives of one data-parallel optimizer step (profiling.collectives): over `cluster` when given;
+    else from the profile's measured table if it has one; else, on a reference profile, over the hardware
+    table's links (`reference_cluster`: a ring inside a server, two levels beyond it)."""
     if world_size == 1:
         return 0.0
-    if profile.collectives is not None:
+    if cluster is None and profile.collectives is not None:
         table = profile.collectives
         return collectives.data_parallel_seconds(
             config, world_size, grad_accum, sharded, lambda op, size: collectives.table_seconds(table, op, size,
                                                                                                 world_size))
-    link = hardware.INTERCONNECTS.get(profile.device_class) if profile.kind == "reference" else None
-    if link is None:
-        raise PredictError(f"the {profile.kind} profile of {profile.device} has no collectives; measure them: "
-                           f"torchrun --standalone --nproc_per_node {world_size} -m profiling calibrate")
-    ring = collectives.Link(link.bytes_per_s, collectives.REFERENCE_LATENCY_S, link.source)
-    return collectives.data_parallel_seconds(config, world_size, grad_accum, sharded,
-                                             lambda op, size: collectives.link_seconds(op, size, world_size, ring))
+    if cluster is None:
+        if profile.kind != "reference" or profile.device_class not in hardware.INTERCONNECTS:
+            raise PredictError(f"the {profile.kind} profile of {profile.device} has no collectives; measure them: "
+                               f"torchrun --standalone --nproc_per_node {world_size} -m profiling calibrate")
+        cluster = reference_cluster(profile.device_class, devices_per_server)
+    return collectives.data_parallel_seconds(
+        config, world_size, grad_accum, sharded,
+        lambda op, size: collectives.cluster_seconds(op, size, world_size, cluster))
 
 
 def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, profile: DeviceProfile,
-                  world_size: int = 1, sharded: bool = False) -> Prediction:
+                  world_size: int = 1, sharded: bool = False, devices_per_server: int = DEVICES_PER_SERVER,
+                  cluster: collectives.Cluster | None = None) -> Prediction:
     """One optimizer step of `Trainer.train_step` (see module docstring) on each of `world_size` data-parallel
-    ranks (DDP, or FSDP when `sharded`), `batch` sequences per rank; tokens/s and MFU are per card."""
+    ranks (DDP, or FSDP when `sharded`), `batch` sequences per rank; tokens/s and MFU are per card. The
+    collectives are priced as `communication_seconds` says (`cluster`, else the profile's table, else the
+    hardware table's links with `devices_per_server` per server)."""
     _check(config, batch=batch, seq_len=seq_len, grad_accum=grad_accum, world_size=world_size)
     if seq_len > config.block_size:
         raise PredictError(f"--seq-len {seq_len} exceeds the model's context of {config.block_size}; "
@@ -118,7 +138,8 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
     seconds = price(ops, profile, training=True)
     fixed = profile.overhead["fixed_s"]
     seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]
-    seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile)
+    seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile,
+                                                     devices_per_server, cluster)
     tokens = batch * seq_len * grad_accum
     return _prediction("train", seconds, tokens, tokens * flops.training_flops_per_token(config, seq_len), profile)
 
@@ -250,7 +271,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     work.add_argument("--grad-accum", type=positive_int, default=1, help="train: micro-batches per optimizer step")
     work.add_argument("--world-size", type=positive_int, default=1,
                       help="train: data-parallel processes (torchrun --nproc_per_node); --batch is per process, "
-                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP) to the step")
+                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP) to the step: from the profile's measured "
+                      "collectives, or on a reference profile a ring over NVLink/PCIe inside an 8-device server and "
+                      "InfiniBand/network between servers (hardware table)")
     work.add_argument("--fsdp", action="store_true",
                       help="train: FSDP instead of DDP: all-gathers of each block's weights (forward and backward, "
                       "every micro-step) and reduce-scatters of its gradients")

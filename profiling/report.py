@@ -135,20 +135,32 @@ def _usd(value: float | None) -> str:
     return "no plan" if value is None else f"${value:,.0f}"
 
 
+def _energy_band(serving: dict[str, Any]) -> list[str]:
+    """The Wh-per-query band line, where the scale file has one."""
+    band = serving.get("wh_per_query")
+    if not isinstance(band, dict):
+        return []
+    cells = ["no plan" if band[end] is None else f"{band[end]:.3g}" for end in ("low", "central", "high")]
+    return [f"Wh per query  {cells[0]} low / {cells[1]} central / {cells[2]} high"]
+
+
 def format_tornado(result: dict[str, Any], path: Path) -> str:
     """The band and one line per input: cost per day with that input alone at its low and at its high value."""
     serving, band = result["serving"], result["serving"]["usd_per_day"]
     model, device = result.get("model", {}), result.get("device", {})
-    rows = [("input", "low value: USD/day", "high value: USD/day", "swing")]
+    rows = [("input", "low value: USD/day", "high value: USD/day", "Wh/query low..high", "swing")]
     for entry in serving["tornado"]:
         ends = [value for value in (entry["low_usd_per_day"], entry["high_usd_per_day"]) if value is not None]
+        energy = [entry.get(f"{end}_wh_per_query") for end in ("low", "high")]  # absent in older scale files
         rows.append((entry["input"], f"{entry['low']:g}: {_usd(entry['low_usd_per_day'])}",
                      f"{entry['high']:g}: {_usd(entry['high_usd_per_day'])}",
+                     "..".join("n/a" if wh is None else f"{wh:.3g}" for wh in energy),
                      _usd(max(ends) - min(ends)) if len(ends) == 2 else "n/a"))
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
     return "\n".join([
         f"what moves cost per day: {model.get('name', 'model')} on {device.get('name', 'device')} (from {path})",
         f"cost per day  {_usd(band['low'])} low / {_usd(band['central'])} central / {_usd(band['high'])} high",
+        *_energy_band(serving),
         "", *("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows),
     ])
 

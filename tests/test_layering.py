@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "measure": {"energy", "meter", "rundir", "scaling"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict", "collectives"},
-    "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare"},
+    "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare", "traffic"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
                      "__init__", "train_compare_cli"},
 }

@@ -91,6 +91,38 @@ def test_memory_minimum_by_hand_and_a_count_below_it_is_refused():
     assert fewest["devices"] == 43 and fewest["refused"] is None
 
 
+def test_data_parallel_rows_add_the_gradient_all_reduce_counted_by_hand():
+    a100 = device_profile.reference_profile("a100-80gb", "bf16")
+    inputs = CompareInputs(tokens=1e9)
+    one = compare_device(CONFIG, DeviceRequest("a100-80gb", 1), a100, inputs)
+    sixteen = compare_device(CONFIG, DeviceRequest("a100-80gb", 16), a100, inputs)
+    S = 4 * flops.param_count(CONFIG)  # float32 gradients, one 25 MiB bucket
+    # 2 servers × 8: NVLink 3 ring (300 GB/s, 2 µs per hop), then S/8 over each GPU's 200 Gb/s HDR NIC (5 µs per hop)
+    allreduce = 2 * 7 / 8 * S / 300e9 + 14 * 2e-6 + 2 * 1 / 2 * (S / 8) / 25e9 + 2 * 5e-6
+    compute = one["step"]["step_seconds"]
+    assert one["communication"]["seconds_per_step"] == 0 and one["inputs"]["data_parallel_scaling"]["value"] == 1
+    assert sixteen["communication"]["seconds_per_step"] == pytest.approx(allreduce, rel=1e-12)
+    assert sixteen["communication"]["servers"] == 2
+    assert sixteen["inputs"]["data_parallel_scaling"]["value"] == pytest.approx(compute / (compute + allreduce))
+    assert sixteen["inputs"]["data_parallel_scaling"]["kind"] == "assumed"
+    assert sixteen["days"] == pytest.approx(one["days"] / 16 * (compute + allreduce) / compute, rel=1e-9)
+    # The CPU: one 2-thread VM per server on the assumed 12.5 Gb/s network (AWS c6i.large)
+    cpu = compare_device(CONFIG, DeviceRequest("cpu", 4), cpu_profile(), inputs)
+    assert cpu["communication"]["seconds_per_step"] == pytest.approx(2 * 3 / 4 * S / (12.5e9 / 8) + 2 * 2 * 5e-6)
+    assert cpu["communication"]["intra_server"] is None and cpu["inputs"]["inter_node_bytes_per_s"]["kind"] == "assumed"
+    # A measured table at the row's world size is used instead of the links; at another world size it is not.
+    table = {"backend": "gloo", "world_size": 2,
+             "ops": {op: {"bytes": [1000, 3000], "seconds": [1e-4, 3e-4]} for op in ("all_reduce", "all_gather",
+                                                                                    "reduce_scatter")}}
+    measured = cpu_profile()
+    measured.collectives = table
+    two = compare_device(CONFIG, DeviceRequest("cpu", 2), measured, inputs)
+    assert two["communication"]["seconds_per_step"] == pytest.approx(3e-4 * S / 3000)  # beyond its largest size
+    assert two["communication"]["links"].startswith("measured")
+    four = compare_device(CONFIG, DeviceRequest("cpu", 4), measured, inputs)
+    assert four["communication"]["seconds_per_step"] == pytest.approx(cpu["communication"]["seconds_per_step"])
+
+
 def test_days_picks_the_fewest_devices_that_finish_in_time():
     h100 = device_profile.reference_profile("h100-sxm", "bf16")
     one = compare_device(CONFIG, DeviceRequest("h100-sxm", 1), h100, CompareInputs(tokens=1e12))
