@@ -486,8 +486,9 @@ class Grid:
 
 
 GRIDS = {
-    # 7³ warm + 4 × 7² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 12
-    # memory kinds, the optimizer's grid: about 40 s at one thread on the project's 2-vCPU VM (docs/benchmarks.md).
+    # 7³ warm + 4 × 7² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 11
+    # memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid: 66 s at one thread on the
+    # project's 2-vCPU VM (2026-12-02, docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],

@@ -42,7 +42,7 @@ def device_profile(key: str, progress: bool = True) -> DeviceProfile:
     cached = cached_profile(hardware.device_name("cpu"), CPU_DTYPE)
     if cached is not None:
         return cached
-    print(f"no measured {CPU_DTYPE} profile of this CPU yet: measuring one now (under a minute on 2 cores; cached "
+    print(f"no measured {CPU_DTYPE} profile of this CPU yet: measuring one now (about a minute on 2 cores; cached "
           "for next time, as python -m profiling calibrate --device cpu would)", file=sys.stderr)
     return calibrate("cpu", CPU_DTYPE, progress=progress)
 
