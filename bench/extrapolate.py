@@ -215,7 +215,7 @@ def predicted(config: GPTConfig, workload: str, batch: int, profile: DeviceProfi
     if workload == "train":
         return predict_train(config, batch, config.block_size, 1, profile)
     if workload == "prefill":
-        return predict_prefill(config, batch, PROMPT_TOKENS, profile)
+        return predict_prefill(config, batch, PROMPT_TOKENS, profile, NEW_TOKENS)
     return predict_decode(config, batch, PROMPT_TOKENS, NEW_TOKENS, profile)
 
 

@@ -25,11 +25,28 @@ ring over a link (bytes/s per device, one direction) with a fixed latency per ho
 
     all-reduce                  2(N−1)/N · S / link + 2(N−1) · latency
     all-gather, reduce-scatter   (N−1)/N · S / link +  (N−1) · latency      (S: the whole, gathered tensor)
+
+Beyond one server (N = n servers × g devices, `Cluster`), two levels, as NCCL runs them on servers with one NIC
+per GPU (rail-optimised fabrics: DGX, HGX):
+
+    all-reduce      reduce-scatter of S inside each server (ring over the intra-server link, g devices), then an
+                    all-reduce of each device's S/g share across the n servers over its own NIC, then an
+                    all-gather of S inside the server:
+                    2(g−1)/g · S / intra + 2(g−1) · latency_intra  +  2(n−1)/n · (S/g) / inter + 2⌈log2 n⌉ · latency_inter
+    reduce-scatter  inside, then across servers on the S/g share:  (g−1)/g · S / intra + (g−1) · latency_intra
+                    + (n−1)/n · (S/g) / inter + ⌈log2 n⌉ · latency_inter;  all-gather the same, in the other order
+
+The across-servers stage moves a ring's bytes (each device sends and receives its share 2(n−1)/n times) with the
+latency of a tree, ⌈log2 n⌉ hops each way: NCCL's double binary trees (NCCL 2.4, NVIDIA blog "Massively scale
+your deep learning training with NCCL 2.4", Feb 2019), which it picks across many servers because a ring's
+2(n−1) hops grow linearly. With n = 1 this is the ring above; with g = 1 (no intra-server link), the across-servers
+stage alone. The slowest stage is not overlapped with the other: the stages run one after another.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -48,6 +65,8 @@ MODES = ("ddp", "fsdp")
 # Per ring hop inside a server on a reference profile. Assumption, not a cited measurement: NCCL's small-message
 # all-reduce on one 8-GPU NVLink server takes some tens of microseconds, a couple per hop.
 REFERENCE_LATENCY_S = 2e-6
+# Per hop between servers (NIC, switch, NCCL's per-step cost). Assumption, not a cited measurement.
+INTER_NODE_LATENCY_S = 5e-6
 
 
 class CommunicationError(GptmeterError, ValueError):
@@ -75,6 +94,40 @@ def link_seconds(op: str, nbytes: float, world_size: int, link: Link) -> float:
         return 0.0
     share, hops = _ring_share(op, world_size)
     return share * nbytes / link.bytes_per_s + hops * link.latency_s
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Servers of `per_server` devices: a ring inside each over `intra` (None when a server holds one device), and
+    across servers each device's own `inter` link (module docstring)."""
+
+    per_server: int
+    intra: Link | None
+    inter: Link
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.per_server, int) or self.per_server < 1:
+            raise CommunicationError(f"devices per server must be a positive whole number, got {self.per_server!r}")
+        if self.per_server > 1 and self.intra is None:
+            raise CommunicationError(f"{self.per_server} devices per server need an intra-server link")
+
+    def servers(self, world_size: int) -> int:
+        """Servers a job of `world_size` devices spans (the last one may be partly used)."""
+        return max(1, math.ceil(world_size / self.per_server))
+
+
+def cluster_seconds(op: str, nbytes: float, world_size: int, cluster: Cluster) -> float:
+    """A collective of an `nbytes` tensor over `world_size` devices of `cluster`: a ring inside one server, two
+    levels beyond it (module docstring)."""
+    if world_size == 1:
+        return 0.0
+    if world_size <= cluster.per_server:
+        return link_seconds(op, nbytes, world_size, cluster.intra)
+    g, n = cluster.per_server, cluster.servers(world_size)
+    inside = link_seconds(op, nbytes, g, cluster.intra) if g > 1 else 0.0
+    share, _ = _ring_share(op, n)
+    tree_hops = (2 if op == "all_reduce" else 1) * math.ceil(math.log2(n))
+    return inside + share * nbytes / g / cluster.inter.bytes_per_s + tree_hops * cluster.inter.latency_s
 
 
 def table_seconds(table: dict[str, Any], op: str, nbytes: float, world_size: int) -> float:

@@ -240,7 +240,7 @@ def kind_of(source: str) -> str:
     """measured, assumed or reference, from an input's source label."""
     if source.startswith("measured"):
         return "measured"
-    if source.startswith(("assumed", "given on the command line")):
+    if source.startswith(("assumed", "assumption", "given on the command line")):
         return "assumed"
     return "reference"
 

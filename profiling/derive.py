@@ -78,7 +78,7 @@ def explains_most(tornado: list[dict[str, Any]], derived: float, published: floa
             closed = (usd - derived) / (published - derived)
             if best is None or closed > best["gap_closed"]:
                 best = {"input": entry["input"], "end": end, "value": entry[end], "usd_per_day": usd,
-                        "gap_closed": closed, "source": entry["source"]}
+                        "gap_closed": closed, "source": entry.get("sources", {}).get(end, entry["source"])}
     return best
 
 

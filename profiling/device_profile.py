@@ -7,8 +7,10 @@ A profile prices one operation (`profiling.flops.Op`) at its own shape:
     attention     FLOP/s over (batch·heads, sequence, head size) per variant: causal forward, its backward,
                   one decode query against a KV cache
     memory-bound  seconds over element counts per kind (LayerNorm, GELU, add, copy, embedding,
-                  cross-entropy, sampling, and their backwards), piecewise linear in log-log; past the
-                  largest size, time grows in proportion to the size (the largest size's bandwidth)
+                  cross-entropy, sampling, the KV cache's write and zero-filled allocation, and their
+                  backwards), piecewise linear in log-log; past the largest size, time grows in proportion
+                  to the size (the largest size's bandwidth). LayerNorm and the embedding, which work row
+                  by row, are measured at several row widths and interpolated log-linearly in the width
     adamw         seconds per parameter + seconds per parameter tensor (the optimizer phase of a step); a
                   measured profile's seconds per parameter is a grid over the tensor's size and the model's
                   parameter count (log-log, clamped at its edges): the update makes several passes over each
@@ -48,9 +50,12 @@ FORMAT = "gptmeter-device-profile"
 # 2: large matmuls timed with at least microbench.MIN_TIMED_ROWS rows, decode attention on a masked KV cache read
 #    from a window (microbench._decode_call). Version 1 priced large matmuls too slow and decode attention too
 #    fast, so it is refused (recalibrate).
-# 3: a torchrun calibration's collectives table also holds the harness of a DDP and an FSDP step
+# 3: memory-bound operations timed on operands rotated through a window (not cache-hot), LayerNorm and the
+#    embedding at several row widths, the KV cache's allocation ("zeros"). Version 2 priced a small model's
+#    memory-bound work up to 2x too fast.
+# 4: a torchrun calibration's collectives table also holds the harness of a DDP and an FSDP step
 #    (collectives["harness"], profiling.harness), which a distributed prediction adds.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -115,7 +120,19 @@ class DeviceProfile:
         table = self.memory.get(op.kind)
         if table is None:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
-        return _size_curve(table["elements"], table["seconds"], op.shape[0])
+        cold = self.memory.get(op.kind + "_cold")
+        if cold is not None and op.working_set > self.matmul["window_bytes"]:  # as _matmul_rate's skinny products
+            warm, weight = _size_curve(table["elements"], table["seconds"], op.shape[0]), self._coldness(op.working_set)
+            return math.exp((1 - weight) * math.log(warm)
+                            + weight * math.log(_size_curve(cold["elements"], cold["seconds"], op.shape[0])))
+        if "widths" not in table:
+            return _size_curve(table["elements"], table["seconds"], op.shape[0])
+        # timed at several row widths: log-linear in the width between the two size curves around it, clamped
+        if len(op.shape) < 2:
+            raise ValueError(f"{op.kind} op {op.name!r} needs its row width: shape (elements, width)")
+        lower, upper, weight = _bracket(table["widths"], op.shape[1])
+        curve = lambda i: _size_curve(table["elements"], table["seconds"][i], op.shape[0])  # noqa: E731
+        return math.exp((1 - weight) * math.log(curve(lower)) + weight * math.log(curve(upper)))
 
     def _matmul_rate(self, op: Op) -> float:
         """FLOP/s at the op's shape; a skinny product of a model whose weights outgrow the warm window is
@@ -472,8 +489,9 @@ class Grid:
 
 
 GRIDS = {
-    # 7³ warm + 4 × 7² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 12
-    # memory kinds, the optimizer's grid: about 40 s at one thread on the project's 2-vCPU VM (docs/benchmarks.md).
+    # 7³ warm + 4 × 7² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 11
+    # memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid: 66 s at one thread on the
+    # project's 2-vCPU VM (2026-12-02, docs/benchmarks.md).
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
@@ -574,7 +592,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     grid = GRIDS["quick" if quick else torch_device.type]
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += len(microbench.MEMORY_KINDS) * len(grid.sizes) + len(grid.adamw_cases) + 2
+    steps += microbench.memory_steps(grid.sizes) + len(grid.adamw_cases) + 2
     steps += len(grid.adamw_sizes) * len(grid.adamw_totals)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
@@ -589,7 +607,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         curve = microbench.window_curve(torch_device, dtype, windows)
         attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                               grid.head_dims, grid.max_flops, tick)
-        memory = microbench.memory_tables(torch_device, dtype, grid.sizes, tick)
+        memory = microbench.memory_tables(torch_device, dtype, grid.sizes, grid.cold_bytes, tick)
         adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
         adamw["grid"] = {"tensor_elements": grid.adamw_sizes, "parameters": grid.adamw_totals,
                          "seconds_per_parameter": microbench.adamw_per_parameter(

@@ -225,6 +225,9 @@ MEMORY_PASSES = {
     "gelu_backward": 3,
     "copy": 2,  # transpose to contiguous
     "kv_write": 2,  # one layer's new keys (or values) written into the KV cache at their positions
+    "kv_write_decode": 2,  # the same for a decode step's one new position per sequence and head
+    "zeros": 1,
+    "bias_grad": 1,  # a Linear's output gradient summed over the tokens (its bias's gradient)  # a KV cache allocated for a generate call, zero-filled
     "cross_entropy": 2,  # log-softmax over the vocabulary and the picked log-probabilities
     "cross_entropy_backward": 2,
     "sample": 3,  # temperature scale, softmax and one draw over the vocabulary, per sequence
@@ -252,7 +255,8 @@ class Op:
     count: int = 1
     phase: str = "forward"  # forward, backward or optimizer
     variant: str = ""
-    working_set: int = 0  # matmuls: bytes of all the model's weights, which pass through the caches between calls
+    working_set: int = 0  # matmuls: bytes of all the model's weights, which pass through the caches between calls;
+    # a decode step's KV-cache write: those and the KV cache
 
 
 def _matmul(name: str, m: int, n: int, k: int, elem: int, count: int = 1, phase: str = "forward",
@@ -261,8 +265,11 @@ def _matmul(name: str, m: int, n: int, k: int, elem: int, count: int = 1, phase:
               working_set=working_set)
 
 
-def _memory(name: str, kind: str, elements: int, elem: int, count: int = 1, phase: str = "forward") -> Op:
-    return Op(name, kind, (elements,), 0, MEMORY_PASSES[kind] * elements * elem, count, phase)
+def _memory(name: str, kind: str, elements: int, elem: int, count: int = 1, phase: str = "forward",
+            width: int | None = None, working_set: int = 0) -> Op:
+    """A memory-bound op over `elements`; row-wise kinds (LayerNorm, the embedding) also carry their row width."""
+    shape = (elements,) if width is None else (elements, width)
+    return Op(name, kind, shape, 0, MEMORY_PASSES[kind] * elements * elem, count, phase, working_set=working_set)
 
 
 def _attention(config: GPTConfig, batch: int, queries: int, keys: int, elem: int, variant: str) -> Op:
@@ -294,8 +301,8 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
     tokens, d, d_kv, vocab = batch * queries, config.n_embd, config.n_kv_head * config.head_dim, config.vocab_size
     weights = param_count(config) * elem
     ops = [
-        _memory("embedding", "embedding", tokens * d, elem),
-        _memory("ln", "layernorm", tokens * d, elem, 2 * n_layer),
+        _memory("embedding", "embedding", tokens * d, elem, width=d),
+        _memory("ln", "layernorm", tokens * d, elem, 2 * n_layer, width=d),
         _matmul("qkv", tokens, d + 2 * d_kv, d, elem, n_layer, working_set=weights),
         _attention(config, batch, queries, keys, elem, "causal" if keys == queries else "decode"),
         _memory("attention_out", "copy", tokens * d, elem, n_layer),
@@ -304,30 +311,41 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
         _matmul("mlp_fc", tokens, 4 * d, d, elem, n_layer, working_set=weights),
         _memory("gelu", "gelu", tokens * 4 * d, elem, n_layer),
         _matmul("mlp_proj", tokens, d, 4 * d, elem, n_layer, working_set=weights),
-        _memory("ln_f", "layernorm", tokens * d, elem),
+        _memory("ln_f", "layernorm", tokens * d, elem, width=d),
         _matmul("head", tokens, vocab, d, elem, working_set=weights),
     ]
     if loss:
         ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
     else:
-        # keys and values of a layer, priced as one call (the model makes two; one fewer per-call cost)
-        ops.append(_memory("kv_cache_write", "kv_write", 2 * tokens * d_kv, elem, n_layer))
+        # keys and values of a layer, priced as one call (the model makes two; one fewer per-call cost); a decode
+        # step writes one position per sequence and head into a cache grown cold since the layer's last step
+        kind = "kv_write" if keys == queries else "kv_write_decode"
+        passing = weights + 2 * n_layer * batch * keys * d_kv * elem  # what passes through between two steps
+        ops.append(_memory("kv_cache_write", kind, 2 * tokens * d_kv, elem, n_layer, working_set=passing))
     return ops
 
 
 def backward_operations(config: GPTConfig, forward: list[Op], batch: int, seq_len: int,
                         dtype: object = "fp32") -> list[Op]:
-    """The backward pass of a causal forward: each matmul becomes two (input and weight gradients)."""
+    """The backward pass of a causal forward: each matmul becomes two (input and weight gradients), plus the sum
+    of its output gradient over the tokens where it has a bias; the gradients of q, k and v, split apart in the
+    forward, are concatenated back into the qkv projection's."""
     elem, ops = bytes_per_element(dtype), []
     for op in forward:
         if op.kind == "matmul":
             m, n, k = op.shape
             ops.append(_matmul(op.name + "_grad_input", m, k, n, elem, op.count, "backward", op.working_set))
             ops.append(_matmul(op.name + "_grad_weight", n, k, m, elem, op.count, "backward", op.working_set))
+            if config.bias and op.name != "head":  # the output head shares the embedding and has no bias
+                ops.append(_memory(op.name + "_grad_bias", "bias_grad", m * n, elem, op.count, "backward"))
+            if op.name == "qkv":
+                ops.append(_memory("qkv_grad_concat", "copy", m * n, elem, op.count, "backward"))
         elif op.kind == "attention":
             ops.append(_attention(config, batch, seq_len, seq_len, elem, "causal_backward"))
         else:
-            ops.append(_memory(op.name + "_grad", BACKWARD_KIND[op.kind], op.shape[0], elem, op.count, "backward"))
+            width = op.shape[1] if len(op.shape) > 1 else None
+            ops.append(_memory(op.name + "_grad", BACKWARD_KIND[op.kind], op.shape[0], elem, op.count, "backward",
+                               width))
     return ops
 
 
@@ -358,11 +376,15 @@ def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accu
     return ops
 
 
-def prefill_operations(config: GPTConfig, batch: int, prompt_tokens: int, dtype: object = "fp32") -> list[Op]:
-    """`GPT.generate`'s first call: the prompt through the model into the KV cache, then the first token drawn."""
+def prefill_operations(config: GPTConfig, batch: int, prompt_tokens: int, dtype: object = "fp32",
+                       new_tokens: int = 1) -> list[Op]:
+    """`GPT.generate`'s start: its KV cache allocated (keys and values of every layer, zero-filled, for the
+    prompt and `new_tokens`, at most the context), the prompt through the model into it, the first token drawn."""
     elem = bytes_per_element(dtype)
-    return forward_operations(config, batch, prompt_tokens, dtype=dtype) + [
-        _memory("sample", "sample", batch * config.vocab_size, elem)]
+    capacity = min(config.block_size, prompt_tokens + new_tokens)
+    cache = batch * config.n_kv_head * capacity * config.head_dim
+    return [_memory("kv_cache_alloc", "zeros", cache, elem, 2 * config.n_layer)] + forward_operations(
+        config, batch, prompt_tokens, dtype=dtype) + [_memory("sample", "sample", batch * config.vocab_size, elem)]
 
 
 def decode_operations(config: GPTConfig, batch: int, context_len: int, dtype: object = "fp32") -> list[Op]:

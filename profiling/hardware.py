@@ -195,6 +195,34 @@ INTERCONNECTS: dict[str, Interconnect] = {
 }
 
 
+# Between servers: each device's share of its server's compute-fabric NICs, bytes/s in one direction (a NIC's
+# Gb/s / 8). DGX/HGX servers give every GPU its own NIC on a rail-optimised fabric.
+_DGX_HOPPER_NETWORK = ("InfiniBand NDR 400 Gb/s per GPU: DGX H100 and DGX H200 have four OSFP ports serving eight "
+                       "single-port ConnectX-7 VPI, up to 400 Gb/s InfiniBand/Ethernet, one per GPU for the compute "
+                       "fabric; NVIDIA DGX BasePOD reference architecture, 'Core Components', "
+                       "https://docs.nvidia.com/dgx-basepod/reference-architecture-infrastructure-foundation-"
+                       "enterprise-ai/latest/core-components.html (read 2026-12 through a search index)")
+_DGX_A100_NETWORK = ("assumption (the usually quoted figure, not verified offline): InfiniBand HDR 200 Gb/s per GPU, "
+                     "the NVIDIA DGX A100 datasheet's eight single-port ConnectX-6 VPI HDR adapters for the compute "
+                     "fabric, one per GPU (2020)")
+INTER_NODE: dict[str, Interconnect] = {
+    "h100-sxm": Interconnect(400e9 / 8, _DGX_HOPPER_NETWORK),
+    "h200": Interconnect(400e9 / 8, _DGX_HOPPER_NETWORK),
+    "a100-80gb": Interconnect(200e9 / 8, _DGX_A100_NETWORK),
+    "a100-40gb": Interconnect(200e9 / 8, _DGX_A100_NETWORK),
+    # One 2-thread cloud VM per "server": the instance train-compare's CPU price assumes.
+    "cpu": Interconnect(12.5e9 / 8, "assumption: AWS EC2 c6i.large network bandwidth, 'up to 12.5 Gbps' (AWS "
+                        "instance types page), the instance the CPU's price assumes"),
+}
+DEFAULT_INTER_NODE = Interconnect(100e9 / 8 / 8, "assumption: no datasheet network for this device class; one "
+                                  "100 Gb/s Ethernet NIC per 8-device server, 1.56 GB/s per device")
+
+
+def inter_node(key: str) -> Interconnect:
+    """The link one device of class `key` reaches other servers over (INTER_NODE, else DEFAULT_INTER_NODE)."""
+    return INTER_NODE.get(key, DEFAULT_INTER_NODE)
+
+
 class UnknownDeviceError(GptmeterError, ValueError):
     """A device (or a dtype of it) that is not in the table; the message says how to pass its peaks by hand."""
 

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> object:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dtype", default="auto", help="bf16, fp16, tf32 or fp32 (default: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--measure", action="store_true", help="calibrate this device now (python -m profiling calibrate: "
-                        "under a minute on a 2-core CPU) and show its ceilings")
+                        "about a minute on a 2-core CPU) and show its ceilings")
     parser.add_argument(
         "--peak-tflops", type=positive_float, help="dense peak in TFLOP/s, for a device not in the table"
     )

@@ -8,7 +8,8 @@ or a profile JSON. `gpt/` never imports this; the CLIs connect the two.
 Every run also checks the predictor: the same work is predicted on this device's cached measured
 profile (`python -m profiling calibrate` writes it; a run never calibrates by itself) and written
 beside the measurement with the error predicted / measured − 1. Without a cached profile the
-record says so instead.
+record says so instead. The same single-card prediction gives the share of each step's time it does not
+explain (`unexplained_step_fraction`, see rundir.py), which in a distributed run holds the communication.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from profiling.energy import open_energy_reader
 from profiling.hardware import Peaks, device_name, device_peaks, run_precision
 from profiling.meter import StepMeter, reset_peak_memory
 from profiling.predict import Prediction
+from profiling.rundir import unexplained_step_fraction
 
 
 def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, program: str) -> Peaks | None:
@@ -115,14 +117,23 @@ class TrainingProfiler:
             energy=self.energy,
         )
 
+    @property
+    def _predicted_tokens_per_sec(self) -> float | None:
+        return self.prediction.tokens_per_sec if self.prediction is not None else None
+
     def on_step(self, record) -> dict[str, Any]:
         """Trainer hook: the step's profiler fields for its metrics.jsonl line."""
-        return self.meter.record(record.tokens, record.step_time_s, step=record.step).to_dict()
+        metrics = self.meter.record(record.tokens, record.step_time_s, step=record.step)
+        return metrics.to_dict() | {
+            "unexplained_step_fraction": unexplained_step_fraction(metrics.tokens_per_sec,
+                                                                   self._predicted_tokens_per_sec)}
 
     def summary(self) -> dict[str, Any]:
         measured = self.meter.summary()
         return {"kind": "summary", **measured, **_peak_fields(self.peaks),
-                **compare("", self.prediction, measured["tokens_per_sec"], self.prediction_note)}
+                **compare("", self.prediction, measured["tokens_per_sec"], self.prediction_note),
+                "unexplained_step_fraction": unexplained_step_fraction(measured["tokens_per_sec"],
+                                                                       self._predicted_tokens_per_sec)}
 
     def close(self) -> None:
         if self.energy is not None:
@@ -211,7 +222,8 @@ class GenerationProfiler:
         note = self.prediction_note
         if self.device_profile is not None:
             try:
-                prefill = predict.predict_prefill(self.config, self.batch, self.prompt_len, self.device_profile)
+                prefill = predict.predict_prefill(self.config, self.batch, self.prompt_len, self.device_profile,
+                                                  max(self.new_tokens, 1))
                 if decode_tokens_per_sec is not None:
                     decode = predict.predict_decode(self.config, self.batch, self.prompt_len, self.new_tokens,
                                                     self.device_profile)

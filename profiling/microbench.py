@@ -201,85 +201,162 @@ def attention_grid(device: torch.device, dtype: str, attend: Callable, batch_hea
 
 # ----------------------------------------------------------------------------- memory-bound operations
 
-ROW = 256  # row width of the memory-bound micro-benchmarks (LayerNorm's normalised dimension, the embedding's)
+ROW = 256  # row width of the memory-bound micro-benchmarks whose cost does not depend on it
+# LayerNorm and the embedding work row by row: at the same element count, 64-wide rows took 1.7x as long as
+# 256-wide ones (2-core VM, 2026-12-02), and a 64-wide model has such rows. They are timed at these widths.
+ROW_WIDTHS = (64, 256, 1024)
+WIDTH_KINDS = ("layernorm", "embedding")
 VOCAB_ROW = 1024  # vocabulary width for cross-entropy and sampling
+MAX_OPERAND_SETS = 64  # operand copies a memory-bound micro-benchmark rotates through (see _memory_work)
 
 
-def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dtype) -> tuple[Callable, Callable]:
-    """(forward, forward + backward) callables of one memory-bound kind over `elements` elements."""
+def _memory_work(kind: str, elements: int, device: torch.device, dtype: torch.dtype, width: int = ROW,
+                 window: int = WARM_BYTES) -> tuple[Callable, Callable | None]:
+    """(forward, forward + backward) callables of one memory-bound kind over `elements` elements.
+
+    Successive calls take their operands from successive sets of up to `MAX_OPERAND_SETS` copies filling
+    `window` bytes, as the matmuls read their weights: in a model, an operation's inputs were written some
+    operations earlier and the rest of the layer has passed through the caches since. Timed on cache-hot
+    operands, a residual add of 65,536 elements took 7 us against 27 us inside a 64-wide model's forward
+    (2-core VM, 2026-12-02); over a 32 MiB window, 30 us.
+    """
     from gpt.generate import sample_next_token
+
+    element = torch.tensor([], dtype=dtype).element_size()
+    sets = max(1, min(MAX_OPERAND_SETS, window // max(1, 2 * elements * element)))
+    turn = iter(range(1 << 62))
+
+    def rotating(make: Callable[[], tuple]) -> Callable[[], tuple]:
+        operands = [make() for _ in range(sets)]
+        return lambda: operands[next(turn) % sets]
 
     def randn(*shape, grad=False):
         return torch.randn(*shape, device=device, dtype=dtype, requires_grad=grad)
 
-    rows = max(1, elements // ROW)
+    rows = max(1, elements // width)
     if kind == "add":
-        a, b = randn(elements), randn(elements)
-        return (lambda: a + b), None
+        pair = rotating(lambda: (randn(elements), randn(elements)))
+        return (lambda: torch.add(*pair())), None
     if kind == "copy":
-        x = randn(rows, 4, ROW // 4)
-        return (lambda: x.transpose(0, 1).contiguous()), None
+        source = rotating(lambda: (randn(rows, 4, width // 4),))
+        return (lambda: source()[0].transpose(0, 1).contiguous()), None
     if kind == "kv_write":  # as KVCache.attend: a head-split view of the qkv rows, index_copy_ along positions
-        keys = randn(1, rows, 3, 4, ROW // 4)[:, :, 1].transpose(1, 2)  # (1, heads, rows, head_dim)
-        cache = torch.zeros(1, 4, rows, ROW // 4, device=device, dtype=dtype)
         positions = torch.arange(rows, device=device)
-        return (lambda: cache.index_copy_(2, positions, keys)), None
+        pair = rotating(lambda: (randn(1, rows, 3, 4, width // 4)[:, :, 1].transpose(1, 2),
+                                 torch.zeros(1, 4, rows, width // 4, device=device, dtype=dtype)))
+
+        def write() -> torch.Tensor:
+            keys, cache = pair()
+            return cache.index_copy_(2, positions, keys)
+
+        return write, None
+    if kind == "kv_write_decode":  # a decode step's one new position per (sequence, head), into caches that the
+        # rest of the step has pushed out of the CPU's caches: 128-slot caches filling `window`, written in turn
+        head_dim, slots = 64, 128
+        rows = max(1, elements // head_dim)
+        position = torch.tensor([slots - 1], device=device)
+        places = max(1, window // (rows * slots * head_dim * element))
+        pool = torch.zeros(places, 1, rows, slots, head_dim, device=device, dtype=dtype)
+        keys = randn(1, 1, 3, rows, head_dim)[:, :, 1].transpose(1, 2)  # (1, rows, 1, head_dim), a qkv view
+
+        def write_one() -> torch.Tensor:
+            return pool[next(turn) % places].index_copy_(2, position, keys)
+
+        return write_one, None
+    if kind == "bias_grad":  # as a Linear's backward sums its output gradient (tokens, features) over the tokens
+        grad = rotating(lambda: (randn(rows, width),))
+        return (lambda: grad()[0].sum(0)), None
+    if kind == "zeros":  # a KV cache allocated for a generate call: zero-filled new memory
+        return (lambda: torch.zeros(elements, device=device, dtype=dtype)), None
     if kind in ("layernorm", "gelu"):
-        x, weight, bias = randn(rows, ROW, grad=True), randn(ROW, grad=True), randn(ROW, grad=True)
+        weight, bias = randn(width, grad=True), randn(width, grad=True)
+        inputs = rotating(lambda: (randn(rows, width, grad=True), torch.randn(rows, width, device=device, dtype=dtype)))
         if kind == "layernorm":
-            op = lambda: F.layer_norm(x, (ROW,), weight, bias)  # noqa: E731
+            op = lambda x: F.layer_norm(x, (width,), weight, bias)  # noqa: E731
         else:
-            op = lambda: F.gelu(x, approximate="tanh")  # noqa: E731
-        grad = torch.randn(rows, ROW, device=device, dtype=dtype)
-        return op, lambda: torch.autograd.grad(op(), (x,), grad)
+            op = lambda x: F.gelu(x, approximate="tanh")  # noqa: E731
+
+        def both() -> tuple:
+            x, grad = inputs()
+            return torch.autograd.grad(op(x), (x,), grad)
+
+        return (lambda: op(inputs()[0])), both
     if kind == "embedding":
-        table = randn(4096, ROW, grad=True)
-        positions = randn(1024, ROW, grad=True)
-        ids = torch.randint(4096, (rows,), device=device)
+        table = randn(4096, width, grad=True)
+        positions = randn(1024, width, grad=True)
         pos = torch.arange(rows, device=device) % 1024
-        op = lambda: F.embedding(ids, table) + F.embedding(pos, positions)  # noqa: E731
-        grad = torch.randn(rows, ROW, device=device, dtype=dtype)
-        return op, lambda: torch.autograd.grad(op(), (table, positions), grad)
+        ids = rotating(lambda: (torch.randint(4096, (rows,), device=device),
+                                torch.randn(rows, width, device=device, dtype=dtype)))
+        op = lambda rows_ids: F.embedding(rows_ids, table) + F.embedding(pos, positions)  # noqa: E731
+
+        def both() -> tuple:
+            rows_ids, grad = ids()
+            return torch.autograd.grad(op(rows_ids), (table, positions), grad)
+
+        return (lambda: op(ids()[0])), both
     width = min(VOCAB_ROW, elements)
     rows = max(1, elements // width)
     if kind == "cross_entropy":
-        logits = randn(rows, width, grad=True)
-        targets = torch.randint(width, (rows,), device=device)
-        op = lambda: F.cross_entropy(logits.float(), targets)  # noqa: E731
-        return op, lambda: torch.autograd.grad(op(), (logits,))
+        logits = rotating(lambda: (randn(rows, width, grad=True), torch.randint(width, (rows,), device=device)))
+
+        def loss() -> tuple:
+            x, targets = logits()
+            return x, F.cross_entropy(x.float(), targets)
+
+        def both() -> tuple:
+            x, value = loss()
+            return torch.autograd.grad(value, (x,))
+
+        return (lambda: loss()[1]), both
     if kind == "sample":
-        logits = randn(rows, width)
+        logits = rotating(lambda: (randn(rows, width),))
         generator = torch.Generator(device=device).manual_seed(0)
-        return (lambda: sample_next_token(logits, 0.8, generator=generator)), None
+        return (lambda: sample_next_token(logits()[0], 0.8, generator=generator)), None
     raise ValueError(f"no micro-benchmark for memory-bound kind {kind!r}")
 
 
 BACKWARD_OF = {"layernorm": "layernorm_backward", "gelu": "gelu_backward", "cross_entropy": "cross_entropy_backward",
                "embedding": "embedding_backward"}
-MEMORY_KINDS = ("add", "copy", "kv_write", "layernorm", "gelu", "embedding", "cross_entropy", "sample")
+MEMORY_KINDS = ("add", "copy", "kv_write", "kv_write_decode", "zeros", "bias_grad", "layernorm", "gelu",
+                "embedding", "cross_entropy", "sample")
 
 
-def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int],
+def memory_steps(sizes: list[int]) -> int:
+    """Progress ticks of `memory_tables` over `sizes`."""
+    return len(sizes) * sum(len(ROW_WIDTHS) if kind in WIDTH_KINDS else 1 for kind in MEMORY_KINDS) + 1
+
+
+def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int], cold_window: int,
                   tick: Callable[[], None] = lambda: None) -> dict[str, dict[str, list]]:
-    """Seconds per call of each memory-bound kind (and its backward) over element counts `sizes`."""
+    """Seconds per call of each memory-bound kind (and its backward) over element counts `sizes`: {kind:
+    {"elements", "seconds"}}, and for the kinds timed at several row widths {"elements", "widths", "seconds"
+    [i_width][i_size]}. A decode step's KV-cache write is also timed over `cold_window` bytes of caches
+    ("kv_write_decode_cold"): a model whose weights pass through the CPU's caches between two steps of a layer
+    leaves that layer's KV cache in memory, and its scattered one-position writes then took 4x as long (the 25M
+    model at batch 16, 2-core VM, 2026-12-02)."""
     torch_dtype = TORCH_DTYPES[dtype]
+    sizes = list(sizes)
     tables: dict[str, dict[str, list]] = {}
     for kind in MEMORY_KINDS:
-        for elements in sizes:
-            forward, both = _memory_work(kind, elements, device, torch_dtype)
-            seconds = seconds_per_call(forward, device)
-            _append(tables, kind, elements, seconds)
-            if both is not None:
-                backward = max(seconds_per_call(both, device) - seconds, 0.1 * seconds)
-                _append(tables, BACKWARD_OF[kind], elements, backward)
-            tick()
+        widths = ROW_WIDTHS if kind in WIDTH_KINDS else (ROW,)
+        curves: dict[str, list[list[float]]] = {}
+        for width in widths:
+            for elements in sizes:
+                forward, both = _memory_work(kind, elements, device, torch_dtype, width)
+                seconds = seconds_per_call(forward, device)
+                curves.setdefault(kind, [[] for _ in widths])[widths.index(width)].append(seconds)
+                if both is not None:
+                    backward = max(seconds_per_call(both, device) - seconds, 0.1 * seconds)
+                    curves.setdefault(BACKWARD_OF[kind], [[] for _ in widths])[widths.index(width)].append(backward)
+                tick()
+        for name, curve in curves.items():
+            tables[name] = ({"elements": sizes, "widths": list(widths), "seconds": curve} if kind in WIDTH_KINDS
+                            else {"elements": sizes, "seconds": curve[0]})
+    tables["kv_write_decode_cold"] = {"elements": sizes, "seconds": [
+        seconds_per_call(_memory_work("kv_write_decode", elements, device, torch_dtype, window=cold_window)[0], device)
+        for elements in sizes]}
+    tick()
     return tables
-
-
-def _append(tables: dict, kind: str, elements: int, seconds: float) -> None:
-    entry = tables.setdefault(kind, {"elements": [], "seconds": []})
-    entry["elements"].append(elements)
-    entry["seconds"].append(seconds)
 
 
 def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
@@ -291,16 +368,26 @@ def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
 # ----------------------------------------------------------------------------- the optimizer
 
 
-def _optimizer_step_seconds(device: torch.device, tensors: int, elements: int) -> float:
+def _optimizer_step_seconds(device: torch.device, tensors: int, elements: int, window: int = WARM_BYTES) -> float:
     """Seconds of what `gpt.trainer.Trainer.train_step` does after backward — clip the gradient norm, AdamW's
-    step (the trainer's own `make_optimizer`), zero the gradients — over `tensors` tensors of `elements`."""
+    step (the trainer's own `make_optimizer`), zero the gradients — over `tensors` tensors of `elements`.
+
+    Successive steps update successive copies of the whole state (16 bytes per parameter: parameter, gradient,
+    two moments) filling `window` bytes, up to MAX_OPERAND_SETS of them: in training, a forward and backward pass
+    run between two optimizer steps, so the state is not cache-hot when the step comes round again."""
     from gpt.trainer import TrainConfig, make_optimizer
 
-    params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device)) for _ in range(tensors))
-    grads = [torch.randn(elements, device=device) for _ in range(tensors)]
-    optimizer = make_optimizer(params, TrainConfig(device=str(device)))
+    def state() -> tuple:
+        params = torch.nn.ParameterList(torch.nn.Parameter(torch.randn(elements, device=device))
+                                        for _ in range(tensors))
+        grads = [torch.randn(elements, device=device) for _ in range(tensors)]
+        return params, grads, make_optimizer(params, TrainConfig(device=str(device)))
+
+    states = [state() for _ in range(max(1, min(MAX_OPERAND_SETS, window // (16 * tensors * elements))))]
+    turn = iter(range(1 << 62))
 
     def step() -> None:
+        params, grads, optimizer = states[next(turn) % len(states)]
         for param, grad in zip(params, grads):
             param.grad = grad
         torch.nn.utils.clip_grad_norm_(params.parameters(), 1.0)

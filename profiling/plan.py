@@ -4,8 +4,10 @@ the fleet they need for the traffic, and an uncertainty band with its tornado.
 A replica is `tp` devices of one server (powers of two). For each `tp` the largest batch whose weights + KV cache
 (at --weights-dtype / --kv-dtype) fit, and whose time to first token and per-user decode speed meet --ttft-s and
 --min-user-tokens-per-sec, with continuous batching's prefill work on the same devices and two ring all-reduces per
-layer over the server's interconnect; then the `tp` needing the fewest devices for the peak traffic. Five uncertain
-inputs give a band and a tornado by re-running it. Step times are predictions (`profiling.predict`) on the target
+layer over the server's interconnect; then the `tp` needing the fewest devices for the peak traffic. Every assumed
+or reference input that moves cost, energy or CO2 carries a low, central and high value, each with its source
+(`band_inputs`); re-running the plan with each alone at either end gives the tornado, and with all at the ends that
+lower or raise a figure, its band (`uncertainty`). Step times are predictions (`profiling.predict`) on the target
 device's profile; docs/cost.md has the formulas.
 """
 
@@ -35,10 +37,21 @@ SERVING_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 LATENCY_SOURCE = "MLPerf Inference v4.0 Llama-2-70B server constraints (TTFT 2 s, TPOT 200 ms), MLCommons 2024"
 MAX_BATCH = 4096  # the search's ceiling: sequences one replica decodes together
 
+# Where the traffic's defaults come from. The prompt is what a serving step prefills per query; LMSYS-Chat-1M is
+# the largest published log of a ChatGPT-like service's traffic. Not verified offline: an assumption until checked.
+PROMPT_TOKENS = 70
+PROMPT_SOURCE = ("assumption (published figure not verified offline): LMSYS-Chat-1M (Zheng et al., ICLR 2024; 1M "
+                 "conversations with 25 chat LLMs, Apr-Aug 2023) reports a mean of 69.5 tokens per user prompt")
+PROMPT_HIGH, PROMPT_HIGH_SOURCE = 1020, (
+    "assumption (published figure not verified offline): Splitwise (Patel et al., ISCA 2024), Azure LLM inference "
+    "trace 'conversation', median prompt about 1,020 tokens: a conversation's history re-read with each query")
+OUTPUT_LOW, OUTPUT_LOW_SOURCE = 215, (
+    "assumption (published figure not verified offline): LMSYS-Chat-1M reports a mean of 214.5 tokens per response")
+
 
 @dataclass(frozen=True)
 class ServingInputs:
-    prompt_tokens: int = 0  # tokens read per query before generating
+    prompt_tokens: int = PROMPT_TOKENS  # tokens read per query before generating (PROMPT_SOURCE)
     output_tokens: int = 700  # tokens generated per query ("--tokens-per-query")
     queries_per_day: float = 1e8
     peak_to_average: float = 1.0  # fleet sized for peak = average × this
@@ -53,6 +66,8 @@ class ServingInputs:
     step_time_factor: float = 1.0  # predicted times × this: the predictor's uncertainty in the band
     price_factor: float = 1.0  # device-hour price × this: the price's uncertainty in the band
     tensor_parallel: int | None = None  # devices per replica; None: the planner chooses
+    kv_context_tokens: int | None = None  # KV slots each sequence reserves (a traffic file's long end); None:
+    # prompt + output tokens. Never fewer than those.
 
     def __post_init__(self) -> None:
         for name in ("output_tokens", "queries_per_day", "peak_to_average", "devices_per_server",
@@ -68,6 +83,8 @@ class ServingInputs:
                              "pass 1 for a fleet sized for the average")
         if self.tensor_parallel is not None:
             require_positive("tensor_parallel", self.tensor_parallel)
+        if self.kv_context_tokens is not None:
+            require_positive("kv_context_tokens", self.kv_context_tokens)
         for name in ("weights_dtype", "kv_dtype"):
             if getattr(self, name) not in SERVING_BYTES:
                 raise ScaleError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is not one of "
@@ -153,8 +170,12 @@ class Planner:
     def __init__(self, config: GPTConfig, device: Accelerator, profile: DeviceProfile, inputs: ServingInputs):
         self.config, self.device, self.inputs = config, device, inputs
         self.profile, self.weights_note = weights_profile(profile, device, inputs.weights_dtype)
-        self.context = inputs.prompt_tokens + inputs.output_tokens
+        # The KV slots each sequence holds: its prompt and output, or a traffic file's long end if that is longer.
+        self.context = max(inputs.prompt_tokens + inputs.output_tokens, inputs.kv_context_tokens or 0)
         if self.context > config.block_size:
+            if inputs.kv_context_tokens is not None and inputs.kv_context_tokens == self.context:
+                raise ScaleError(f"the traffic's long queries ({self.context} tokens, its 99th percentile) exceed "
+                                 f"the model's context of {config.block_size}; shorten them in the --traffic file")
             raise ScaleError(f"a query of {self.context} tokens exceeds the model's context of {config.block_size}; "
                              "lower --prompt-tokens or --tokens-per-query")
         self.weight_bytes = flops.param_count(config) * SERVING_BYTES[inputs.weights_dtype]
@@ -343,51 +364,214 @@ def operating_costs(devices: int, choice: cost.PriceChoice, device: Accelerator)
     return sides
 
 
-# Each uncertain input of the plan: its low and high value (the central one is the plan's own) and why.
-def band_inputs(central: ServingInputs) -> dict[str, tuple[float, float, str]]:
-    return {
-        "step_time_factor": (0.8, 1.25, "assumption: predicted step times within -20%/+25%"),
-        "price_factor": (0.6, 1.5, "assumption: device-hour price from committed-use discounts to on-demand premiums"),
-        "peak_to_average": (1.0, max(2.0, 2 * central.peak_to_average),
-                            "assumption: a fleet sized for the average to one sized for twice the peak"),
-        "allreduce_latency_s": (5e-6, 30e-6, "assumption: NCCL intra-server all-reduce latency"),
-        "usable_memory_fraction": (0.8, 0.95, "assumption: memory left for activations and fragmentation"),
-    }
+# --------------------------------------------------------------------------- the band and its tornado
+
+@dataclass(frozen=True)
+class BandInput:
+    """One uncertain input: its low, central and high value, each with a source or the word "assumption", and
+    what it changes: a field of ServingInputs ("serving") or of the price choice ("price", re-priced)."""
+
+    name: str  # as the inputs list and the tornado print it
+    applies_to: str  # "serving" or "price"
+    field: str  # the ServingInputs or cost.PriceChoice field it sets
+    low: float
+    central: float
+    high: float
+    sources: dict[str, str]  # "low", "central", "high" -> source
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.name, "applies_to": self.applies_to, "field": self.field, "low": self.low,
+                "central": self.central, "high": self.high, "sources": self.sources,
+                # one line, as the tornado's `source` always read
+                "source": "; ".join(f"{end} {getattr(self, end):g}: {self.sources[end]}" for end in ("low", "high"))}
+
+
+def _ends(central: float, low: tuple[float, str], high: tuple[float, str]) -> tuple[float, str, float, str]:
+    """A published (or assumed) low and high around `central`; an end on the wrong side of it (the central value
+    was given beyond that range) becomes half or twice the central value, labelled an assumption."""
+    (low_value, low_source), (high_value, high_source) = low, high
+    if not low_value < central:
+        low_value, low_source = central / 2, "assumption: half the central value"
+    if not high_value > central:
+        high_value, high_source = central * 2, "assumption: twice the central value"
+    return low_value, low_source, high_value, high_source
+
+
+def band_inputs(central: ServingInputs, config: GPTConfig | None = None, device: Accelerator | None = None,
+                priced: cost.PricedDevice | None = None, choice: cost.PriceChoice | None = None,
+                sources: dict[str, str] | None = None) -> dict[str, BandInput]:
+    """Every assumed or reference input that moves cost per day, Wh per query or CO2, with its low and high value
+    and a source for each (docs/cost.md lists them). Without `priced` and `choice` only the plan's own inputs;
+    the price inputs need both (they are re-priced). `sources` names where each central value came from."""
+    sources = sources or {}
+    entries: list[BandInput] = []
+
+    def add(name: str, applies_to: str, field_: str, central_value: float, low: float, low_source: str,
+            high: float, high_source: str, central_source: str | None = None) -> None:
+        entries.append(BandInput(name, applies_to, field_, low, central_value, high, {
+            "low": low_source, "central": sources.get(name, central_source or "the plan's input"),
+            "high": high_source}))
+
+    context = config.block_size if config is not None else None
+    add("step_time_factor", "serving", "step_time_factor", central.step_time_factor,
+        0.8, "assumption: predicted step times 20% too slow (the predictor's error on a GPU is not measured here)",
+        1.25, "assumption: predicted step times 25% too fast", "the predictor's step times as they are")
+    add("price_factor", "serving", "price_factor", central.price_factor,
+        0.6, "assumption: committed-use and spot discounts on the device-hour price",
+        1.5, "assumption: on-demand premiums over the table's price", "the price table's device-hour")
+    add("peak_to_average", "serving", "peak_to_average", central.peak_to_average,
+        1.0, "assumption: a fleet sized for the average traffic",
+        max(2.0, 2 * central.peak_to_average), "assumption: a fleet sized for twice the peak")
+    add("allreduce_latency_s", "serving", "allreduce_latency_s", central.allreduce_latency_s,
+        5e-6, "assumption: NCCL's small-message all-reduce inside a server, fast end",
+        30e-6, "assumption: NCCL's small-message all-reduce inside a server, slow end")
+    add("usable_memory_fraction", "serving", "usable_memory_fraction", central.usable_memory_fraction,
+        0.8, "assumption: more memory kept for activations, workspace and fragmentation",
+        0.95, "assumption: a tight memory plan")
+    # Traffic: the prompt from none at all to a conversation's history, the answer from a short chat reply to twice
+    # the central length; neither past the model's context with the other at its central value.
+    high, high_source = ((PROMPT_HIGH, PROMPT_HIGH_SOURCE) if PROMPT_HIGH > central.prompt_tokens else
+                         (2 * central.prompt_tokens, "assumption: twice the central value"))
+    if context is not None and high > context - central.output_tokens:
+        high, high_source = context - central.output_tokens, f"{high_source}, capped at the model's context less the output"
+    add("prompt_tokens", "serving", "prompt_tokens", central.prompt_tokens,
+        0, "no prompt: generated tokens only (what Goldstein, Dec 2022, priced)", high, high_source)
+    low, low_source = ((OUTPUT_LOW, OUTPUT_LOW_SOURCE) if OUTPUT_LOW < central.output_tokens else
+                       (max(1, central.output_tokens // 2), "assumption: half the central value"))
+    high, high_source = 2 * central.output_tokens, "assumption: long answers, twice the central value"
+    if context is not None and high > context - central.prompt_tokens:
+        high, high_source = context - central.prompt_tokens, f"{high_source}, capped at the model's context less the prompt"
+    add("tokens_per_query", "serving", "output_tokens", central.output_tokens, low, low_source, high, high_source)
+    if central.tensor_parallel is None and device is not None and device.key in hardware.INTERCONNECTS:
+        per_server = central.devices_per_server
+        add("devices_per_server", "serving", "devices_per_server", per_server,
+            max(1, per_server // 2), "assumption: a server half as large (HGX boards hold 4 or 8 GPUs)",
+            2 * per_server, "assumption: an NVLink domain twice as large at the same per-device bandwidth (as the "
+            "tensor-parallel lever assumes)")
+    if priced is not None and choice is not None:
+        def price_input(name: str) -> tuple[float, str] | None:
+            entry = priced.inputs.get(name)
+            return None if entry is None else (entry["value"], sources.get(name, entry["source"]))
+
+        if (utilisation := price_input("utilisation")) is not None:
+            value, source = utilisation
+            entries.append(BandInput("utilisation", "price", "utilisation", min(0.7, value), value, 1.0, {
+                "low": "assumption: 30% of paid device-hours lost to failures, maintenance, spares and idle capacity"
+                if value > 0.7 else "the central value (already at or below the assumed low end)",
+                "central": source, "high": "every paid device-hour serves: the ceiling"}))
+        if (pue := price_input("pue")) is not None:
+            low, low_source = ((1.10, "Google's fleet-wide PUE 1.10, Q2 2021 (as reported by CNBC, 13 Apr 2022)")
+                               if pue[0] > 1.10 else (1.0, "the ideal: no facility overhead"))
+            high, high_source = ((1.8, "assumption: an older air-cooled enterprise site") if pue[0] < 1.8 else
+                                 (1.2 * pue[0], "assumption: 1.2 x the central value"))
+            entries.append(BandInput("pue", "price", "pue", low, pue[0], high,
+                                     {"low": low_source, "central": pue[1], "high": high_source}))
+        if (load := price_input("power_load_factor")) is not None:
+            low, low_source = ((0.5, "assumption: a lightly loaded fleet draws about half its board power")
+                               if load[0] > 0.5 else (load[0] / 2, "assumption: half the central value"))
+            entries.append(BandInput("power_load_factor", "price", "power_load_factor", low, load[0], 1.0, {
+                "low": low_source, "central": load[1],
+                "high": "the board power itself (datasheet maximum): the ceiling"}))
+        if (grid := price_input("grid_kg_co2_per_kwh")) is not None:
+            low, low_source, high, high_source = _ends(
+                grid[0], (0.030, "Norway 2023, 30 g CO2/kWh, a hydro grid (Ember, via Statista, Jul 2024)"),
+                (0.713, "India 2023, 713 g CO2/kWh, a coal-heavy grid (Ember, via Statista, Jul 2024)"))
+            entries.append(BandInput("grid_kg_co2_per_kwh", "price", "grid_kg_co2_per_kwh", low, grid[0], high,
+                                     {"low": low_source, "central": grid[1], "high": high_source}))
+        for name, (low, high, why) in {
+                "lifetime_years": (4.0, 6.0, "4-6 year accelerator depreciation is usual"),
+                "operations_fraction_per_year": (0.05, 0.20, "maintenance, network share, space and staff"),
+                "electricity_usd_per_kwh": (0.05, 0.15, "cheap hydro or nuclear power to a high retail tariff"),
+        }.items():
+            found = price_input(name)
+            if found is None:  # a rented fleet: inside the rental's price
+                continue
+            low, low_source, high, high_source = _ends(found[0], (low, f"assumption: {why}, low end"),
+                                                       (high, f"assumption: {why}, high end"))
+            entries.append(BandInput(name, "price", name, low, found[0], high,
+                                     {"low": low_source, "central": found[1], "high": high_source}))
+    return {entry.name: entry for entry in entries}
+
+
+# The inputs `scale` lists that carry no band, and why: each is either the question asked, a requirement, a
+# datasheet figure whose uncertainty another banded input stands for, or not part of serving.
+NOT_BANDED = {
+    "device_profile": "the profile's uncertainty is step_time_factor's",
+    "queries_per_day": "the traffic asked about: the question, not an uncertain input (cost grows with it)",
+    "ttft_s": "a latency target: the service's requirement (scale --compare relaxes it)",
+    "min_user_tokens_per_sec": "a latency target: the service's requirement (scale --compare relaxes it)",
+    "tensor_parallel": "fixed on the command line: a choice, not an uncertainty",
+    "interconnect_bytes_per_s": "a datasheet link: its uncertainty is step_time_factor's",
+    "inter_node_bytes_per_s": "training only",
+    "board_power_w": "the datasheet's maximum: what is drawn of it is power_load_factor",
+    "usd_per_device_hour": "price_factor scales the device-hour price",
+    "purchase_usd": "price_factor scales the device-hour price",
+    "traffic": "the file's means are prompt_tokens and tokens_per_query, which are banded",
+    "kv_context_tokens": "the traffic file's long end: a memory reservation, not an uncertain input",
+    **{name: "training, not serving" for name in ("train_tokens", "train_devices", "train_micro_batch",
+                                                  "train_grad_accum")},
+}
+
+BAND_METRICS = {"usd_per_day": "usd_per_day", "wh_per_query": "wh_per_query", "devices_band": "devices",
+                "kg_co2_per_day_band": "kg_co2_per_day"}  # output key -> ServingPlan field
 
 
 def uncertainty(config: GPTConfig, device: Accelerator, profile: DeviceProfile, central: ServingInputs,
-                priced: cost.PricedDevice) -> dict[str, Any]:
-    """The tornado (each input alone at its low and high value, the plan re-run) and the band: the plan with
-    every input at whichever end lowered cost, and at whichever end raised it."""
-    def plan(**changes: float) -> ServingPlan:
-        return plan_serving(config, device, profile, replace(central, **changes), priced)
+                priced: cost.PricedDevice, choice: cost.PriceChoice | None = None,
+                sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """The tornado (each input alone at its low and at its high value, the plan re-run, re-priced for a price
+    input) and the bands: for each of cost per day, Wh per query, devices and CO2, the plan with every input at
+    whichever end lowered that figure, and at whichever end raised it."""
+    entries = band_inputs(central, config, device, priced, choice, sources)
 
-    def plan_or_none(**changes: float) -> ServingPlan | None:
+    def plan(changes: dict[str, float]) -> ServingPlan | None:
+        """The plan with `changes` (input name -> value), or None where no plan meets the targets and memory."""
+        serving = {entries[name].field: value for name, value in changes.items()
+                   if entries[name].applies_to == "serving"}
+        for field_ in ("prompt_tokens", "output_tokens", "devices_per_server"):
+            if field_ in serving:
+                serving[field_] = int(serving[field_])
+        changed = replace(central, **serving)
+        if changed.prompt_tokens + changed.output_tokens > config.block_size:
+            # Two long ends together (each fits alone): the prompt is cut to fit, as sample.py crops a prompt
+            # to the context's last tokens.
+            changed = replace(changed, prompt_tokens=config.block_size - changed.output_tokens)
+        prices = {entries[name].field: value for name, value in changes.items() if entries[name].applies_to == "price"}
+        repriced = priced if not prices else cost.price_device(replace(choice, **prices), device.key,
+                                                              device.board_power_w)
         try:
-            return plan(**changes)
+            return plan_serving(config, device, profile, changed, repriced)
         except ScaleError:  # the ends together can miss a target that each alone meets
             return None
 
-    def usd(**changes: float) -> float | None:
-        """Cost per day, or None where no plan meets the latency targets and memory at that value."""
-        found = plan_or_none(**changes)
-        return found.usd_per_day if found else None
+    base = plan({})
+    tornado, ends_of = [], {}
+    for name, entry in entries.items():
+        at_low, at_high = plan({name: entry.low}), plan({name: entry.high})
+        ends_of[name] = ((entry.low, at_low), (entry.high, at_high))
+        row = entry.to_dict()
+        for metric, attribute in (("usd_per_day", "usd_per_day"), ("wh_per_query", "wh_per_query"),
+                                  ("kg_co2_per_day", "kg_co2_per_day"), ("devices", "devices")):
+            for end, found in (("low", at_low), ("high", at_high)):
+                row[f"{end}_{metric}"] = getattr(found, attribute) if found else None
+        tornado.append(row)
 
-    base = plan()
-    tornado, cheap, dear = [], {}, {}
-    for name, (low, high, source) in band_inputs(central).items():
-        at_low, at_high = usd(**{name: low}), usd(**{name: high})
-        tornado.append({"input": name, "low": low, "central": getattr(central, name), "high": high,
-                        "source": source, "low_usd_per_day": at_low, "high_usd_per_day": at_high})
-        ends = [(cost_, value) for cost_, value in ((at_low, low), (at_high, high)) if cost_ is not None]
-        ends += [(base.usd_per_day, getattr(central, name))]  # an end with no plan is left at the central value
-        cheap[name], dear[name] = min(ends)[1], max(ends)[1]
-    tornado.sort(key=lambda entry: -abs((entry["high_usd_per_day"] or base.usd_per_day)
-                                        - (entry["low_usd_per_day"] or base.usd_per_day)))
-    low, high = plan_or_none(**cheap), plan_or_none(**dear)
+    def swing(row: dict[str, Any], metric: str) -> float:
+        centre = getattr(base, metric)
+        return abs((row[f"high_{metric}"] if row[f"high_{metric}"] is not None else centre)
+                   - (row[f"low_{metric}"] if row[f"low_{metric}"] is not None else centre))
 
-    def band(name: str) -> dict[str, float | None]:
-        return {"low": getattr(low, name, None), "central": getattr(base, name), "high": getattr(high, name, None)}
-
-    return {"usd_per_day": band("usd_per_day"), "wh_per_query": band("wh_per_query"),
-            "devices_band": band("devices"), "tornado": tornado}
+    # By the swing in cost per day; inputs that move energy only (a rented fleet's PUE) follow, by their Wh swing.
+    tornado.sort(key=lambda row: (-swing(row, "usd_per_day") / base.usd_per_day,
+                                  -swing(row, "wh_per_query") / base.wh_per_query))
+    bands: dict[str, Any] = {}
+    for key, attribute in BAND_METRICS.items():
+        lowest, highest = {}, {}
+        for name, ends in ends_of.items():
+            known = [(getattr(found, attribute), value) for value, found in ends if found is not None]
+            known.append((getattr(base, attribute), entries[name].central))  # an end with no plan: the central
+            lowest[name], highest[name] = min(known)[1], max(known)[1]
+        low, high = plan(lowest), plan(highest)
+        bands[key] = {"low": getattr(low, attribute, None), "central": getattr(base, attribute),
+                      "high": getattr(high, attribute, None)}
+    return bands | {"tornado": tornado}

@@ -117,21 +117,35 @@ def write_prediction_plot(run_dir: Path, summary: dict[str, Any]) -> Path | None
 
 
 def write_tornado_plot(serving: dict[str, Any], out_dir: Path, name: str = "tornado.png") -> Path:
-    """One bar per uncertain input: cost per day with that input alone at its low and at its high value,
-    around the central plan, largest effect on top (serving["tornado"], sorted by scale.uncertainty)."""
-    entries = serving["tornado"][::-1]
-    central = serving["usd_per_day"]["central"]
-    figure, axes = _new_axes("What moves cost per day (one input at a time)", "")
-    for row, entry in enumerate(entries):
-        for key, color in (("low_usd_per_day", "tab:blue"), ("high_usd_per_day", "tab:red")):
-            if entry[key] is None:  # no plan meets the targets with this input at this end
-                continue
-            axes.barh(row, entry[key] - central, left=central, color=color,
-                      label=key.split("_")[0] + " input value" if row == 0 else None)
-    axes.axvline(central, color="black", linewidth=1)
-    axes.set_yticks(range(len(entries)), [entry["input"] for entry in entries])
-    axes.set_xlabel("USD per day")
-    axes.legend()
+    """One bar per uncertain input: cost per day (left) and Wh per query (right) with that input alone at its low
+    and at its high value, around the central plan, largest effect on top (serving["tornado"], sorted by cost by
+    plan.uncertainty; the right panel by its own effect). An input that moves neither figure (the grid's carbon
+    intensity moves CO2 only) has a name and no bar; an end with no plan has no bar either."""
+    panels = (("usd_per_day", serving["usd_per_day"]["central"], "USD per day"),
+              ("wh_per_query", serving["wh_per_query"]["central"], "Wh per query"))
+    figure = Figure(figsize=(12, 0.9 + 0.35 * len(serving["tornado"])), layout="constrained")
+    for index, (metric, central, label) in enumerate(panels):
+        def swing(entry: dict[str, Any]) -> float:
+            ends = [entry[f"{end}_{metric}"] for end in ("low", "high") if entry.get(f"{end}_{metric}") is not None]
+            return max(ends) - min(ends) if len(ends) == 2 else 0.0
+
+        entries = serving["tornado"] if index == 0 else sorted(serving["tornado"], key=lambda entry: -swing(entry))
+        entries = entries[::-1]  # the largest effect on top
+        axes, labelled = figure.add_subplot(1, 2, index + 1), set()
+        for row, entry in enumerate(entries):
+            for end, color in (("low", "tab:blue"), ("high", "tab:red")):
+                value = entry.get(f"{end}_{metric}")
+                if value is None:  # no plan meets the targets with this input at this end
+                    continue
+                axes.barh(row, value - central, left=central, color=color,
+                          label=None if end in labelled else f"{end} input value")
+                labelled.add(end)
+        axes.axvline(central, color="black", linewidth=1)
+        axes.set_yticks(range(len(entries)), [entry["input"] for entry in entries])
+        axes.set_xlabel(label)
+        axes.set_title(f"What moves {label} (one input at a time)", fontsize=9)
+        axes.grid(alpha=0.3, axis="x")
+        axes.legend(fontsize=8)
     out_dir.mkdir(parents=True, exist_ok=True)
     return _save(figure, out_dir / name)
 

@@ -9,8 +9,9 @@ and tokens/s and MFU follow from it. What each mode covers, matching what the to
              gradient clipping, AdamW and zeroing the gradients; tokens/s = batch · seq_len · grad_accum / step.
              On world_size data-parallel ranks, per card, plus the collectives, the wrappers' copies and the
              measured harness (profiling.collectives)
-    prefill  `GPT.generate` up to the first new token, as sample.py times it: the prompt's forward pass (logits
-             at every position, keys and values into the cache) and the first draw; tokens/s = batch · P / time
+    prefill  `GPT.generate` up to the first new token, as sample.py times it: its KV cache allocated for the
+             prompt and the new tokens, the prompt's forward pass (logits at every position, keys and values into
+             the cache) and the first draw; tokens/s = batch · P / time
     decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
              draws, counted as batch · (N−1) tokens; step_seconds is the mean per token. Each forward's
              attention reads the cache slots that hold tokens, P+1 … P+N (gpt.generate's KVCache.window
@@ -87,30 +88,50 @@ def _prediction(mode: str, seconds: dict[str, float], tokens: float, model_flops
                       model_flops)
 
 
+DEVICES_PER_SERVER = 8  # an HGX/DGX server's GPUs: the intra-server ring of a reference cluster
+
+
+def reference_cluster(device_class: str, devices_per_server: int = DEVICES_PER_SERVER) -> collectives.Cluster:
+    """The hardware table's links of a device class: a ring inside a server over its NVLink or PCIe link
+    (`hardware.INTERCONNECTS`; a class without one has one device per server), and each device's network link
+    between servers (`hardware.inter_node`: InfiniBand per GPU on DGX systems, sourced, else an assumption)."""
+    link = hardware.INTERCONNECTS.get(device_class)
+    intra = collectives.Link(link.bytes_per_s, collectives.REFERENCE_LATENCY_S, link.source) if link else None
+    network = hardware.inter_node(device_class)
+    inter = collectives.Link(network.bytes_per_s, collectives.INTER_NODE_LATENCY_S, network.source)
+    return collectives.Cluster(devices_per_server if intra else 1, intra, inter)
+
+
 def communication_seconds(config: GPTConfig, world_size: int, grad_accum: int, sharded: bool,
-                          profile: DeviceProfile) -> float:
-    """The collectives of one data-parallel optimizer step (profiling.collectives): from the profile's measured
-    table if it has one, else, on a reference profile, a ring over the device's link in the hardware table."""
+                          profile: DeviceProfile, devices_per_server: int = DEVICES_PER_SERVER,
+                          cluster: collectives.Cluster | None = None) -> float:
+    """The collectives of one data-parallel optimizer step (profiling.collectives): over `cluster` when given;
+    else from the profile's measured table if it has one; else, on a reference profile, over the hardware
+    table's links (`reference_cluster`: a ring inside a server, two levels beyond it)."""
     if world_size == 1:
         return 0.0
-    if profile.collectives is not None:
+    if cluster is None and profile.collectives is not None:
         table = profile.collectives
         return collectives.data_parallel_seconds(
             config, world_size, grad_accum, sharded, lambda op, size: collectives.table_seconds(table, op, size,
                                                                                                 world_size))
-    link = hardware.INTERCONNECTS.get(profile.device_class) if profile.kind == "reference" else None
-    if link is None:
-        raise PredictError(f"the {profile.kind} profile of {profile.device} has no collectives; measure them: "
-                           f"torchrun --standalone --nproc_per_node {world_size} -m profiling calibrate")
-    ring = collectives.Link(link.bytes_per_s, collectives.REFERENCE_LATENCY_S, link.source)
-    return collectives.data_parallel_seconds(config, world_size, grad_accum, sharded,
-                                             lambda op, size: collectives.link_seconds(op, size, world_size, ring))
+    if cluster is None:
+        if profile.kind != "reference" or profile.device_class not in hardware.INTERCONNECTS:
+            raise PredictError(f"the {profile.kind} profile of {profile.device} has no collectives; measure them: "
+                               f"torchrun --standalone --nproc_per_node {world_size} -m profiling calibrate")
+        cluster = reference_cluster(profile.device_class, devices_per_server)
+    return collectives.data_parallel_seconds(
+        config, world_size, grad_accum, sharded,
+        lambda op, size: collectives.cluster_seconds(op, size, world_size, cluster))
 
 
 def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, profile: DeviceProfile,
-                  world_size: int = 1, sharded: bool = False) -> Prediction:
+                  world_size: int = 1, sharded: bool = False, devices_per_server: int = DEVICES_PER_SERVER,
+                  cluster: collectives.Cluster | None = None) -> Prediction:
     """One optimizer step of `Trainer.train_step` (see module docstring) on each of `world_size` data-parallel
-    ranks (DDP, or FSDP when `sharded`), `batch` sequences per rank; tokens/s and MFU are per card."""
+    ranks (DDP, or FSDP when `sharded`), `batch` sequences per rank; tokens/s and MFU are per card. The
+    collectives are priced as `communication_seconds` says (`cluster`, else the profile's table, else the
+    hardware table's links with `devices_per_server` per server)."""
     _check(config, batch=batch, seq_len=seq_len, grad_accum=grad_accum, world_size=world_size)
     if seq_len > config.block_size:
         raise PredictError(f"--seq-len {seq_len} exceeds the model's context of {config.block_size}; "
@@ -122,7 +143,8 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
     seconds = price(ops, profile, training=True)
     fixed = profile.overhead["fixed_s"]
     seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]
-    seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile)
+    seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile,
+                                                     devices_per_server, cluster)
     if world_size > 1 and profile.collectives is not None:  # measured with the table; none on reference profiles
         seconds["overhead"] += collectives.harness_seconds(profile.collectives, config, sharded)
     tokens = batch * seq_len * grad_accum
@@ -135,11 +157,14 @@ def _check_context(config: GPTConfig, tokens: int) -> None:
                            "lower --prompt-tokens/--new-tokens or raise --context")
 
 
-def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: DeviceProfile) -> Prediction:
-    """The prompt's forward pass and the first draw, as sample.py times its prefill."""
-    _check(config, batch=batch, prompt_tokens=prompt_tokens)
+def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: DeviceProfile,
+                    new_tokens: int = 1) -> Prediction:
+    """The KV cache's allocation for the prompt and `new_tokens`, the prompt's forward pass and the first draw, as
+    sample.py times its prefill."""
+    _check(config, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     _check_context(config, prompt_tokens)
-    seconds = price(flops.prefill_operations(config, batch, prompt_tokens, profile.dtype), profile, training=False)
+    ops = flops.prefill_operations(config, batch, prompt_tokens, profile.dtype, new_tokens)
+    seconds = price(ops, profile, training=False)
     seconds["overhead"] += profile.overhead["fixed_s"]["prefill"]
     model_flops = batch * flops.prefill_flops(config, prompt_tokens, causal=False)
     return _prediction("prefill", seconds, batch * prompt_tokens, model_flops, profile)
@@ -211,7 +236,7 @@ def predict(config: GPTConfig, mode: str, profile: DeviceProfile, batch: int, se
     if prompt_tokens is None:
         raise PredictError(f"--mode {mode} needs --prompt-tokens")
     if mode == "prefill":
-        return predict_prefill(config, batch, prompt_tokens, profile)
+        return predict_prefill(config, batch, prompt_tokens, profile, new_tokens or 1)
     if new_tokens is None:
         raise PredictError("--mode decode needs --new-tokens")
     return predict_decode(config, batch, prompt_tokens, new_tokens, profile)
@@ -253,14 +278,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     work.add_argument("--grad-accum", type=positive_int, default=1, help="train: micro-batches per optimizer step")
     work.add_argument("--world-size", type=positive_int, default=1,
                       help="train: data-parallel processes (torchrun --nproc_per_node); --batch is per process, "
-                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP), the wrappers' copies and, on "
-                      "a measured profile, the harness measured with the collectives to the step")
+                      "tokens/s and MFU per card; adds the gradient all-reduce (DDP) to the step: from the profile's "
+                      "measured collectives, or on a reference profile a ring over NVLink/PCIe inside an 8-device "
+                      "server and InfiniBand/network between servers (hardware table); and the wrappers' copies and, "
+                      "on a measured profile, the harness measured with the collectives")
     work.add_argument("--fsdp", action="store_true",
                       help="train: FSDP instead of DDP: all-gathers of each block's weights (forward and backward, "
                       "every micro-step) and reduce-scatters of its gradients")
     work.add_argument("--prompt-tokens", type=positive_int, help="prefill/decode: prompt length in tokens")
     work.add_argument("--new-tokens", type=positive_int,
-                      help="decode: tokens generated; the result is the mean per token, as sample.py measures it")
+                      help="decode: tokens generated; the result is the mean per token, as sample.py measures it; "
+                      "prefill: the tokens the KV cache is allocated for beyond the prompt (default 1)")
     where = parser.add_argument_group("device")
     where.add_argument("--device", metavar="KEY",
                        help="key of the hardware table (python -m profiling hardware), e.g. h100-sxm or cpu "

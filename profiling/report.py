@@ -64,6 +64,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append((measured_label, _percent(summary["mfu_measured_peak"])))
     rows.append(("HFU (executed FLOPs / peak)", _percent(summary["hfu"])))
     rows += _prediction_rows(summary)
+    if summary["world_size"] > 1:
+        rows += _distributed_rows(summary)
     if summary["energy_j"] is None:
         rows.append(("energy", "n/a (no power readings in the log)"))
     else:
@@ -97,6 +99,13 @@ def _prediction_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _distributed_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a distributed step spends beyond one card's work: the share of step time the single-card prediction
+    leaves unexplained (communication, waiting for slower ranks); n/a without a prediction."""
+    return [("world size", f"{summary['world_size']} ({summary['mode']}); figures above are per card"),
+            ("step time unexplained by one card's prediction", _percent(summary["unexplained_step_fraction"]))]
+
+
 # --------------------------------------------------------------------------- a scale --json file: its tornado
 
 
@@ -126,20 +135,32 @@ def _usd(value: float | None) -> str:
     return "no plan" if value is None else f"${value:,.0f}"
 
 
+def _energy_band(serving: dict[str, Any]) -> list[str]:
+    """The Wh-per-query band line, where the scale file has one."""
+    band = serving.get("wh_per_query")
+    if not isinstance(band, dict):
+        return []
+    cells = ["no plan" if band[end] is None else f"{band[end]:.3g}" for end in ("low", "central", "high")]
+    return [f"Wh per query  {cells[0]} low / {cells[1]} central / {cells[2]} high"]
+
+
 def format_tornado(result: dict[str, Any], path: Path) -> str:
     """The band and one line per input: cost per day with that input alone at its low and at its high value."""
     serving, band = result["serving"], result["serving"]["usd_per_day"]
     model, device = result.get("model", {}), result.get("device", {})
-    rows = [("input", "low value: USD/day", "high value: USD/day", "swing")]
+    rows = [("input", "low value: USD/day", "high value: USD/day", "Wh/query low..high", "swing")]
     for entry in serving["tornado"]:
         ends = [value for value in (entry["low_usd_per_day"], entry["high_usd_per_day"]) if value is not None]
+        energy = [entry.get(f"{end}_wh_per_query") for end in ("low", "high")]  # absent in older scale files
         rows.append((entry["input"], f"{entry['low']:g}: {_usd(entry['low_usd_per_day'])}",
                      f"{entry['high']:g}: {_usd(entry['high_usd_per_day'])}",
+                     "..".join("n/a" if wh is None else f"{wh:.3g}" for wh in energy),
                      _usd(max(ends) - min(ends)) if len(ends) == 2 else "n/a"))
-    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    widths = [max(len(row[column]) for row in rows) for column in range(5)]
     return "\n".join([
         f"what moves cost per day: {model.get('name', 'model')} on {device.get('name', 'device')} (from {path})",
         f"cost per day  {_usd(band['low'])} low / {_usd(band['central'])} central / {_usd(band['high'])} high",
+        *_energy_band(serving),
         "", *("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows),
     ])
 
@@ -161,12 +182,16 @@ def report_scale_result(path: Path, plots: bool, as_json: bool) -> None:
 
 
 def format_scaling(rows: list[ScalingRow]) -> str:
-    """One line per run: world size, mode, tokens/s per card and for the job, MFU per card, efficiency."""
-    table = [("world size", "mode", "tokens/s per card", "tokens/s, job", "MFU per card", "efficiency", "run")]
+    """One line per run: world size, mode, tokens/s per card and for the job, MFU per card, efficiency, and the
+    share of step time the single-card prediction leaves unexplained."""
+    table = [("world size", "mode", "tokens/s per card", "tokens/s, job", "MFU per card", "efficiency",
+              "unexplained", "run")]
     table += [(str(row.world_size), row.mode, _number(row.tokens_per_sec_per_card), _number(row.job_tokens_per_sec),
-               _percent(row.mfu_per_card), f"{row.efficiency:.1%}", row.run_dir) for row in rows]
+               _percent(row.mfu_per_card), f"{row.efficiency:.1%}",
+               _percent(row.unexplained_step_fraction), row.run_dir) for row in rows]
     widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
-    return "\n".join(["scaling: tokens/s per card against the smallest world size (100% = perfect scaling)", "",
+    return "\n".join(["scaling: tokens/s per card against the smallest world size (100% = perfect scaling); "
+                      "unexplained: the share of step time one card's prediction does not account for", "",
                       *("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
                         for line in table)])
 

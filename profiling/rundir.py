@@ -16,6 +16,13 @@ reports), over the steps the meter did not flag as warm-up:
     energy_j       = Σ (watts_i · step_time_s_i)                     over the steps with a power reading
     joules_per_token = energy_j / Σ tokens of those steps
     prediction_error = predicted tokens/s (the summary line's, on this device's profile) / tokens_per_sec − 1
+    unexplained_step_fraction = 1 − predicted seconds for the measured tokens / measured seconds
+                              = 1 − tokens_per_sec / predicted tokens/s = prediction_error / (1 + prediction_error)
+
+The prediction is the single-card one (no communication), so in a distributed run the unexplained share of
+step time holds the collectives, the wait for slower ranks and whatever else one card alone does not do; in
+a single-process run it is the ordinary prediction gap as a share of step time (negative when the step ran
+faster than predicted). The wait in collectives is not timed directly: docs/profiling.md says why.
 
 `read_measurements` turns either kind of file into labelled inputs ("measured (from PATH)") for the
 economics modules: a throughput to price, and the predictor's error on the device that ran.
@@ -159,6 +166,14 @@ def _energy(measured: list[dict]) -> dict[str, Any]:
     }
 
 
+def unexplained_step_fraction(tokens_per_sec: float | None, predicted_tokens_per_sec: float | None) -> float | None:
+    """The share of measured step time the prediction does not account for: for the same tokens,
+    1 − predicted seconds / measured seconds = 1 − measured tokens/s / predicted tokens/s."""
+    if not tokens_per_sec or not predicted_tokens_per_sec:
+        return None
+    return 1 - tokens_per_sec / predicted_tokens_per_sec
+
+
 def _first_present(key: str, *sources: dict[str, Any] | None) -> Any:
     for source in sources:
         if source and source.get(key) is not None:
@@ -226,11 +241,12 @@ def _prediction(summary: dict[str, Any] | None, tokens_per_sec: float | None) ->
     prediction = (summary or {}).get("prediction")
     if not isinstance(prediction, dict) or not prediction.get("tokens_per_sec"):
         note = (summary or {}).get("prediction_note") or "no prediction in the log (an older run, or cut short)"
-        return {"predicted_tokens_per_sec": None, "prediction_error": None, "prediction": None,
-                "prediction_note": note}
+        return {"predicted_tokens_per_sec": None, "prediction_error": None, "unexplained_step_fraction": None,
+                "prediction": None, "prediction_note": note}
     predicted = prediction["tokens_per_sec"]
     return {"predicted_tokens_per_sec": predicted,
             "prediction_error": predicted / tokens_per_sec - 1 if tokens_per_sec else None,
+            "unexplained_step_fraction": unexplained_step_fraction(tokens_per_sec, predicted),
             "prediction": prediction, "prediction_note": None}
 
 

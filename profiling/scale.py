@@ -8,9 +8,12 @@ this CPU contributes only the predictor's own error there, shown as a confidence
 
 Serving: the planner of `profiling.plan` (tensor-parallel degree, batch, fleet, band and tornado).
 
-Training: predict_train(micro-batch × context, gradient accumulation) on the profile gives the MFU of the
-target model on the target device (optimizer update included, unsharded); total model FLOPs (3 × forward,
-PaLM) / (peak × that MFU) is the device time. Communication between devices is not modelled.
+Training: predict_train(micro-batch × context, gradient accumulation, world size = the training devices) on the
+profile gives the MFU per device of the target model on the target device: one device's step (optimizer update
+included, unsharded) plus the data-parallel gradient all-reduce of every optimizer step (`training_cluster`: the
+profile's measured collectives at that world size, else the hardware table's links: a ring over NVLink inside a
+server, InfiniBand between servers; profiling.collectives has the formula). Total model FLOPs (3 × forward,
+PaLM) / (peak × that MFU) is the device time. Tensor and pipeline parallelism are not modelled.
 
 The fleet (replicas × tp devices) is paid and powered around the clock: cost per day =
 devices × 24 h × device-hour price; energy per day = devices × 24 h × board power × load factor × PUE.
@@ -27,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from gpt.config import PRESETS, GPTConfig
-from profiling import cost, flops, hardware, predict
+from profiling import collectives, cost, flops, hardware, predict
 from profiling.device_profile import DeviceProfile, resolve_profile
 from profiling.hardware import Accelerator
-from profiling.plan import (LATENCY_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs, plan_serving,
-                            uncertainty)
+from profiling.plan import (LATENCY_SOURCE, PROMPT_SOURCE, ScaleError, ServingInputs, ServingPlan, operating_costs,
+                            plan_serving, uncertainty)
 from profiling.predict import Prediction
 from profiling.prices import require_positive
 from profiling.rundir import Measurements, read_measurements
+from profiling.traffic import PERCENTILE, read_traffic
 
 
 # --------------------------------------------------------------------------- target model and device
@@ -91,12 +95,45 @@ class TrainingInputs:
     n_devices: int
     micro_batch: int = 1  # sequences of the full context per device per micro-step
     grad_accum: int = 16  # micro-steps per optimizer update
+    devices_per_server: int = predict.DEVICES_PER_SERVER  # the intra-server ring of the gradient all-reduce
+
+
+def training_cluster(profile: DeviceProfile, inputs: TrainingInputs) -> collectives.Cluster | None:
+    """The links the gradient all-reduce of `inputs.n_devices` devices runs over: None where the profile's
+    measured collectives were measured at that world size (they are used), else the hardware table's
+    (`predict.reference_cluster`), for a measured profile too: a table measured at another world size does not
+    scale to this one."""
+    table = profile.collectives
+    if inputs.n_devices == 1 or (table is not None and table["world_size"] == inputs.n_devices):
+        return None
+    return predict.reference_cluster(profile.device_class, inputs.devices_per_server)
+
+
+def communication(profile: DeviceProfile, inputs: TrainingInputs, step: Prediction) -> dict[str, Any]:
+    """What the gradient all-reduce of a training plan assumed, for the output: per step, the links, the share."""
+    cluster = training_cluster(profile, inputs)
+    seconds = step.breakdown["communication"]
+    summary: dict[str, Any] = {"seconds_per_step": seconds, "share_of_step": seconds / step.step_seconds,
+                               "world_size": inputs.n_devices, "collective": "DDP all-reduce of every float32 "
+                               "gradient once per optimizer step, in 25 MiB buckets, not overlapped with compute"}
+    if inputs.n_devices == 1:
+        return summary | {"links": "one device: none"}
+    if cluster is None:
+        return summary | {"links": f"measured: the profile's {profile.collectives['backend']} collectives at world "
+                                   f"size {inputs.n_devices}"}
+    return summary | {"devices_per_server": cluster.per_server, "servers": cluster.servers(inputs.n_devices),
+                      "intra_server": None if cluster.intra is None else asdict(cluster.intra),
+                      "inter_server": asdict(cluster.inter)}
 
 
 def plan_training(config: GPTConfig, profile: DeviceProfile, inputs: TrainingInputs,
                   priced: cost.PricedDevice) -> tuple[cost.TrainingCost, Prediction]:
-    """Model FLOPs at the full context (3 × forward, PaLM) over peak × the MFU predicted for one device's step."""
-    step = predict.predict_train(config, inputs.micro_batch, config.block_size, inputs.grad_accum, profile)
+    """Model FLOPs at the full context (3 × forward, PaLM) over peak × the MFU predicted per device for a
+    data-parallel step of `inputs.n_devices` devices (one device's step plus the gradient all-reduce)."""
+    require_positive("devices_per_server", inputs.devices_per_server)
+    step = predict.predict_train(config, inputs.micro_batch, config.block_size, inputs.grad_accum, profile,
+                                 world_size=inputs.n_devices, devices_per_server=inputs.devices_per_server,
+                                 cluster=training_cluster(profile, inputs))
     total = flops.training_flops_per_token(config) * require_positive("train_tokens", inputs.tokens)
     return cost.training_cost(total, profile.peak_flops, step.mfu, inputs.n_devices, priced.device_hour,
                               priced.kw_per_device, priced.grid_kg_co2_per_kwh), step
@@ -130,6 +167,7 @@ class ScaleRequest:
     usable_memory_fraction: float | None = None
     allreduce_latency_s: float | None = None
     tensor_parallel: int | None = None  # None: the planner chooses
+    traffic: Path | None = None  # a distribution of (prompt, output, share) classes instead of the two means
     train_tokens: float | None = None
     train_devices: int | None = None
     train_micro_batch: int | None = None
@@ -186,16 +224,51 @@ def _given(inputs: dict[str, dict[str, Any]], request: ScaleRequest, name: str, 
     return inputs[name]["value"]
 
 
-def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | None = None) -> ServingInputs:
-    """The planner's inputs: the request's values, the defaults for what it left unset (recorded in `inputs`)."""
+def _traffic_means(request: ScaleRequest, inputs: dict[str, dict[str, Any]],
+                   config: GPTConfig | None) -> tuple[int, int, int] | None:
+    """With --traffic: its mean prompt and output (whole tokens) and the KV context of its long end, recorded in
+    `inputs` with their source; the file's longest class checked against the model's context."""
+    if request.traffic is None:
+        return None
+    if request.prompt_tokens is not None or request.tokens_per_query is not None:
+        raise ScaleError("--traffic gives the prompt and output lengths; drop --prompt-tokens and --tokens-per-query, "
+                         "or drop --traffic")
+    found = read_traffic(request.traffic)
+    if config is not None:
+        longest = max(found.classes, key=lambda row: row.context)
+        if longest.context > config.block_size:
+            raise ScaleError(f"{request.traffic}: a class of {longest.prompt_tokens} + {longest.output_tokens} tokens "
+                             f"exceeds the model's context of {config.block_size}; shorten it or drop it")
+    where = f"assumed (--traffic {request.traffic}: share-weighted mean of {len(found.classes)} classes)"
+    prompt, output = round(found.mean_prompt_tokens), max(1, round(found.mean_output_tokens))
+    kv = found.context_percentile()
+    inputs["traffic"] = {"value": str(request.traffic), "unit": "", "source": f"assumed (--traffic): "
+                         f"{len(found.classes)} classes of prompt and output tokens"}
+    inputs["prompt_tokens"] = {"value": prompt, "unit": "tokens", "source": where}
+    inputs["tokens_per_query"] = {"value": output, "unit": "tokens", "source": where}
+    inputs["kv_context_tokens"] = {"value": kv, "unit": "tokens", "source": f"assumed (--traffic {request.traffic}: "
+                                   f"the {PERCENTILE * 100:.0f}th percentile of prompt + output by share, reserved per sequence)"}
+    return prompt, output, kv
+
+
+def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | None = None,
+                   config: GPTConfig | None = None) -> ServingInputs:
+    """The planner's inputs: the request's values, the defaults for what it left unset (recorded in `inputs`);
+    with --traffic, the prompt and output means and the KV context it implies for `config`."""
     inputs = {} if inputs is None else inputs
 
     def given(name: str, default: float, unit: str = "") -> float:
         return _given(inputs, request, name, default, unit)
 
+    traffic = _traffic_means(request, inputs, config)
+    if traffic is None:
+        prompt = int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens"))
+        output = int(given("tokens_per_query", ServingInputs.output_tokens, "tokens"))
+    else:
+        prompt, output, _ = traffic
     serving = ServingInputs(
-        prompt_tokens=int(given("prompt_tokens", ServingInputs.prompt_tokens, "tokens")),
-        output_tokens=int(given("tokens_per_query", ServingInputs.output_tokens, "tokens")),
+        prompt_tokens=prompt,
+        output_tokens=output,
         queries_per_day=given("queries_per_day", ServingInputs.queries_per_day, "1/day"),
         peak_to_average=given("peak_to_average", ServingInputs.peak_to_average),
         dtype=flops.dtype_name(request.dtype),
@@ -207,10 +280,13 @@ def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | No
         usable_memory_fraction=given("usable_memory_fraction", ServingInputs.usable_memory_fraction),
         allreduce_latency_s=given("allreduce_latency_s", ServingInputs.allreduce_latency_s, "s"),
         tensor_parallel=request.tensor_parallel,
+        kv_context_tokens=None if traffic is None else traffic[2],
     )
     for name in ("ttft_s", "min_user_tokens_per_sec"):
         if getattr(request, name) is None:
             inputs[name]["source"] = f"reference: {LATENCY_SOURCE}"
+    if request.prompt_tokens is None and request.traffic is None:
+        inputs["prompt_tokens"]["source"] = f"assumed (default): {PROMPT_SOURCE}"
     if request.tensor_parallel is not None:
         given("tensor_parallel", request.tensor_parallel, "devices")
     return serving
@@ -219,7 +295,8 @@ def serving_inputs(request: ScaleRequest, inputs: dict[str, dict[str, Any]] | No
 def plan_request(request: ScaleRequest) -> ServingPlan:
     """The central serving plan of a request (no band, no training): what `--compare` re-runs per lever."""
     target = resolve(request)
-    return plan_serving(target.config, target.device, target.profile, serving_inputs(request), target.priced)
+    return plan_serving(target.config, target.device, target.profile, serving_inputs(request, None, target.config),
+                        target.priced)
 
 
 def extrapolate(request: ScaleRequest) -> dict[str, Any]:
@@ -237,23 +314,29 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
     def given(name: str, default: float, unit: str = "") -> float:
         return _given(inputs, request, name, default, unit)
 
-    serving = serving_inputs(request, inputs)
+    serving = serving_inputs(request, inputs, config)
     link = hardware.INTERCONNECTS.get(device.key)
     if link is not None:
         inputs["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
+    network = hardware.inter_node(device.key)
+    inputs["inter_node_bytes_per_s"] = {"value": network.bytes_per_s, "unit": "B/s",
+                                        "source": network.source}
     training_inputs = TrainingInputs(
         tokens=given("train_tokens", CHINCHILLA_TOKENS_PER_PARAM * params, "tokens"),
         n_devices=int(given("train_devices", 1024, "devices")),
         micro_batch=int(given("train_micro_batch", TrainingInputs.micro_batch, "sequences")),
         grad_accum=int(given("train_grad_accum", TrainingInputs.grad_accum, "micro-steps")),
+        devices_per_server=serving.devices_per_server,
     )
     inputs |= priced.inputs
     for entry in inputs.values():
         entry["kind"] = cost.kind_of(entry["source"])
     plan = plan_serving(config, device, profile, serving, priced)
-    band = uncertainty(config, device, profile, serving, priced)
+    band = uncertainty(config, device, profile, serving, priced, request.prices,
+                       {name: entry["source"] for name, entry in inputs.items()})
     training, step = plan_training(config, profile, training_inputs, priced)
-    return {
+    traffic = {} if request.traffic is None else {"traffic": read_traffic(request.traffic).to_dict()}
+    return traffic | {
         "model": {"name": request.model or "custom", "params": params, **config.to_dict()},
         "device": {"key": device.key, "name": device.name, "dtype": serving.dtype,
                    "peak_flops": device.peak(serving.dtype),
@@ -265,7 +348,8 @@ def extrapolate(request: ScaleRequest) -> dict[str, Any]:
            for kind in ("measured", "reference", "assumed")},
         "confidence": _confidence(measured, device.key),
         "device_hour": priced.device_hour.to_dict(),
-        "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict()},
+        "training": asdict(training) | {"predicted_mfu": step.mfu, "step": step.to_dict(),
+                                        "communication": communication(profile, training_inputs, step)},
         "serving": asdict(plan) | band | {
             "operating_cost_usd_per_day": operating_costs(plan.devices, request.prices, device)},
     }

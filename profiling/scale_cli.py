@@ -33,6 +33,23 @@ def _number(value: float | None, form: str = "{:,.4g}") -> str:
     return "no plan" if value is None else form.format(value)
 
 
+def _swing(entry: dict[str, Any], metric: str) -> float:
+    """How far one tornado input moves `metric` between its two ends (0 where an end has no plan)."""
+    low, high = entry[f"low_{metric}"], entry[f"high_{metric}"]
+    return 0.0 if low is None or high is None else abs(high - low)
+
+
+def _communication(summary: dict[str, Any]) -> str:
+    """One line on the gradient all-reduce of a training plan: its time, share and the links it ran over."""
+    head = f"{_ms(summary['seconds_per_step'])} per optimizer step ({summary['share_of_step']:.0%} of it)"
+    if "inter_server" not in summary:
+        return f"{head}; {summary['links']}"
+    intra, inter = summary["intra_server"], summary["inter_server"]
+    inside = "" if intra is None else f"a ring over {intra['bytes_per_s'] / 1e9:,.0f} GB/s inside each server, "
+    return (f"{head}: {summary['servers']:,} servers x {summary['devices_per_server']} devices, {inside}"
+            f"{inter['bytes_per_s'] / 1e9:,.3g} GB/s per device between servers")
+
+
 def _operating_cost_lines(sides: dict[str, Any]) -> list[str]:
     """Rented and owned fleets' USD per day by part, side by side; a side that could not be priced says why."""
     fleets = ("rented", "owned")
@@ -118,6 +135,13 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         f"{decode['mfu']:.1%}; {serving['replica_tokens_per_sec']:,.0f} tokens/s per replica, prefill included",
         f"                 where it goes: {_where(decode)}",
     ]
+    if "traffic" in result:
+        traffic = result["traffic"]
+        lines.insert(lines.index("serving") + 1,
+                     f"  traffic        {len(traffic['classes'])} classes from {traffic['source']}: means "
+                     f"{traffic['mean_prompt_tokens']:,.1f} prompt + {traffic['mean_output_tokens']:,.1f} output "
+                     f"tokens (priced); KV cache sized for {traffic['kv_context_tokens']:,} tokens per sequence "
+                     f"(its {traffic['percentile'] * 100:.0f}th percentile)")
     if prefill["seconds"]:
         lines += [f"  prefill        {_ms(prefill['seconds'])} per prompt, MFU {prefill['mfu']:.1%}",
                   f"                 where it goes: {_where(prefill)}"]
@@ -130,18 +154,26 @@ def format_extrapolation(result: dict[str, Any]) -> str:
         "  band           " + "; ".join(
             f"{name} {_number(band['low'])} / {_number(band['central'])} / {_number(band['high'])}" for name, band in
             (("usd/day", serving["usd_per_day"]), ("devices", serving["devices_band"]),
-             ("Wh/query", serving["wh_per_query"]))) + " (low / central / high)",
+             ("Wh/query", serving["wh_per_query"]),
+             ("t CO2/day", {end: None if kg is None else kg / 1000
+                            for end, kg in serving["kg_co2_per_day_band"].items()}))) + " (low / central / high)",
         "  tornado        " + "; ".join(
             f"{entry['input']} {_number(entry['low_usd_per_day'], '${:,.0f}')}.."
             f"{_number(entry['high_usd_per_day'], '${:,.0f}')}"
             for entry in serving["tornado"]),
+        "                 Wh/query: " + "; ".join(
+            f"{entry['input']} {_number(entry['low_wh_per_query'], '{:.3g}')}..{_number(entry['high_wh_per_query'], '{:.3g}')}"
+            for entry in sorted(serving["tornado"], key=lambda entry: -_swing(entry, "wh_per_query"))
+            if _swing(entry, "wh_per_query") > 0),
         *_operating_cost_lines(serving["operating_cost_usd_per_day"]),
         f"  energy         {serving['kwh_per_day']:,.0f} kWh/day = {serving['wh_per_query']['central']:.3f} Wh/query, "
         f"{serving['kg_co2_per_day'] / 1000:,.1f} t CO2/day",
         "",
         "training",
-        f"  predicted MFU  {training['predicted_mfu']:.1%} (one device's optimizer step: {_ms(step['step_seconds'])}; "
+        f"  predicted MFU  {training['predicted_mfu']:.1%} per device (an optimizer step on each of "
+        f"{training['n_devices']:,} devices: {_ms(step['step_seconds'])}; "
         f"where it goes: {_where({'seconds': step['step_seconds'], 'breakdown': step['breakdown']})})",
+        f"  all-reduce     {_communication(training['communication'])}",
         f"  {training['flops']:.3e} FLOPs = {training['device_hours']:,.0f} device-hours = "
         f"{training['days']:,.1f} days on {training['n_devices']:,} devices; ${training['usd']:,.0f}, "
         f"{training['kwh'] / 1000:,.0f} MWh",
@@ -194,7 +226,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     traffic = parser.add_argument_group("serving")
     traffic.add_argument("--queries-per-day", type=float, help=f"default {ServingInputs.queries_per_day:g}")
     traffic.add_argument("--tokens-per-query", type=int, help=f"generated tokens (default {ServingInputs.output_tokens})")
-    traffic.add_argument("--prompt-tokens", type=int, help="prompt tokens per query (default 0)")
+    traffic.add_argument("--prompt-tokens", type=int,
+                         help=f"prompt tokens per query (default {ServingInputs.prompt_tokens}: LMSYS-Chat-1M's mean "
+                         "user prompt, an assumption until verified; banded 0 .. 1,020)")
+    traffic.add_argument("--traffic", type=Path, metavar="FILE",
+                         help="a distribution instead of the two means: JSON or CSV rows of prompt_tokens, "
+                         "output_tokens, share; throughput from their means, the KV cache sized for their 99th "
+                         "percentile of prompt + output (docs/cost.md)")
     traffic.add_argument("--ttft-s", type=float,
                          help=f"time to first token at most this, seconds (default {ServingInputs.ttft_s:g}: {LATENCY_SOURCE})")
     traffic.add_argument("--min-user-tokens-per-sec", type=float,
@@ -246,7 +284,7 @@ def request_from(args: argparse.Namespace) -> ScaleRequest:
         "model", "dtype", "device_profile", "weights_dtype", "kv_dtype", "ttft_s", "min_user_tokens_per_sec",
         "prompt_tokens", "tokens_per_query", "queries_per_day",
         "peak_to_average", "devices_per_server", "usable_memory_fraction", "allreduce_latency_s", "tensor_parallel",
-        "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
+        "traffic", "train_tokens", "train_devices", "train_micro_batch", "train_grad_accum")}
     if args.scenario is None:
         if args.device is None:
             raise ScaleError("name the target device: --device KEY (or derive a published case: --scenario NAME)")
@@ -256,6 +294,8 @@ def request_from(args: argparse.Namespace) -> ScaleRequest:
         raise ScaleError(f"--scenario {args.scenario} fixes the model and the device; drop --device, --model and "
                          "the shape flags")
     base = derivation(args.scenario).request
+    if args.traffic is not None:  # the file replaces the derivation's two means
+        base = replace(base, prompt_tokens=None, tokens_per_query=None)
     prices = cost.price_choice(args)
     price_changes = {name: value for name, value in vars(prices).items() if value != getattr(cost.PriceChoice(), name)}
     return replace(base, sources=tuple(args.sources), prices=replace(base.prices, **price_changes),

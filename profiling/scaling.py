@@ -2,7 +2,8 @@
 
 Efficiency at world size N = (tokens/s per card at N) / (tokens/s per card at the smallest world size given). With
 --batch-size per card (train.py's meaning), perfect data-parallel scaling keeps tokens/s per card constant, so 100%
-is perfect and the shortfall is what communication and stragglers cost.
+is perfect and the shortfall is what communication and stragglers cost. Each row also carries the share of
+step time the single-card prediction leaves unexplained (profiling/rundir.py), which holds that cost.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ScalingRow:
     job_tokens_per_sec: float
     mfu_per_card: float | None
     efficiency: float  # tokens/s per card over the smallest world size's
+    unexplained_step_fraction: float | None  # None without a prediction
 
 
 def workload(summary: dict[str, Any]) -> dict[str, Any]:
@@ -56,5 +58,6 @@ def scaling_rows(summaries: list[dict[str, Any]]) -> list[ScalingRow]:
     return [ScalingRow(run_dir=summary["run_dir"], world_size=summary["world_size"], mode=summary["mode"],
                        tokens_per_sec_per_card=summary["tokens_per_sec"],
                        job_tokens_per_sec=summary["tokens_per_sec"] * summary["world_size"],
-                       mfu_per_card=summary["mfu"], efficiency=summary["tokens_per_sec"] / baseline)
+                       mfu_per_card=summary["mfu"], efficiency=summary["tokens_per_sec"] / baseline,
+                       unexplained_step_fraction=summary["unexplained_step_fraction"])
             for summary in ordered]

@@ -4,10 +4,17 @@ Each device is priced on its own device profile (profiling.device_profile): this
 measured here, a hardware-table GPU on its measured profile if one exists, else on its reference profile.
 For each device:
 
-    step         predict_train: one optimizer step of micro_batch × context × grad_accum tokens on one device
+    step         predict_train: one optimizer step of micro_batch × context × grad_accum tokens on each of the
+                 devices, plus the gradient all-reduce that data parallelism adds (scale.plan_training: DDP's
+                 all-reduce of every float32 gradient once per optimizer step, over the profile's measured
+                 collectives at that world size, else the hardware table's links: a ring over NVLink/PCIe inside
+                 an 8-device server, InfiniBand or an assumed network between servers; for the CPU one 2-thread
+                 VM per server on an assumed 12.5 Gb/s network)
     time         model FLOPs (3 × forward, PaLM; profiling.flops) / (peak × predicted MFU) device-seconds,
-                 spread over the devices with perfect data-parallel scaling (an assumption: no gradient
-                 all-reduce, no pipeline bubble, no failures)
+                 spread over the devices. Assumed: the all-reduce moves the bytes of DDP's (ZeRO-1/2's
+                 reduce-scatter + all-gather move the same); the per-micro-step weight all-gathers of the full
+                 sharding that the memory count below assumes (FSDP/ZeRO-3) are not counted, nor tensor or
+                 pipeline parallelism, a pipeline bubble or failures
     energy       device-hours × facility kW, facility kW = board power × load factor × PUE (profiling.cost)
     cost         device-hours × the cloud price of a device-hour, and × the owned (TCO) price
     CO2          energy × grid intensity
@@ -39,7 +46,7 @@ from profiling import cost, flops, hardware
 from profiling.device_profile import DeviceProfile
 from profiling.prices import DEVICE_PRICES, Sourced, load_overrides, require_positive
 from profiling.plan import ServingInputs
-from profiling.scale import TrainingInputs, plan_training
+from profiling.scale import TrainingInputs, communication, plan_training
 
 STATE_BYTES_PER_PARAM = 16  # ZeRO (Rajbhandari et al. 2020) section 3.1: mixed-precision Adam, 2 + 2 + 12 bytes
 RECOMPUTED_LAYER_BYTES_PER_TOKEN_PER_WIDTH = 34  # Korthikanti et al. 2022, table 2, 16-bit activations
@@ -209,9 +216,12 @@ def compare_device(config: GPTConfig, request: DeviceRequest, profile: DevicePro
         "memory_bytes": {"value": memory, "unit": "B", "source": memory_source},
         "usable_memory_fraction": {"value": inputs.usable_memory_fraction, "unit": "",
                                    "source": "assumed: the rest is workspace and fragmentation"},
-        "data_parallel_scaling": {"value": 1.0, "unit": "",
-                                  "source": "assumed: perfect (no all-reduce, pipeline bubble or failure)"},
+        "inter_node_bytes_per_s": {"value": hardware.inter_node(request.key).bytes_per_s, "unit": "B/s",
+                                   "source": hardware.inter_node(request.key).source},
     } | owned.inputs | cloud.inputs
+    if request.key in hardware.INTERCONNECTS:  # the ring inside a server of the gradient all-reduce
+        link = hardware.INTERCONNECTS[request.key]
+        labelled["interconnect_bytes_per_s"] = {"value": link.bytes_per_s, "unit": "B/s", "source": link.source}
     labelled["utilisation"]["source"] = "assumed: every paid device-hour trains"
     for entry in labelled.values():
         entry["kind"] = cost.kind_of(entry["source"])
@@ -234,6 +244,11 @@ def compare_device(config: GPTConfig, request: DeviceRequest, profile: DevicePro
     count, rule = _count(request, inputs, fewest, lambda n: plan(n)[0].days)
     training, step = plan(count)
     seconds = training.days * cost.SECONDS_PER_DAY
+    compute = step.step_seconds - step.breakdown["communication"]
+    row["inputs"]["data_parallel_scaling"] = {  # the predicted share of a step that is not the all-reduce
+        "value": compute / step.step_seconds, "unit": "", "kind": "assumed",
+        "source": "assumed: one device's step with DDP's copies / (that + the gradient all-reduce), no overlap; "
+                  "no tensor or pipeline parallelism, pipeline bubble or failure"}
     return row | {
         "devices": count, "devices_rule": rule, "tokens_per_sec_per_device": step.tokens_per_sec, "mfu": step.mfu,
         "flops": training.flops, "wall_seconds": seconds, "days": training.days,
@@ -241,6 +256,8 @@ def compare_device(config: GPTConfig, request: DeviceRequest, profile: DevicePro
         "kg_co2": training.kg_co2, "usd_cloud": training.usd,
         "usd_owned": training.device_hours * owned.device_hour.total_usd,
         "kw_per_device": cloud.kw_per_device, "step": step.to_dict(),
+        "communication": communication(profile, TrainingInputs(inputs.tokens, count, inputs.micro_batch,
+                                                               inputs.grad_accum), step),
     }
 
 
@@ -266,7 +283,7 @@ def gpt3_check(profile: DeviceProfile, prices: Path | None = None) -> dict[str, 
     return {"published": PUBLISHED_GPT3 | {"implied_mfu": implied},
             "six_n_d_flops": cost.approximate_training_flops(flops.param_count(config), PUBLISHED_GPT3["tokens"]),
             "predicted": {name: row.get(name) for name in ("flops", "days", "mfu", "devices", "usd_cloud", "kwh")}
-            | {"profile": row["profile"]}}
+            | {"profile": row["profile"], "communication_share": row["communication"]["share_of_step"]}}
 
 
 def compare(config: GPTConfig, requests: list[DeviceRequest], inputs: CompareInputs,

@@ -42,7 +42,7 @@ def device_profile(key: str, progress: bool = True) -> DeviceProfile:
     cached = cached_profile(hardware.device_name("cpu"), CPU_DTYPE)
     if cached is not None:
         return cached
-    print(f"no measured {CPU_DTYPE} profile of this CPU yet: measuring one now (under a minute on 2 cores; cached "
+    print(f"no measured {CPU_DTYPE} profile of this CPU yet: measuring one now (about a minute on 2 cores; cached "
           "for next time, as python -m profiling calibrate --device cpu would)", file=sys.stderr)
     return calibrate("cpu", CPU_DTYPE, progress=progress)
 
@@ -121,7 +121,7 @@ def format_comparison(result: dict[str, Any]) -> str:
               f"  FLOPs  predicted {predicted['flops']:.3e} (with attention), 6ND {check['six_n_d_flops']:.3e}, "
               f"published {published['flops']:.3e}",
               f"  days   predicted {predicted['days']:,.1f} at MFU {predicted['mfu']:.0%} ({predicted['profile']['kind']} "
-              f"profile, perfect scaling assumed), published {published['days']:g} at MFU "
+              f"profile, gradient all-reduce {predicted['communication_share']:.0%} of a step), published {published['days']:g} at MFU "
               f"{published['implied_mfu']:.0%}  [{published['source']}]"]
     if result.get("plots"):
         lines += ["", "plots: " + ", ".join(result["plots"])]
@@ -137,8 +137,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="why training needs GPUs: time, energy and cost of training a model on N tokens, per device",
         description="Predict, for each device, the time, energy and cost of training a model on a token count: "
         "this machine's CPU on the profile measured here (measured now if none is cached), any GPU of the hardware "
-        "table on its measured profile if one exists, else its reference profile. Each device trains with "
-        "perfect data-parallel scaling (an assumption) and holds its share of the 16-byte-per-parameter training "
+        "table on its measured profile if one exists, else its reference profile. The devices train data-parallel, "
+        "each step adding the gradient all-reduce over the hardware table's links (NVLink inside a server, "
+        "InfiniBand between servers; see docs/cost.md), and each holds its share of the 16-byte-per-parameter training "
         "state (FSDP/ZeRO-3) plus one micro-batch's recomputed activations. See docs/cost.md.",
     )
     parser.add_argument("--model", default="gpt2", choices=list(PRESETS), metavar="PRESET",

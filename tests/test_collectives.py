@@ -32,6 +32,48 @@ def test_ring_by_hand():
     assert collectives.link_seconds("reduce_scatter", 1e9, 1, link) == 0
 
 
+def test_two_level_collectives_beyond_a_server_by_hand():
+    intra, inter = Link(1e11, 1e-6, "nvlink"), Link(1e10, 5e-6, "nic")
+    cluster = collectives.Cluster(4, intra, inter)
+    S = 1e9
+    # inside one server: the plain ring
+    assert collectives.cluster_seconds("all_reduce", S, 4, cluster) == collectives.link_seconds("all_reduce", S, 4,
+                                                                                                 intra)
+    # 16 devices = 4 servers × 4: ring inside, then each device's S/4 across 4 servers over its NIC, tree latency
+    assert collectives.cluster_seconds("all_reduce", S, 16, cluster) == pytest.approx(
+        2 * 3 / 4 * S / 1e11 + 6 * 1e-6 + 2 * 3 / 4 * (S / 4) / 1e10 + 2 * 2 * 5e-6)
+    assert collectives.cluster_seconds("reduce_scatter", S, 16, cluster) == pytest.approx(
+        3 / 4 * S / 1e11 + 3 * 1e-6 + 3 / 4 * (S / 4) / 1e10 + 2 * 5e-6)
+    assert collectives.cluster_seconds("all_gather", S, 16, cluster) == pytest.approx(
+        collectives.cluster_seconds("reduce_scatter", S, 16, cluster))
+    # 20 devices span 5 servers (the last partly used): ⌈log2 5⌉ = 3 tree hops each way
+    assert collectives.cluster_seconds("all_reduce", S, 20, cluster) == pytest.approx(
+        2 * 3 / 4 * S / 1e11 + 6e-6 + 2 * 4 / 5 * (S / 4) / 1e10 + 2 * 3 * 5e-6)
+    # one device per server (no intra link): the across-servers stage alone
+    lone = collectives.Cluster(1, None, inter)
+    assert collectives.cluster_seconds("all_reduce", S, 8, lone) == pytest.approx(2 * 7 / 8 * S / 1e10 + 2 * 3 * 5e-6)
+    with pytest.raises(CommunicationError, match="need an intra-server link"):
+        collectives.Cluster(8, None, inter)
+
+
+def test_reference_data_parallel_beyond_a_server_adds_infiniband_by_hand():
+    profile = device_profile.reference_profile("a100-80gb", "bf16")
+    S = 4 * flops.param_count(CONFIG)  # one bucket
+    alone = predict.predict_train(CONFIG, 2, 32, 1, profile)
+    sixteen = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=16)
+    # 2 servers × 8 A100: NVLink 3 ring (300 GB/s, 2 µs/hop), then S/8 over 200 Gb/s HDR (25 GB/s, 5 µs/hop)
+    expected = 2 * 7 / 8 * S / 300e9 + 14 * 2e-6 + 2 * 1 / 2 * (S / 8) / 25e9 + 2 * 1 * 5e-6
+    assert sixteen.breakdown["communication"] == pytest.approx(expected, rel=1e-12)
+    copies = sum(predict.price(collectives.data_parallel_copies(CONFIG, 16, 1, False, "bf16"), profile, True).values())
+    assert sixteen.step_seconds == pytest.approx(alone.step_seconds + expected + copies, rel=1e-12)  # no harness
+    four_per_server = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=16, devices_per_server=4)
+    assert four_per_server.breakdown["communication"] == pytest.approx(
+        2 * 3 / 4 * S / 300e9 + 6 * 2e-6 + 2 * 3 / 4 * (S / 4) / 25e9 + 2 * 2 * 5e-6, rel=1e-12)
+    cluster = predict.reference_cluster("l4")  # PCIe card without a datasheet network: the assumed one
+    assert cluster.inter.bytes_per_s == 100e9 / 8 / 8 and cluster.inter.source.startswith("assumption")
+    assert predict.reference_cluster("cpu").per_server == 1  # no intra-server link: one device per server
+
+
 def test_measured_table_interpolates_clamps_and_extrapolates_at_its_bandwidth():
     assert collectives.table_seconds(TABLE, "all_reduce", 2000, 2) == pytest.approx(2e-4)
     assert collectives.table_seconds(TABLE, "all_reduce", 10, 2) == pytest.approx(1e-4)  # latency floor

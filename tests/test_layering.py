@@ -13,7 +13,7 @@ LAYERS = {
     "measure": {"energy", "meter", "rundir", "scaling"},
     "model": {"flops", "hardware", "microbench", "device_profile", "calibrate", "predict", "collectives",
               "harness"},
-    "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare"},
+    "economics": {"prices", "cost", "scenarios", "plan", "scale", "levers", "derive", "train_compare", "traffic"},
     "presentation": {"live", "report", "cost_report", "cost_cli", "scale_cli", "hardware_cli", "plots", "__main__",
                      "__init__", "train_compare_cli"},
 }

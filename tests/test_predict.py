@@ -55,10 +55,12 @@ def test_training_step_time_by_hand():
     attention_flops = accum * 3.5 * L * batch * 4 * d * seq * (seq + 1) // 2
     # Memory-bound elements per forward: embedding n·d, 2L+1 LayerNorms, L transposes, 2L adds, L GELUs of 4d,
     # cross-entropy over the vocabulary; the backward touches the same elements.
-    elements = accum * 2 * (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L) + n * V)
+    # The backward also sums the output gradient of each biased matmul over the tokens (3d + d + 4d + d per
+    # block) and concatenates the q, k, v gradients (3d per block).
+    elements = accum * (2 * (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L) + n * V) + n * d * 12 * L)
     # Calls: forward 11L + 4 (2 LayerNorms, 4 matmuls, attention, transpose, 2 adds, GELU per block; embedding,
-    # ln_f, head, loss); backward the same plus one more call per matmul (4L + 1).
-    calls = accum * (11 * L + 4 + 15 * L + 5)
+    # ln_f, head, loss); backward the same plus one more call per matmul (4L + 1), 4 bias sums and a concat (5L).
+    calls = accum * (11 * L + 4 + 15 * L + 5 + 5 * L)
     params, tensors = flops.param_count(CONFIG), 2 + 12 * L + 2
     expected = {
         "matmul": matmul_flops / MATMUL_RATE,
@@ -138,8 +140,9 @@ def test_prefill_by_hand():
     n = batch * prompt
     matmul = n * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
     attention = L * batch * 4 * d * prompt * (prompt + 1) // 2 / ATTENTION_RATE
-    memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V) * SECONDS_PER_ELEMENT
-    overhead = (12 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
+    cache = 2 * L * batch * (prompt + 1) * d  # keys and values of every layer, zero-filled for prompt + 1 tokens
+    memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V + cache) * SECONDS_PER_ELEMENT
+    overhead = (14 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
     result = predict.predict_prefill(CONFIG, batch, prompt, synthetic_profile())
     assert result.step_seconds == pytest.approx(matmul + attention + memory + overhead, rel=1e-12)
     assert result.tokens_per_sec == pytest.approx(n / result.step_seconds)
@@ -287,3 +290,34 @@ def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, mo
     assert device_profile.cached_profile(quick.device, "fp32") is None
     with pytest.raises(ProfileError, match="calibrate"):
         device_profile.resolve_profile("cpu", dtype="fp32")
+
+
+def test_row_wise_kinds_interpolate_log_linearly_in_the_row_width():
+    profile = synthetic_profile()
+    # LayerNorm timed at widths 64 and 1024: 4 and 1 seconds per element; a 256-wide op lies halfway in log width
+    profile.memory["layernorm"] = {"elements": [10, 10**9], "widths": [64, 1024],
+                                   "seconds": [[40.0, 4e9], [10.0, 1e9]]}
+    at = lambda width: profile.device_seconds(flops.Op("ln", "layernorm", (1000, width), 0, 0))  # noqa: E731
+    assert at(64) == pytest.approx(4000.0)
+    assert at(256) == pytest.approx(2000.0)  # the geometric mean of 4000 and 1000
+    assert at(4096) == pytest.approx(1000.0)  # clamped at the widest
+    with pytest.raises(ValueError, match="row width"):
+        profile.device_seconds(flops.Op("ln", "layernorm", (1000,), 0, 0))
+    listed = flops.forward_operations(CONFIG, 2, 8)
+    assert {op.shape for op in listed if op.kind in ("layernorm", "embedding")} == {(2 * 8 * 64, 64)}
+
+
+def test_decode_kv_write_moves_to_its_cold_table_as_the_model_outgrows_the_warm_window():
+    profile = synthetic_profile()
+    profile.matmul |= {"window_bytes": 100, "cold": {"rows": [1], "flops_per_sec": flat(MATMUL_RATE),
+                                                     "window_bytes": 10_000}}
+    profile.memory["kv_write_decode_cold"] = {"elements": [10, 10**9], "seconds": [100 * SECONDS_PER_ELEMENT,
+                                                                                  100 * SECONDS_PER_ELEMENT * 1e8]}
+    op = lambda working_set: flops.Op("kv", "kv_write_decode", (1000,), 0, 0, working_set=working_set)  # noqa: E731
+    warm, cold = 1000 * SECONDS_PER_ELEMENT, 1000 * 10 * SECONDS_PER_ELEMENT
+    assert profile.device_seconds(op(50)) == pytest.approx(warm)
+    assert profile.device_seconds(op(10_000)) == pytest.approx(cold)
+    assert profile.device_seconds(op(1000)) == pytest.approx(math.sqrt(warm * cold))  # halfway in log bytes
+    decode = [op for op in flops.decode_operations(CONFIG, 2, 9) if op.kind == "kv_write_decode"]
+    weights = flops.param_count(CONFIG) * 4
+    assert decode[0].working_set == weights + 2 * CONFIG.n_layer * 2 * 9 * CONFIG.n_embd * 4

@@ -33,7 +33,10 @@ def test_report_prints_the_tornado_of_a_scale_file_and_draws_it(scale_file, caps
     for entry, row in zip(scale["tornado"], rows):
         low, high = entry["low_usd_per_day"], entry["high_usd_per_day"]
         assert f"{entry['low']:g}: ${low:,.0f}" in row and f"{entry['high']:g}: ${high:,.0f}" in row
+        assert f"{entry['low_wh_per_query']:.3g}..{entry['high_wh_per_query']:.3g}" in row  # the energy it moves
         assert row.rstrip().endswith(f"${abs(high - low):,.0f}")
+    assert {"pue", "power_load_factor", "grid_kg_co2_per_kwh", "prompt_tokens"} <= {e["input"] for e in scale["tornado"]}
+    assert f"{scale['wh_per_query']['central']:.3g} central" in text
 
 
 def test_report_json_of_a_scale_file_carries_its_tornado(scale_file, capsys):

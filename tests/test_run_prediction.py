@@ -77,6 +77,12 @@ def test_training_records_the_prediction_beside_the_measurement(corpus, tmp_path
     assert summary["predicted_tokens_per_sec"] == pytest.approx(expected.tokens_per_sec, rel=1e-12)
     assert summary["prediction"]["breakdown"] == pytest.approx(expected.breakdown, rel=1e-12)
     assert summary["prediction_error"] == pytest.approx(expected.tokens_per_sec / summary["tokens_per_sec"] - 1)
+    # One process: the share of step time left unexplained is the same gap, 1 - predicted / measured seconds.
+    assert summary["unexplained_step_fraction"] == pytest.approx(1 - expected.step_seconds /
+                                                                 (summary["measured_time_s"] / summary["measured_steps"]))
+    for line in (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()):
+        if line["kind"] == "step":
+            assert line["unexplained_step_fraction"] == pytest.approx(1 - expected.step_seconds / line["step_time_s"])
     # The report compares with the whole run recomputed from the step lines, and draws the breakdown.
     report = summarize_run(run)
     assert report["prediction_error"] == pytest.approx(expected.tokens_per_sec / report["tokens_per_sec"] - 1)
@@ -107,7 +113,7 @@ def test_sampling_records_prefill_and_decode_predictions(tmp_path, cached_profil
     written = json.loads(path.read_text())
     config = GPTConfig(**written["model"])
     batch, prompt, new = written["batch"], written["prompt_tokens"], written["new_tokens"]
-    prefill = predict.predict_prefill(config, batch, prompt, cached_profile)
+    prefill = predict.predict_prefill(config, batch, prompt, cached_profile, new)  # the cache holds prompt + new
     decode = predict.predict_decode(config, batch, prompt, new, cached_profile)
     assert written["prefill_predicted_tokens_per_sec"] == pytest.approx(prefill.tokens_per_sec, rel=1e-12)
     assert written["decode_predicted_tokens_per_sec"] == pytest.approx(decode.tokens_per_sec, rel=1e-12)

@@ -8,8 +8,8 @@ import pytest
 
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
-from profiling import cost, flops, predict, rundir, scale
-from profiling.plan import Planner, ServingInputs, band_inputs, plan_serving
+from profiling import collectives, cost, flops, predict, rundir, scale
+from profiling.plan import NOT_BANDED, Planner, ServingInputs, band_inputs, plan_serving
 from profiling.device_profile import reference_profile
 
 GPT2 = GPTConfig.from_preset("gpt2")
@@ -102,18 +102,85 @@ def test_bad_inputs_name_the_limit_that_failed():
 def test_the_band_is_ordered_and_the_tornado_is_the_plan_rerun_with_one_input_changed():
     request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", queries_per_day=1e8, prompt_tokens=300,
                                  tokens_per_query=300)
-    serving = scale.extrapolate(request)["serving"]
-    for name in ("usd_per_day", "wh_per_query", "devices_band"):
+    result = scale.extrapolate(request)
+    serving = result["serving"]
+    for name in ("usd_per_day", "wh_per_query", "devices_band", "kg_co2_per_day_band"):
         band = serving[name]
         assert band["low"] <= band["central"] <= band["high"], name
     assert serving["usd_per_day"]["central"] == pytest.approx(serving["devices"] * 24 * 2.49)
-    effects = [abs(e["high_usd_per_day"] - e["low_usd_per_day"]) for e in serving["tornado"]]
+    central = {"usd_per_day": serving["usd_per_day"]["central"]}
+
+    def swing(entry):
+        ends = [entry[f"{end}_usd_per_day"] for end in ("low", "high")]
+        return abs((ends[1] or central["usd_per_day"]) - (ends[0] or central["usd_per_day"]))
+
+    effects = [swing(entry) for entry in serving["tornado"]]
     assert effects == sorted(effects, reverse=True)
+    # Both ends of every entry are exactly the plan re-run with that one input changed (re-priced for a price input).
     for entry in serving["tornado"]:
-        rerun = _plan(prompt_tokens=300, output_tokens=300, queries_per_day=1e8, **{entry["input"]: entry["high"]})
-        assert entry["high_usd_per_day"] == pytest.approx(rerun.usd_per_day)
-    price = next(e for e in serving["tornado"] if e["input"] == "price_factor")
-    assert price["low_usd_per_day"] == pytest.approx(0.6 * serving["usd_per_day"]["central"])
+        assert entry["low"] <= entry["central"] <= entry["high"], entry["input"]
+        for end in ("low", "high"):
+            serving_inputs = dict(prompt_tokens=300, output_tokens=300, queries_per_day=1e8)
+            prices = cost.PriceChoice()
+            value = entry[end]
+            if entry["applies_to"] == "serving":
+                serving_inputs[entry["field"]] = int(value) if entry["field"] in (
+                    "prompt_tokens", "output_tokens", "devices_per_server") else value
+            else:
+                prices = replace(prices, **{entry["field"]: value})
+            try:
+                rerun = _plan(prices=prices, **serving_inputs)
+            except scale.ScaleError:
+                assert entry[f"{end}_usd_per_day"] is None, (entry["input"], end)
+                continue
+            for metric in ("usd_per_day", "wh_per_query", "kg_co2_per_day", "devices"):
+                assert entry[f"{end}_{metric}"] == pytest.approx(getattr(rerun, metric)), (entry["input"], end, metric)
+    tornado = {entry["input"]: entry for entry in serving["tornado"]}
+    assert tornado["price_factor"]["low_usd_per_day"] == pytest.approx(0.6 * serving["usd_per_day"]["central"])
+    # The energy inputs move Wh per query, not a rented fleet's cost: by hand, energy ∝ board × load × PUE.
+    pue = tornado["pue"]
+    assert pue["low_usd_per_day"] == pue["high_usd_per_day"] == pytest.approx(central["usd_per_day"])
+    assert pue["high_wh_per_query"] / pue["low_wh_per_query"] == pytest.approx(pue["high"] / pue["low"])
+    load = tornado["power_load_factor"]
+    assert load["high_wh_per_query"] == pytest.approx(serving["wh_per_query"]["central"] / 0.7)  # 70% -> 100%
+    grid = tornado["grid_kg_co2_per_kwh"]
+    assert grid["high_kg_co2_per_day"] == pytest.approx(serving["kwh_per_day"] * 0.713)
+    assert serving["wh_per_query"]["low"] < pue["low_wh_per_query"]  # the Wh band moves with the energy inputs
+    assert serving["wh_per_query"]["high"] > load["high_wh_per_query"]
+    # Every end carries a source, published or the word "assumption".
+    for entry in serving["tornado"]:
+        assert set(entry["sources"]) == {"low", "central", "high"} and all(entry["sources"].values()), entry
+    # Every input the plan lists is either banded or named, with a reason, as not banded.
+    banded = set(tornado)
+    assert set(result["inputs"]) - banded <= set(NOT_BANDED), set(result["inputs"]) - banded - set(NOT_BANDED)
+    assert {"prompt_tokens", "tokens_per_query", "utilisation", "pue", "power_load_factor", "grid_kg_co2_per_kwh",
+            "devices_per_server"} <= banded
+
+
+def test_an_owned_fleet_bands_its_own_price_inputs_and_the_energy_moves_its_cost():
+    request = scale.ScaleRequest(device="h100-sxm", model="gpt3-175b", queries_per_day=1e7,
+                                 prices=cost.PriceChoice(pricing="tco"))
+    result = scale.extrapolate(request)
+    tornado = {entry["input"]: entry for entry in result["serving"]["tornado"]}
+    assert {"lifetime_years", "operations_fraction_per_year", "electricity_usd_per_kwh"} <= set(tornado)
+    assert set(result["inputs"]) - set(tornado) <= set(NOT_BANDED)
+    pue = tornado["pue"]
+    assert pue["high_usd_per_day"] > pue["low_usd_per_day"]  # owned: the energy is paid per kWh
+    lifetime = tornado["lifetime_years"]
+    assert lifetime["low_usd_per_day"] > lifetime["high_usd_per_day"]  # a shorter life costs more per day
+
+
+def test_the_default_prompt_is_sourced_and_banded():
+    result = scale.extrapolate(scale.ScaleRequest(device="h100-sxm", model="gpt3-175b"))
+    prompt = result["inputs"]["prompt_tokens"]
+    assert prompt["value"] == 70 and "LMSYS-Chat-1M" in prompt["source"] and "assumption" in prompt["source"]
+    entry = next(entry for entry in result["serving"]["tornado"] if entry["input"] == "prompt_tokens")
+    assert (entry["low"], entry["central"], entry["high"]) == (0, 70, 1020)
+    assert "Splitwise" in entry["sources"]["high"] and entry["low_usd_per_day"] < entry["high_usd_per_day"]
+    # A model whose context cannot take the published high end gets it capped at its context, said so.
+    small = scale.extrapolate(scale.ScaleRequest(device="h100-sxm", model="gpt2"))
+    entry = next(entry for entry in small["serving"]["tornado"] if entry["input"] == "prompt_tokens")
+    assert entry["high"] == 1024 - 700 and "capped at the model's context" in entry["sources"]["high"]
 
 
 def _profile(path, **fields):
@@ -134,10 +201,29 @@ def test_scale_prices_the_predicted_steps_and_labels_every_input(tmp_path):
     assert {"usd_per_device_hour", "board_power_w", "device_profile", "ttft_s"} <= set(result["reference"])
     serving = result["serving"]
     assert serving["tensor_parallel"] == 8 and serving["limited_by"] in ("memory", "ttft", "user_tokens_per_sec")
-    # Training: model FLOPs over the profile's peak at the MFU predicted for one device's step.
+    # Training: model FLOPs over the profile's peak at the MFU of one device's step slowed by the gradient
+    # all-reduce over 1,024 H100s = 128 servers × 8, counted by hand: DDP's buckets of float32 gradients (the first
+    # 1 MiB, then 25 MiB), each a reduce-scatter + all-gather ring over NVLink 4 (450 GB/s, 2 µs per hop) inside the
+    # server and an all-reduce of its 1/8 share over each GPU's 400 Gb/s NDR NIC (50 GB/s, a tree: 2·⌈log2 128⌉ hops
+    # of 5 µs); and DDP's copies of the gradients into the buckets and back, priced on the profile's copy table.
     step = predict.predict_train(GPT3, 1, GPT3.block_size, 16, h100)
-    expected_seconds = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak_flops * step.mfu)
-    assert result["training"]["device_hours"] == pytest.approx(expected_seconds / 3600)
+    bucket = 25 * 2 ** 20
+    full, rest = divmod(4 * flops.param_count(GPT3) - 2 ** 20, bucket)
+
+    def one(size):
+        return 2 * 7 / 8 * size / 450e9 + 14 * 2e-6 + 2 * 127 / 128 * (size / 8) / 50e9 + 2 * 7 * 5e-6
+
+    allreduce = one(2 ** 20) + full * one(bucket) + one(rest)
+    copies = sum(predict.price(collectives.data_parallel_copies(GPT3, 1024, 16, False, "bf16"), h100, True).values())
+    training = result["training"]
+    assert training["communication"]["seconds_per_step"] == pytest.approx(allreduce, rel=1e-9)
+    assert (training["communication"]["servers"], training["communication"]["devices_per_server"]) == (128, 8)
+    assert training["step"]["step_seconds"] == pytest.approx(step.step_seconds + copies + allreduce, rel=1e-9)
+    mfu = step.mfu * step.step_seconds / (step.step_seconds + copies + allreduce)
+    assert training["predicted_mfu"] == pytest.approx(mfu, rel=1e-9)
+    expected_seconds = flops.training_flops_per_token(GPT3) * 20 * flops.param_count(GPT3) / (h100.peak_flops * mfu)
+    assert training["device_hours"] == pytest.approx(expected_seconds / 3600)
+    assert "NDR 400 Gb/s" in result["inputs"]["inter_node_bytes_per_s"]["source"]
     # The CPU file gives a confidence figure only: the same request without it predicts the very same fleet.
     errors = result["confidence"]["errors"]
     assert errors["decode"]["error"] == 0.05 and errors["prefill"]["error"] == -0.1
@@ -245,7 +331,9 @@ def test_scale_plot_draws_the_tornado(cli, tmp_path):
     result = json.loads(out)
     assert status == 0 and result["plots"] == [str(tmp_path / "pics" / "tornado.png")]
     assert (tmp_path / "pics" / "tornado.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(band_inputs(ServingInputs()))
+    expected = band_inputs(ServingInputs(), scale.GPTConfig.from_preset("gpt2"), scale.device_spec("h100-sxm"),
+                           cost.price_device(cost.PriceChoice(), "h100-sxm", 700), cost.PriceChoice())
+    assert {entry["input"] for entry in result["serving"]["tornado"]} == set(expected)
 
 
 def test_an_input_end_with_no_plan_is_reported_as_none_not_an_error():

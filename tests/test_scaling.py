@@ -1,6 +1,7 @@
 """Scaling efficiency across runs at several world sizes, against synthetic runs whose figures are set by hand."""
 
 import json
+import re
 
 import pytest
 
@@ -11,8 +12,9 @@ from profiling.scaling import ScalingError, scaling_rows
 TOKENS = 2048  # per card per step (train.py's --batch-size is per card)
 
 
-def write_run(run_dir, world_size, step_time_s, batch_size=4):
-    """A run of 5 steps at a fixed step time; the first is a warm-up step, left out of the figures."""
+def write_run(run_dir, world_size, step_time_s, batch_size=4, predicted_step_s=None):
+    """A run of 5 steps at a fixed step time; the first is a warm-up step, left out of the figures. With
+    `predicted_step_s`, a summary line holds a single-card prediction of that step time."""
     run_dir.mkdir(parents=True)
     config = {"model": {"n_layer": 2, "block_size": 64}, "train": {"batch_size": batch_size, "grad_accum": 1},
               "device": "cpu", "dtype": "float32", "params": 1000, "world_size": world_size,
@@ -21,8 +23,35 @@ def write_run(run_dir, world_size, step_time_s, batch_size=4):
     steps = [{"kind": "step", "step": step, "loss": 4.0, "tokens": TOKENS, "step_time_s": step_time_s,
               "tokens_per_sec": TOKENS / step_time_s, "mfu": 0.01 / step_time_s, "warmup": step == 1}
              for step in range(1, 6)]
+    if predicted_step_s is not None:
+        prediction = {"tokens_per_sec": TOKENS / predicted_step_s, "step_seconds": predicted_step_s,
+                      "breakdown": {"matmul": predicted_step_s},
+                      "profile": {"kind": "measured", "device": "cpu", "date": "2026-12-01"}}
+        steps.append({"kind": "summary", "prediction": prediction})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in steps))
     return run_dir
+
+
+def test_the_step_time_a_single_card_prediction_leaves_unexplained_by_hand(tmp_path, capsys):
+    # Predicted 0.1 s a step on one card. One process measures 0.08 s: the step ran faster, -25% unexplained.
+    # Two measure 0.125 s: 1 - 0.1 / 0.125 = 20% of the step is communication and waiting; 0.125 / 0.1 - 1 = 25% is
+    # the tokens/s error (predicted 20,480 against 16,384 measured), and 0.25 / 1.25 = 20% again.
+    one = write_run(tmp_path / "runs" / "run-001", 1, 0.08, predicted_step_s=0.1)
+    two = write_run(tmp_path / "runs" / "run-002", 2, 0.125, predicted_step_s=0.1)
+    alone, pair = summarize_run(one), summarize_run(two)
+    assert alone["unexplained_step_fraction"] == pytest.approx(-0.25)
+    assert pair["unexplained_step_fraction"] == pytest.approx(0.2)
+    assert pair["prediction_error"] == pytest.approx(0.25)
+    assert [row.unexplained_step_fraction for row in scaling_rows([alone, pair])] == pytest.approx([-0.25, 0.2])
+    assert main(["report", str(two), "--no-plots", "--no-cost"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"world size +2 \(ddp\)", out)
+    assert re.search(r"step time unexplained by one card's prediction +20\.0 %", out)
+    assert main(["report", str(one), str(two), "--no-plots"]) == 0  # efficiency 16,384 / 25,600 = 64%
+    rows = capsys.readouterr().out.splitlines()
+    assert re.match(r"1 +single .* 100\.0% +-25\.0 %", rows[-2]) and re.match(r"2 +ddp .* 64\.0% +20\.0 %", rows[-1])
+    assert main(["report", str(one), "--no-plots", "--no-cost"]) == 0
+    assert "unexplained" not in capsys.readouterr().out  # one process: the prediction's error row says it
 
 
 def test_efficiency_is_per_card_throughput_against_the_smallest_world_size(tmp_path):

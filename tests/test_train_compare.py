@@ -7,7 +7,7 @@ import math
 import pytest
 
 from gpt.config import GPTConfig
-from profiling import device_profile, flops, hardware, train_compare_cli
+from profiling import collectives, device_profile, flops, hardware, predict, train_compare_cli
 from profiling.__main__ import main
 from profiling.cost import HOURS_PER_YEAR
 from profiling.prices import DEVICE_PRICES, FACILITY
@@ -15,6 +15,7 @@ from profiling.train_compare import (
     CPU_WATTS_PER_THREAD, STATE_BYTES_PER_PARAM, CompareError, CompareInputs, DeviceRequest, compare_device,
     memory_need, min_devices,
 )
+from tests.test_collectives import HARNESS
 from tests.test_predict import synthetic_profile
 
 CONFIG = GPTConfig(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=64)
@@ -89,6 +90,40 @@ def test_memory_minimum_by_hand_and_a_count_below_it_is_refused():
     assert "needs at least 43 devices" in refused["refused"] and "days" not in refused
     fewest = compare_device(config, DeviceRequest("h100-sxm"), h100, CompareInputs(tokens=1e9))
     assert fewest["devices"] == 43 and fewest["refused"] is None
+
+
+def test_data_parallel_rows_add_the_gradient_all_reduce_counted_by_hand():
+    a100 = device_profile.reference_profile("a100-80gb", "bf16")
+    inputs = CompareInputs(tokens=1e9)
+    one = compare_device(CONFIG, DeviceRequest("a100-80gb", 1), a100, inputs)
+    sixteen = compare_device(CONFIG, DeviceRequest("a100-80gb", 16), a100, inputs)
+    S = 4 * flops.param_count(CONFIG)  # float32 gradients, one 25 MiB bucket
+    # 2 servers × 8: NVLink 3 ring (300 GB/s, 2 µs per hop), then S/8 over each GPU's 200 Gb/s HDR NIC (5 µs per hop)
+    allreduce = 2 * 7 / 8 * S / 300e9 + 14 * 2e-6 + 2 * 1 / 2 * (S / 8) / 25e9 + 2 * 5e-6
+    copies = sum(predict.price(collectives.data_parallel_copies(CONFIG, 16, 1, False, "bf16"), a100, True).values())
+    compute = one["step"]["step_seconds"] + copies  # DDP's bucket copies on each device
+    assert one["communication"]["seconds_per_step"] == 0 and one["inputs"]["data_parallel_scaling"]["value"] == 1
+    assert sixteen["communication"]["seconds_per_step"] == pytest.approx(allreduce, rel=1e-12)
+    assert sixteen["communication"]["servers"] == 2
+    assert sixteen["inputs"]["data_parallel_scaling"]["value"] == pytest.approx(compute / (compute + allreduce))
+    assert sixteen["inputs"]["data_parallel_scaling"]["kind"] == "assumed"
+    assert sixteen["days"] == pytest.approx(one["days"] / 16 * (compute + allreduce) / one["step"]["step_seconds"],
+                                            rel=1e-9)
+    # The CPU: one 2-thread VM per server on the assumed 12.5 Gb/s network (AWS c6i.large)
+    cpu = compare_device(CONFIG, DeviceRequest("cpu", 4), cpu_profile(), inputs)
+    assert cpu["communication"]["seconds_per_step"] == pytest.approx(2 * 3 / 4 * S / (12.5e9 / 8) + 2 * 2 * 5e-6)
+    assert cpu["communication"]["intra_server"] is None and cpu["inputs"]["inter_node_bytes_per_s"]["kind"] == "assumed"
+    # A measured table at the row's world size is used instead of the links; at another world size it is not.
+    table = {"backend": "gloo", "world_size": 2, "harness": HARNESS,
+             "ops": {op: {"bytes": [1000, 3000], "seconds": [1e-4, 3e-4]} for op in ("all_reduce", "all_gather",
+                                                                                    "reduce_scatter")}}
+    measured = cpu_profile()
+    measured.collectives = table
+    two = compare_device(CONFIG, DeviceRequest("cpu", 2), measured, inputs)
+    assert two["communication"]["seconds_per_step"] == pytest.approx(3e-4 * S / 3000)  # beyond its largest size
+    assert two["communication"]["links"].startswith("measured")
+    four = compare_device(CONFIG, DeviceRequest("cpu", 4), measured, inputs)
+    assert four["communication"]["seconds_per_step"] == pytest.approx(cpu["communication"]["seconds_per_step"])
 
 
 def test_days_picks_the_fewest_devices_that_finish_in_time():
