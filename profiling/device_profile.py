@@ -122,9 +122,9 @@ class DeviceProfile:
             raise ProfileError(f"profile of {self.device} has no memory-bound kind {op.kind!r}; recalibrate")
         cold = self.memory.get(op.kind + "_cold")
         if cold is not None and op.working_set > self.matmul["window_bytes"]:  # as _matmul_rate's skinny products
-            warm, weight = _size_curve(table["elements"], table["seconds"], op.shape[0]), self._coldness(op.working_set)
-            return math.exp((1 - weight) * math.log(warm)
-                            + weight * math.log(_size_curve(cold["elements"], cold["seconds"], op.shape[0])))
+            return _log_blend(_size_curve(table["elements"], table["seconds"], op.shape[0]),
+                              _size_curve(cold["elements"], cold["seconds"], op.shape[0]),
+                              self._coldness(op.working_set))
         if "widths" not in table:
             return _size_curve(table["elements"], table["seconds"], op.shape[0])
         # timed at several row widths: log-linear in the width between the two size curves around it, clamped
@@ -132,7 +132,7 @@ class DeviceProfile:
             raise ValueError(f"{op.kind} op {op.name!r} needs its row width: shape (elements, width)")
         lower, upper, weight = _bracket(table["widths"], op.shape[1])
         curve = lambda i: _size_curve(table["elements"], table["seconds"][i], op.shape[0])  # noqa: E731
-        return math.exp((1 - weight) * math.log(curve(lower)) + weight * math.log(curve(upper)))
+        return _log_blend(curve(lower), curve(upper), weight)
 
     def _matmul_rate(self, op: Op) -> float:
         """FLOP/s at the op's shape; a skinny product of a model whose weights outgrow the warm window is
@@ -144,7 +144,7 @@ class DeviceProfile:
             return warm
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
         weight = self._coldness(op.working_set)
-        return math.exp((1 - weight) * math.log(warm) + weight * math.log(cold_rate))
+        return _log_blend(warm, cold_rate, weight)
 
     def _coldness(self, working_set: int) -> float:
         """0 for weights that stay in cache, 1 at the cold window: how far the measured skinny-matmul slowdown
@@ -194,6 +194,11 @@ def _bracket(axis: list[float], value: float) -> tuple[int, int, float]:
     return lower, upper, weight
 
 
+def _log_blend(low: float, high: float, weight: float) -> float:
+    """The point `weight` of the way from `low` to `high` in log space (0: low, 1: high)."""
+    return math.exp((1 - weight) * math.log(low) + weight * math.log(high))
+
+
 def _grid_value(table: list, axes: list[list[float]], point: tuple[int, ...]) -> float:
     """Multilinear interpolation of log(table) at log(point) on a regular grid; clamped at the edges."""
     brackets = [_bracket(axis, value) for axis, value in zip(axes, point)]
@@ -216,7 +221,7 @@ def _size_curve(sizes: list[int], seconds: list[float], size: int) -> float:
     if size >= sizes[-1]:
         return seconds[-1] * size / sizes[-1]
     lower, upper, weight = _bracket(sizes, size)
-    return math.exp((1 - weight) * math.log(seconds[lower]) + weight * math.log(seconds[upper]))
+    return _log_blend(seconds[lower], seconds[upper], weight)
 
 
 # ----------------------------------------------------------------------------- files

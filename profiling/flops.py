@@ -226,8 +226,8 @@ MEMORY_PASSES = {
     "copy": 2,  # transpose to contiguous
     "kv_write": 2,  # one layer's new keys (or values) written into the KV cache at their positions
     "kv_write_decode": 2,  # the same for a decode step's one new position per sequence and head
-    "zeros": 1,
-    "bias_grad": 1,  # a Linear's output gradient summed over the tokens (its bias's gradient)  # a KV cache allocated for a generate call, zero-filled
+    "zeros": 1,  # a KV cache allocated for a generate call, zero-filled
+    "bias_grad": 1,  # a Linear's output gradient summed over the tokens (its bias's gradient)
     "cross_entropy": 2,  # log-softmax over the vocabulary and the picked log-probabilities
     "cross_entropy_backward": 2,
     "sample": 3,  # temperature scale, softmax and one draw over the vocabulary, per sequence
