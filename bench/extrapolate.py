@@ -34,24 +34,21 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench import distributed
 from bench._memory import skip_reason, training_bytes
 from gpt.cli import HelpFormatter, fail, positive_int
 from gpt.config import GPTConfig
-from gpt.data import TokenData
 from gpt.errors import GptmeterError
 from gpt.files import write_json
 from gpt.memory import generation_bytes
 from gpt.model import GPT
-from gpt.trainer import Trainer, TrainConfig
 from gpt.warmup import plan_warmup, warm_up
 from profiling import flops
 from profiling.device_profile import DeviceProfile, calibrate, load_profile
 from profiling.live import GenerationProfiler
-from profiling.microbench import host_clock
+from profiling.microbench import host_clock, timing_trainer
 from profiling.predict import predict_decode, predict_prefill, predict_train
 from profiling.scale import roofline
 
@@ -106,10 +103,7 @@ class Measured:
 
 def measure_training(config: GPTConfig, batch: int, steps: int) -> Measured:
     """Tokens/s of `Trainer.train_step` on random tokens: the fastest of `steps` after two warm-up steps."""
-    tokens = np.random.default_rng(0).integers(0, config.vocab_size, 20 * CONTEXT * batch, dtype=np.int64)
-    data = TokenData(train=tokens, val=tokens[: 4 * CONTEXT], source="random tokens")
-    trainer = Trainer(config, TrainConfig(batch_size=batch, max_iters=10**6, device="cpu"), data, "bytes",
-                      Path("/nonexistent"))  # train_step never touches the run directory
+    trainer = timing_trainer(config, "cpu", "fp32", batch)
     for _ in range(2):
         trainer.train_step()
     clock = host_clock(torch.get_num_threads())[1]

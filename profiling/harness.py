@@ -17,32 +17,23 @@ calibration keeps the fastest everywhere.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from gpt.config import GPTConfig
 from profiling import predict
 from profiling.collectives import MODES
 from profiling.device_profile import OVERHEAD_SHAPE, DeviceProfile
-from profiling.microbench import TORCH_DTYPES
+from profiling.microbench import timing_trainer
 
 LAYERS = (1, 3)
 
 
 def _step_seconds(config: GPTConfig, sharded: bool, device, dtype: str, steps: int) -> float:
     """The fastest of `steps` `Trainer.train_step`s (after two untimed), each the slowest rank's."""
-    import numpy as np
     import torch
     import torch.distributed as dist
 
-    from gpt.data import TokenData
-    from gpt.trainer import Trainer, TrainConfig
-
-    stream = np.random.default_rng(0).integers(0, config.vocab_size, 64 * config.block_size, dtype=np.int64)
-    autocast = str(TORCH_DTYPES[dtype]).removeprefix("torch.")  # the trainer's name of the compute dtype
-    trainer = Trainer(config, TrainConfig(batch_size=1, max_iters=10**9, device=str(device), dtype=autocast,
-                                          fsdp=sharded),
-                      TokenData(stream, stream, "random tokens"), "bytes", Path("/nonexistent"))  # never written
+    trainer = timing_trainer(config, device, dtype, fsdp=sharded)
     for _ in range(2):
         trainer.train_step()
     times = []

@@ -340,14 +340,14 @@ def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int], cold_w
     for kind in MEMORY_KINDS:
         widths = ROW_WIDTHS if kind in WIDTH_KINDS else (ROW,)
         curves: dict[str, list[list[float]]] = {}
-        for width in widths:
+        for i, width in enumerate(widths):
             for elements in sizes:
                 forward, both = _memory_work(kind, elements, device, torch_dtype, width)
                 seconds = seconds_per_call(forward, device)
-                curves.setdefault(kind, [[] for _ in widths])[widths.index(width)].append(seconds)
+                curves.setdefault(kind, [[] for _ in widths])[i].append(seconds)
                 if both is not None:
                     backward = max(seconds_per_call(both, device) - seconds, 0.1 * seconds)
-                    curves.setdefault(BACKWARD_OF[kind], [[] for _ in widths])[widths.index(width)].append(backward)
+                    curves.setdefault(BACKWARD_OF[kind], [[] for _ in widths])[i].append(backward)
                 tick()
         for name, curve in curves.items():
             tables[name] = ({"elements": sizes, "widths": list(widths), "seconds": curve} if kind in WIDTH_KINDS
@@ -444,6 +444,20 @@ def adamw_per_parameter(device: torch.device, sizes: list[int], totals: list[int
 # ----------------------------------------------------------------------------- whole tiny models
 
 
+def timing_trainer(config, device: torch.device | str, dtype: str, batch: int = 1, **options):
+    """A `gpt.trainer.Trainer` of `config` over random tokens, for timing `train_step`, which never writes the
+    run directory; `options` go to its TrainConfig (e.g. fsdp=True)."""
+    import numpy as np
+
+    from gpt.data import TokenData
+    from gpt.trainer import Trainer, TrainConfig
+
+    stream = np.random.default_rng(0).integers(0, config.vocab_size, 64 * config.block_size * batch, dtype=np.int64)
+    autocast = str(TORCH_DTYPES[dtype]).removeprefix("torch.")  # the trainer's name of the compute dtype
+    train = TrainConfig(batch_size=batch, max_iters=10**9, device=str(device), dtype=autocast, **options)
+    return Trainer(config, train, TokenData(stream, stream, "random tokens"), "bytes", Path("/nonexistent"))
+
+
 def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, float]:
     """Seconds of the model's own code paths at a negligible size, where fixed costs are all there is.
 
@@ -455,11 +469,7 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     "train_step": `Trainer.train_step` itself at batch 1 × the context (the batch drawn, the learning rate set,
     the loss read back, clipping, AdamW), whose harness around the model's work is also a fixed cost.
     """
-    import numpy as np
-
-    from gpt.data import TokenData
     from gpt.model import GPT, KVCache
-    from gpt.trainer import Trainer, TrainConfig
 
     model = GPT(config).to(device=device, dtype=TORCH_DTYPES[dtype])
     tokens = torch.randint(config.vocab_size, (1, 5), device=device)
@@ -484,10 +494,6 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
         model.zero_grad(set_to_none=True)
 
     training = seconds_per_call(train_micro_step, device, batches=10)
-    stream = np.random.default_rng(0).integers(0, config.vocab_size, 64 * config.block_size, dtype=np.int64)
-    autocast = str(TORCH_DTYPES[dtype]).removeprefix("torch.")  # the trainer's name of the compute dtype
-    trainer = Trainer(config, TrainConfig(batch_size=1, max_iters=10**9, device=str(device), dtype=autocast),
-                      TokenData(stream, stream, "random tokens"), "bytes", Path("/nonexistent"))  # never written
-    train_step = seconds_per_call(trainer.train_step, device, batches=10)
+    train_step = seconds_per_call(timing_trainer(config, device, dtype).train_step, device, batches=10)
     return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short,
             "train_step": train_step}
