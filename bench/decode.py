@@ -44,7 +44,7 @@ from gpt.cli import fail, positive_int
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.files import atomic_write_text
-from gpt.generate import one_token_step
+from gpt.generate import decoding_head, one_token_step
 from gpt.model import GPT, KVCache
 from profiling import flops
 from profiling.hardware import device_name
@@ -159,10 +159,11 @@ def profile_step(shape: str, batch: int, context: int, top: int = 8) -> dict:
     cache = KVCache(config, batch, capacity=context + 1)
     model(torch.randint(config.vocab_size, (batch, context)), cache=cache)
     token = torch.zeros(batch, 1, dtype=torch.long)
+    head = decoding_head(model, batch)  # as generate decodes
 
     def step() -> None:  # the decode step at `context`, again and again
         cache.pos.fill_(context)
-        one_token_step(model, token, cache)
+        one_token_step(model, token, cache, head)
 
     cpu, steps = torch.device("cpu"), 20
     step_seconds = seconds_per_call(step, cpu)

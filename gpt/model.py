@@ -259,14 +259,8 @@ class GPT(nn.Module):
 
         save_pretrained(self, folder, eos_token, max_shard_bytes)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given.
-
-        Targets equal to -1 are ignored. With a `cache`, idx holds only the new tokens;
-        they are placed after the cache's contents and appended to it.
-        """
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids → the final LayerNorm's output (B, T, C), which the output head turns into logits."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.block_size}")
@@ -276,7 +270,17 @@ class GPT(nn.Module):
             x = block(x, cache)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        return self.transformer.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given.
+
+        Targets equal to -1 are ignored. With a `cache`, idx holds only the new tokens;
+        they are placed after the cache's contents and appended to it.
+        """
+        logits = self.lm_head(self.hidden(idx, cache))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -92,15 +92,39 @@ def test_causal_mask_is_bottom_right_aligned():
     assert mask.tolist() == [[True, True, True, False], [True, True, True, True]]
 
 
-def test_kv_cache_generation_equals_full_recomputation():
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1 decodes through decoding_head's (C, vocab) copy on a CPU
+def test_kv_cache_generation_equals_full_recomputation(batch):
     model = build(small_config(n_kv_head=2))
-    prompt = torch.randint(0, 61, (2, 5))
+    prompt = torch.randint(0, 61, (batch, 5))
     generated = model.generate(prompt, max_new_tokens=40, temperature=0)  # runs past the context of 24
     idx = prompt
     for _ in range(40):  # no cache: re-run the cropped window for every token
         logits, _ = model(idx[:, -24:])
         idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(generated, idx)
+
+
+def test_decoding_head_is_the_output_head_transposed_and_follows_its_updates():
+    from gpt.generate import decoding_head
+
+    model = build(small_config())
+    assert decoding_head(model, batch=2) is None  # only one sequence gains from the other layout
+    head = decoding_head(model, batch=1)
+    assert head.shape == (32, 61) and head.is_contiguous()
+    assert decoding_head(model, batch=1) is head  # kept: the copy is made once, not per step
+    hidden = torch.randn(1, 32, dtype=torch.float64)
+    expected = hidden @ model.lm_head.weight.detach().double().t()
+    torch.testing.assert_close((hidden.float() @ head).double(), expected, rtol=1e-5, atol=1e-5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # an in-place update, as fine-tuning between samples does
+    model(torch.randint(0, 61, (1, 5)), targets=torch.randint(0, 61, (1, 5)))[1].backward()
+    optimizer.step()
+    updated = decoding_head(model, batch=1)
+    assert updated is not head and torch.equal(updated, model.lm_head.weight.detach().t())
+    model.double()  # another dtype, another tensor
+    assert decoding_head(model, batch=1).dtype == torch.float64
+    with torch.inference_mode():
+        inference_model = build(small_config())
+    assert decoding_head(inference_model, batch=1) is None  # no version counter to follow: the model's own head
 
 
 def test_generation_stops_at_end_of_text():
@@ -268,3 +292,6 @@ def test_compiled_decode_step_gives_the_eager_tokens():
     assert counters["stats"]["unique_graphs"] == compiled  # compile_steps compiled every window the run used
     assert torch.equal(model.generate(prompt[:, :3], max_new_tokens=8, temperature=0, compile=True),
                        model.generate(prompt[:, :3], max_new_tokens=8, temperature=0))
+    one = prompt[:1]  # batch 1: the step multiplies by decoding_head's copy, an input of the compiled graph
+    assert torch.equal(model.generate(one, max_new_tokens=8, temperature=0, compile=True),
+                       model.generate(one, max_new_tokens=8, temperature=0))
