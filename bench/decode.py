@@ -48,7 +48,7 @@ from gpt.generate import decoding_head, one_token_step
 from gpt.model import GPT, KVCache
 from profiling import flops
 from profiling.hardware import device_name
-from profiling.microbench import seconds_per_call
+from profiling.microbench import seconds_per_call, stream_copy
 
 ROOF_BYTES = 2**27  # 128 MiB buffers, far beyond the caches
 
@@ -88,11 +88,9 @@ def contenders(model: GPT, new_tokens: int, compile: bool) -> dict:
 @torch.no_grad()
 def roofs() -> tuple[float, float]:
     """Copy (bytes read + written) and read-only (summing a buffer) bandwidth of this CPU, bytes/s, measured now."""
-    source = torch.ones(ROOF_BYTES // 4)
-    target = torch.empty_like(source)
     cpu = torch.device("cpu")
-    return (2 * ROOF_BYTES / seconds_per_call(lambda: target.copy_(source), cpu),
-            ROOF_BYTES / seconds_per_call(source.sum, cpu))
+    source = torch.ones(ROOF_BYTES // 4)
+    return (stream_copy(cpu, "fp32", ROOF_BYTES)["bytes_per_sec"], ROOF_BYTES / seconds_per_call(source.sum, cpu))
 
 
 def measure(shape: str, batch: int, new_tokens: int, rounds: int, compile: bool) -> dict:

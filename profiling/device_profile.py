@@ -55,7 +55,10 @@ FORMAT = "gptmeter-device-profile"
 #    memory-bound work up to 2x too fast.
 # 4: a torchrun calibration's collectives table also holds the harness of a DDP and an FSDP step
 #    (collectives["harness"], profiling.harness), which a distributed prediction adds.
-FORMAT_VERSION = 4
+# 5: memory["stream_copy"], a plain copy between two 128 MiB buffers, is the measured bandwidth roof
+#    (memory_bandwidth on devices without a datasheet figure, and the bandwidth `hardware` shows). Version 4
+#    took the largest transposed copy of the memory table, 3-5x slower on the 2-core VM.
+FORMAT_VERSION = 5
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -74,7 +77,7 @@ class DeviceProfile:
     source: str  # how the profile was made: the command, or the datasheet and citations
     peak_flops: float  # matmul FLOP/s MFU is reported against: datasheet, or the CPU's best measured matmul
     peak_flops_source: str
-    memory_bandwidth: float  # bytes/s: datasheet, or the CPU's largest measured copy
+    memory_bandwidth: float  # bytes/s: datasheet, or the measured streaming copy (memory["stream_copy"])
     matmul: dict[str, Any]  # {"dims": [...], "flops_per_sec": [[[...]]]} indexed [M][N][K]
     attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
     memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
@@ -597,7 +600,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     grid = GRIDS["quick" if quick else torch_device.type]
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += microbench.memory_steps(grid.sizes) + len(grid.adamw_cases) + 2
+    steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + 2
     steps += len(grid.adamw_sizes) * len(grid.adamw_totals)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
@@ -613,6 +616,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                               grid.head_dims, grid.max_flops, tick)
         memory = microbench.memory_tables(torch_device, dtype, grid.sizes, grid.cold_bytes, tick)
+        memory["stream_copy"] = microbench.stream_copy(torch_device, dtype)
+        tick()
         adamw = microbench.adamw_fit(torch_device, grid.adamw_cases, tick)
         adamw["grid"] = {"tensor_elements": grid.adamw_sizes, "parameters": grid.adamw_totals,
                          "seconds_per_parameter": microbench.adamw_per_parameter(
@@ -643,12 +648,12 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             entry = None
     if entry is not None and dtype in entry.peak_flops:
         peak, peak_source = entry.peak(dtype), f"datasheet: {entry.source}"
-        bandwidth = entry.memory_bandwidth or microbench.copy_bandwidth(memory, dtype)
+        bandwidth = entry.memory_bandwidth or memory["stream_copy"]["bytes_per_sec"]
         device_class = entry.key
     else:
         peak = best
         peak_source = f"best measured {dtype} matmul of the calibration grid (no datasheet {dtype} peak for {name})"
-        bandwidth = microbench.copy_bandwidth(memory, dtype)
+        bandwidth = memory["stream_copy"]["bytes_per_sec"]
         device_class = "cpu" if not on_cuda else name
     profile = DeviceProfile(
         device=name, device_class=device_class, kind="measured", dtype=dtype, date=now_iso(),
@@ -665,7 +670,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         tf32=(dtype == "tf32") if on_cuda else None,
         clock="CUDA events" if on_cuda else microbench.host_clock(torch.get_num_threads())[0],
         citations={"best_matmul_flops_per_sec": f"{best:.4g}",
-                   "copy_bandwidth_bytes_per_sec": f"{microbench.copy_bandwidth(memory, dtype):.4g}"},
+                   "copy_bandwidth_bytes_per_sec": f"{memory['stream_copy']['bytes_per_sec']:.4g}"},
     )
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
@@ -679,11 +684,9 @@ def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
     table, dims = profile.matmul["flops_per_sec"], profile.matmul["dims"]
     best, size = max((value, max(dims[i], dims[j], dims[k])) for i, plane in enumerate(table)
                      for j, row in enumerate(plane) for k, value in enumerate(row))
-    copy = profile.memory["copy"]
-    copy_bytes = MEMORY_PASSES["copy"] * copy["elements"][-1] * flops.bytes_per_element(profile.dtype)
+    copy = profile.memory["stream_copy"]
     return hardware.Ceilings(device_name=profile.device, matmul_flops={profile.dtype: best},
-                             copy_bandwidth=copy_bytes / copy["seconds"][-1], matmul_size=size,
-                             copy_bytes=copy_bytes, torch_version=profile.software.get("torch", ""),
+                             copy_bandwidth=copy["bytes_per_sec"], matmul_size=size, copy_bytes=2 * copy["bytes"], torch_version=profile.software.get("torch", ""),
                              measured_at=profile.date)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from profiling.flops import MEMORY_PASSES, bytes_per_element
+from profiling.flops import bytes_per_element
 
 MIN_BATCH_SECONDS = 2e-3
 BATCHES = 5
@@ -359,10 +359,21 @@ def memory_tables(device: torch.device, dtype: str, sizes: Iterable[int], cold_w
     return tables
 
 
-def copy_bandwidth(tables: dict[str, dict[str, list]], dtype: str) -> float:
-    """Bytes/s (read + written) of the largest copy measured."""
-    elements, seconds = tables["copy"]["elements"][-1], tables["copy"]["seconds"][-1]
-    return MEMORY_PASSES["copy"] * elements * bytes_per_element(dtype) / seconds
+STREAM_BYTES = 2**27  # each buffer of the streaming copy: 128 MiB, beyond most caches
+
+
+def stream_copy(device: torch.device, dtype: str, nbytes: int = STREAM_BYTES) -> dict[str, float]:
+    """Bytes/s (read + written) of copying one preallocated buffer of `nbytes` into another: the device's
+    streaming bandwidth, which decode bandwidth utilisation is reported against.
+
+    Not the memory table's "copy": that one is a transposed copy, as the attention output makes it, whose
+    strided reads at 8M elements ran at 5-7 GB/s on the 2-core VM where this copy runs at ~25 GB/s
+    (2026-12-03): as the bandwidth roof it put sample.py's decode at 330-410% of it.
+    """
+    source = torch.ones(nbytes // bytes_per_element(dtype), dtype=TORCH_DTYPES[dtype], device=device)
+    target = torch.empty_like(source)
+    seconds = seconds_per_call(lambda: target.copy_(source), device)
+    return {"bytes": nbytes, "bytes_per_sec": 2 * nbytes / seconds}
 
 
 # ----------------------------------------------------------------------------- the optimizer

@@ -34,7 +34,7 @@ def synthetic_profile(overlap: bool = False) -> DeviceProfile:
         attention={"backend": "sdpa", "batch_heads": [1, 64, 4096], "seq": [1, 64, 4096], "head_dim": [8, 64, 512],
                    "flops_per_sec": {v: flat(ATTENTION_RATE) for v in ("causal", "causal_backward", "decode")}},
         memory={kind: {"elements": [10, 10**9], "seconds": [10 * SECONDS_PER_ELEMENT, SECONDS_PER_ELEMENT * 1e9]}
-                for kind in kinds},
+                for kind in kinds} | {"stream_copy": {"bytes": 2**27, "bytes_per_sec": 1e9}},
         adamw={"seconds_per_parameter": PER_PARAMETER, "seconds_per_tensor": PER_TENSOR},
         overhead={"per_call_s": {"inference": PER_CALL_INFERENCE, "training": PER_CALL_TRAINING},
                   "fixed_s": dict(FIXED), "overlap": overlap},

@@ -33,7 +33,8 @@ def fake_profile() -> device_profile.DeviceProfile:
         memory_bandwidth=5e9, matmul={"dims": [1, 4096], "flops_per_sec": _flat(MATMUL)},
         attention={"backend": "sdpa", "batch_heads": [1, 4096], "seq": [1, 4096], "head_dim": [8, 256],
                    "flops_per_sec": {v: _flat(ATTENTION) for v in ("causal", "causal_backward", "decode")}},
-        memory={kind: {"elements": [1, 10**9], "seconds": [PER_ELEMENT, PER_ELEMENT * 1e9]} for kind in MEMORY_PASSES},
+        memory={kind: {"elements": [1, 10**9], "seconds": [PER_ELEMENT, PER_ELEMENT * 1e9]} for kind in MEMORY_PASSES}
+        | {"stream_copy": {"bytes": 2**27, "bytes_per_sec": 5e9}},
         adamw={"seconds_per_parameter": 1e-9, "seconds_per_tensor": 1e-6},
         overhead={"per_call_s": {"inference": 1e-5, "training": 2e-5},
                   "fixed_s": {"forward": 1e-4, "train_micro_step": 1e-4, "token": 1e-4, "prefill": 1e-4,
