@@ -48,9 +48,9 @@ from gpt.generate import decoding_head, one_token_step
 from gpt.model import GPT, KVCache
 from profiling import flops
 from profiling.hardware import device_name
-from profiling.microbench import seconds_per_call, stream_copy
+from profiling.microbench import STREAM_BYTES, seconds_per_call, stream_copy
 
-ROOF_BYTES = 2**27  # 128 MiB buffers, far beyond the caches
+ROOF_BYTES = STREAM_BYTES  # 128 MiB buffers, the profile's streaming copy: far beyond the caches
 
 SHAPES = {
     "tiny": GPTConfig.from_preset("tiny"),  # 0.8M parameters, byte vocabulary
@@ -90,7 +90,7 @@ def roofs() -> tuple[float, float]:
     """Copy (bytes read + written) and read-only (summing a buffer) bandwidth of this CPU, bytes/s, measured now."""
     cpu = torch.device("cpu")
     source = torch.ones(ROOF_BYTES // 4)
-    return (stream_copy(cpu, "fp32", ROOF_BYTES)["bytes_per_sec"], ROOF_BYTES / seconds_per_call(source.sum, cpu))
+    return stream_copy(cpu, "fp32")["bytes_per_sec"], ROOF_BYTES / seconds_per_call(source.sum, cpu)
 
 
 def measure(shape: str, batch: int, new_tokens: int, rounds: int, compile: bool) -> dict:

@@ -646,14 +646,15 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             entry = hardware.detect_accelerator(torch_device)
         except hardware.UnknownDeviceError:  # a GPU outside the table still gets its measured profile
             entry = None
+    streaming = memory["stream_copy"]["bytes_per_sec"]
     if entry is not None and dtype in entry.peak_flops:
         peak, peak_source = entry.peak(dtype), f"datasheet: {entry.source}"
-        bandwidth = entry.memory_bandwidth or memory["stream_copy"]["bytes_per_sec"]
+        bandwidth = entry.memory_bandwidth or streaming
         device_class = entry.key
     else:
         peak = best
         peak_source = f"best measured {dtype} matmul of the calibration grid (no datasheet {dtype} peak for {name})"
-        bandwidth = memory["stream_copy"]["bytes_per_sec"]
+        bandwidth = streaming
         device_class = "cpu" if not on_cuda else name
     profile = DeviceProfile(
         device=name, device_class=device_class, kind="measured", dtype=dtype, date=now_iso(),
@@ -670,7 +671,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         tf32=(dtype == "tf32") if on_cuda else None,
         clock="CUDA events" if on_cuda else microbench.host_clock(torch.get_num_threads())[0],
         citations={"best_matmul_flops_per_sec": f"{best:.4g}",
-                   "copy_bandwidth_bytes_per_sec": f"{memory['stream_copy']['bytes_per_sec']:.4g}"},
+                   "copy_bandwidth_bytes_per_sec": f"{streaming:.4g}"},
     )
     profile.overhead = _solve_overhead(profile, timings)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
@@ -686,8 +687,8 @@ def as_ceilings(profile: DeviceProfile) -> hardware.Ceilings:
                      for j, row in enumerate(plane) for k, value in enumerate(row))
     copy = profile.memory["stream_copy"]
     return hardware.Ceilings(device_name=profile.device, matmul_flops={profile.dtype: best},
-                             copy_bandwidth=copy["bytes_per_sec"], matmul_size=size, copy_bytes=2 * copy["bytes"], torch_version=profile.software.get("torch", ""),
-                             measured_at=profile.date)
+                             copy_bandwidth=copy["bytes_per_sec"], matmul_size=size, copy_bytes=2 * copy["bytes"],
+                             torch_version=profile.software.get("torch", ""), measured_at=profile.date)
 
 
 def cached_ceilings(name: str, dtype: str = "fp32") -> hardware.Ceilings | None:

@@ -367,7 +367,7 @@ def stream_copy(device: torch.device, dtype: str, nbytes: int = STREAM_BYTES) ->
     streaming bandwidth, which decode bandwidth utilisation is reported against.
 
     Not the memory table's "copy": that one is a transposed copy, as the attention output makes it, whose
-    strided reads at 8M elements ran at 5-7 GB/s on the 2-core VM where this copy runs at ~25 GB/s
+    strided reads at 8M elements ran at 5-7 GB/s on the 2-core VM where this copy ran at 23.5-24.2 GB/s
     (2026-12-03): as the bandwidth roof it put sample.py's decode at 330-410% of it.
     """
     source = torch.ones(nbytes // bytes_per_element(dtype), dtype=TORCH_DTYPES[dtype], device=device)
