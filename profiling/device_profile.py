@@ -58,7 +58,11 @@ FORMAT = "gptmeter-device-profile"
 # 5: memory["stream_copy"], a plain copy between two 128 MiB buffers, is the measured bandwidth roof
 #    (memory_bandwidth on devices without a datasheet figure, and the bandwidth `hardware` shows). Version 4
 #    took the largest transposed copy of the memory table, 3-5x slower on the 2-core VM.
-FORMAT_VERSION = 5
+# 6: matmul["cold"]["in_model_excess"] on CPUs: how much slower skinny matmuls with weights from memory run inside
+#    a model than in the cold table's loop (in_model_excess); and the window curve moves every model's skinny
+#    matmuls towards the cold table, not only those of models past the warm window. Version 5 priced the batch-1
+#    decode of an 8-layer 512-wide model 19-27% and of a 6-layer 384-wide one 15% too fast on the 2-core VM.
+FORMAT_VERSION = 6
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -138,14 +142,18 @@ class DeviceProfile:
         return _log_blend(curve(lower), curve(upper), weight)
 
     def _matmul_rate(self, op: Op) -> float:
-        """FLOP/s at the op's shape; a skinny product of a model whose weights outgrow the warm window is
-        interpolated (log-log in the model's weight bytes) towards the cold table."""
+        """FLOP/s at the op's shape; a skinny product is interpolated (log FLOP/s) towards the cold table, slowed by
+        its in-model excess, as far as `_coldness` says at the model's weight bytes; without a window curve,
+        only a model whose weights outgrow the warm window."""
         dims = self.matmul["dims"]
         warm = _grid_value(self.matmul["flops_per_sec"], [dims] * 3, op.shape)
         cold = self.matmul.get("cold")
-        if not cold or op.shape[0] > cold["rows"][-1] or op.working_set <= self.matmul["window_bytes"]:
+        if not cold or op.shape[0] > cold["rows"][-1]:
             return warm
+        if "window_curve" not in self.matmul and op.working_set <= self.matmul["window_bytes"]:
+            return warm  # without the curve, weights within the warm window count as cached
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
+        cold_rate /= 1.0 + cold.get("in_model_excess", 0.0)  # slower among a model's operations (in_model_excess)
         weight = self._coldness(op.working_set)
         return _log_blend(warm, cold_rate, weight)
 
@@ -494,6 +502,7 @@ class Grid:
     adamw_sizes: list[int]  # tensor sizes (elements) of the optimizer's per-parameter grid
     adamw_totals: list[int]  # and its parameter counts
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
+    in_model_width: int | None = None  # width of the decode forwards in_model_excess times; None: not measured
 
 
 GRIDS = {
@@ -503,7 +512,8 @@ GRIDS = {
     "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
-                adamw_sizes=[2**14, 2**17, 2**20, 2**22], adamw_totals=[2**20, 2**24]),
+                adamw_sizes=[2**14, 2**17, 2**20, 2**22], adamw_totals=[2**20, 2**24],
+                in_model_width=1536),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)],
@@ -514,7 +524,7 @@ GRIDS = {
     "quick": Grid(dims=[1, 32, 1024], max_flops=2.2e9, batch_heads=[1, 32], seqs=[8, 128], head_dims=[16, 64],
                   sizes=[2**8, 2**14, 2**20, 2**23], adamw_cases=[(32, 256), (4, 2**16), (8, 2**12)],
                   adamw_sizes=[2**14, 2**18], adamw_totals=[2**18],
-                  cold_bytes=64 * 2**20),
+                  cold_bytes=64 * 2**20, in_model_width=128),
 }
 
 COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights that come from memory
@@ -565,6 +575,34 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
             "overlap": False, "measured_on": {str(k): v for k, v in timings.items()}}
 
 
+def in_model_shape(width: int) -> dict[str, int]:
+    """The model in_model_excess times: the fixed-cost model's vocabulary and context at `width`, a head per 64."""
+    return OVERHEAD_SHAPE | {"n_embd": width, "n_head": max(1, width // 64)}
+
+
+def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
+    """How much slower than the cold table a model's skinny matmuls run, weights from memory, as a fraction of
+    their price: from microbench.decode_depth_seconds, the extra layers' time beyond their operations' price
+    on `profile` (per-call costs included; the cold table as measured), over their matmuls' price (at least 0).
+
+    Inside a model a skinny matmul streams its weights between other operations, which have evicted the CPU's
+    caches, and runs slower than in a loop of matmuls: on the 2-core VM an 8-layer 512-wide decode step's
+    matmuls took 5.5-5.7 ms against 4.4-4.5 ms for the same 32 products back to back (2026-12-03). Measured
+    on a model wide enough that its weights come from memory at both depths, so that the difference is
+    not a model outgrowing a cache.
+    """
+    from gpt.config import GPTConfig
+
+    priced, matmuls = [], []
+    for layers in depths["layers"]:
+        config = GPTConfig(n_layer=layers, attention="sdpa", **in_model_shape(depths["width"]))
+        ops = flops.forward_operations(config, 1, 1, 5)
+        priced.append(sum(sum(profile.op_seconds(op, False)) for op in ops))
+        matmuls.append(sum(op.count * profile.device_seconds(op) for op in ops if op.kind == "matmul"))
+    (low, high), (measured_low, measured_high) = priced, depths["seconds"]
+    return max(((measured_high - measured_low) - (high - low)) / (matmuls[1] - matmuls[0]), 0.0)
+
+
 def _faster(first: list, second: list) -> list:
     """Elementwise the larger throughput of two measurements of the same nested table."""
     if isinstance(first, list):
@@ -601,7 +639,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + 2
-    steps += len(grid.adamw_sizes) * len(grid.adamw_totals)
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + bool(grid.in_model_width)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -635,6 +673,11 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         for layers in (1, 3):
             config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
             timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
+            tick()
+        depths = None
+        if grid.in_model_width:  # CPUs: the host's caches, which a GPU's kernels leave alone
+            depths = microbench.decode_depth_seconds(torch_device, dtype, GPTConfig(
+                n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width)))
             tick()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)
@@ -674,6 +717,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                    "copy_bandwidth_bytes_per_sec": f"{streaming:.4g}"},
     )
     profile.overhead = _solve_overhead(profile, timings)
+    if depths is not None:  # priced with the per-call costs just solved, which the tiny models' warm matmuls set
+        profile.matmul["cold"]["in_model_excess"] = in_model_excess(profile, depths)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
     save_profile(profile, cache_path(profile.device, profile.dtype, quick), "GPTMETER_CACHE_DIR")

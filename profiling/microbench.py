@@ -15,6 +15,7 @@ This module only measures; `profiling.device_profile` turns the numbers into a p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -508,3 +509,37 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     train_step = seconds_per_call(timing_trainer(config, device, dtype).train_step, device, batches=10)
     return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short,
             "train_step": train_step}
+
+
+
+DEPTHS = (1, 3)  # decode_depth_seconds' models: the difference of their times is two layers' worth
+
+
+def decode_depth_seconds(device: torch.device, dtype: str, config, rounds: int = 3) -> dict[str, list]:
+    """Seconds of a batch-1 decode forward of `config` with 1 and 3 layers, whose
+    difference is what two layers cost inside a model, to set against their operations' price
+    (device_profile.in_model_excess). The two depths are timed in alternation `rounds` times, each keeping
+    its fastest: a neighbour's job that slows the machine for seconds then slows both.
+    Returns {"width", "layers": DEPTHS, "seconds": [seconds at each depth]}."""
+    from gpt.model import GPT, KVCache
+
+    def decode_forward(shape) -> Callable[[], None]:
+        model = GPT(shape).to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
+        tokens = torch.randint(shape.vocab_size, (1, 5), device=device)
+        cache = KVCache(shape, 1, capacity=5, device=device, dtype=TORCH_DTYPES[dtype])
+        with torch.no_grad():
+            model(tokens[:, :4], cache=cache)
+
+        @torch.no_grad()
+        def forward() -> None:
+            model(tokens[:, 4:], cache=cache)
+            cache.pos.sub_(1)  # the same slot again: every call sees the same 4-token context
+
+        return forward
+
+    forwards = {layers: decode_forward(dataclasses.replace(config, n_layer=layers)) for layers in DEPTHS}
+    fastest = {layers: math.inf for layers in DEPTHS}
+    for _ in range(rounds):
+        for layers, forward in forwards.items():
+            fastest[layers] = min(fastest[layers], seconds_per_call(forward, device))
+    return {"width": config.n_embd, "layers": list(DEPTHS), "seconds": [fastest[layers] for layers in DEPTHS]}

@@ -30,3 +30,28 @@ def test_decode_attention_reads_the_whole_cache_from_successive_places():
     assert len(set(places[:3])) == 3 and places[3] == places[0]  # three places in the window, then round again
     assert all(shape == (batch_heads, 1, keys, head_dim) and visible and mask == (1, keys)
                for _, _, shape, visible, mask in seen)  # the model's path: every slot behind an all-true mask
+
+
+def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(monkeypatch):
+    """It runs GPT's one-token forward against a 4-token cache (at each depth, in alternation) and keeps each
+    depth's fastest; timings scripted: a 3-layer forward 'takes' three times as long as a 1-layer one."""
+    from gpt.config import GPTConfig
+    from gpt.model import GPT
+
+    calls = []
+    real_forward = GPT.forward
+
+    def forward(self, idx, *args, **kwargs):
+        calls.append((self.config.n_layer, self.config.n_embd, tuple(idx.shape), kwargs["cache"].pos.item()))
+        return real_forward(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    times = iter([3e-3, 9e-3, 2e-3, 8e-3])  # rounds of (1 layer, 3 layers): the fastest of each is kept
+    monkeypatch.setattr(microbench, "seconds_per_call", lambda work, device: (work(), next(times))[1])
+    config = GPTConfig(n_layer=1, n_embd=32, n_head=1, vocab_size=8, block_size=16, attention="sdpa")
+    result = microbench.decode_depth_seconds(torch.device("cpu"), "fp32", config, rounds=2)
+    assert result == {"width": 32, "layers": [1, 3], "seconds": [2e-3, 8e-3]}
+    prompts = [call for call in calls if call[2] == (1, 4)]
+    steps = [call for call in calls if call[2] == (1, 1)]
+    assert sorted(layers for layers, *_ in prompts) == [1, 3]  # each model's 4-token prompt, once
+    assert {(layers, width, pos) for layers, width, _, pos in steps} == {(1, 32, 4), (3, 32, 4)}  # always slot 4

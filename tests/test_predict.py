@@ -278,7 +278,39 @@ def test_the_window_curve_says_how_cold_a_large_models_weights_are():
     rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
     # 64 MiB: the curve has fallen from 8 to 4 of its 8-to-2 GFLOP/s, half the way in log: halfway to cold.
     assert rate(op(2**26)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)
-    assert rate(op(2**24)) == pytest.approx(MATMUL_RATE)  # within the warm window: the warm table
+    assert rate(op(2**24)) == pytest.approx(MATMUL_RATE)  # where the curve has not fallen: the warm table
+
+
+def test_the_curve_also_prices_models_inside_the_warm_window_and_the_in_model_excess_slows_the_cold_end():
+    """With a window curve, a 16 MiB model whose curve point has fallen halfway (log) moves halfway to cold, though
+    the warm table read over 32 MiB; `in_model_excess` slows the cold end (1: half the cold table's FLOP/s)."""
+    profile = synthetic_profile()
+    profile.matmul |= {"window_bytes": 2**25, "cold": {"rows": [1, 64], "flops_per_sec": flat(1e8)[:2],
+                                                        "window_bytes": 2**29},
+                       "window_curve": {"bytes": [2**22, 2**24, 2**29], "flops_per_sec": [8e9, 4e9, 2e9]}}
+    op = lambda m, weights: flops.Op("mm", "matmul", (m, 64, 64), 2 * m * 4096, 0, working_set=weights)  # noqa: E731
+    rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
+    assert rate(op(1, 2**24)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)
+    profile.matmul["cold"]["in_model_excess"] = 1.0
+    assert rate(op(1, 2**29)) == pytest.approx(1e8 / 2)
+    assert rate(op(1, 2**24)) == pytest.approx((MATMUL_RATE * 1e8 / 2) ** 0.5)
+    assert rate(op(4096, 2**29)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
+
+
+def test_in_model_excess_is_the_unpriced_time_of_the_extra_layers_over_their_matmuls_price():
+    """Two layers of a 1536-wide decode forward priced on the synthetic profile, measured 30% of their matmuls'
+    price slower than that: the excess is 0.3. Their matmuls by hand: 2 FLOPs per weight, 12·d² weights a layer."""
+    profile = synthetic_profile()
+    width = 1536
+    config = lambda layers: GPTConfig(n_layer=layers, attention="sdpa",  # noqa: E731
+                                      **device_profile.in_model_shape(width))
+    priced = [sum(predict.price(flops.forward_operations(config(layers), 1, 1, 5), profile, False).values())
+              for layers in (1, 3)]
+    matmuls = 2 * 2 * 12 * width**2 / MATMUL_RATE  # two more layers
+    measured = [priced[0], priced[1] + 0.3 * matmuls]
+    depths = {"width": width, "layers": [1, 3], "seconds": measured}
+    assert device_profile.in_model_excess(profile, depths) == pytest.approx(0.3)
+    assert device_profile.in_model_excess(profile, depths | {"seconds": [priced[0], priced[1] - matmuls]}) == 0.0
 
 
 def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, monkeypatch):
