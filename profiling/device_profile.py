@@ -599,8 +599,9 @@ def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
         ops = flops.forward_operations(config, 1, 1, 5)
         priced.append(sum(sum(profile.op_seconds(op, False)) for op in ops))
         matmuls.append(sum(op.count * profile.device_seconds(op) for op in ops if op.kind == "matmul"))
-    (low, high), (measured_low, measured_high) = priced, depths["seconds"]
-    return max(((measured_high - measured_low) - (high - low)) / (matmuls[1] - matmuls[0]), 0.0)
+    (measured_low, measured_high), (priced_low, priced_high) = depths["seconds"], priced
+    unpriced = (measured_high - measured_low) - (priced_high - priced_low)
+    return max(unpriced / (matmuls[1] - matmuls[0]), 0.0)
 
 
 def _faster(first: list, second: list) -> list:

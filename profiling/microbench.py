@@ -481,20 +481,13 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     "train_step": `Trainer.train_step` itself at batch 1 × the context (the batch drawn, the learning rate set,
     the loss read back, clipping, AdamW), whose harness around the model's work is also a fixed cost.
     """
-    from gpt.model import GPT, KVCache
+    from gpt.model import GPT
 
     model = GPT(config).to(device=device, dtype=TORCH_DTYPES[dtype])
     tokens = torch.randint(config.vocab_size, (1, 5), device=device)
     model.eval()
-    cache = KVCache(config, 1, capacity=5, device=device, dtype=TORCH_DTYPES[dtype])
+    inference = seconds_per_call(_decode_forward(model, tokens), device, batches=10)
     with torch.no_grad():
-        model(tokens[:, :4], cache=cache)
-
-        def decode_forward() -> None:
-            model(tokens[:, 4:], cache=cache)
-            cache.pos.sub_(1)  # the same slot again: every call sees the same 4-token context
-
-        inference = seconds_per_call(decode_forward, device, batches=10)
         generator = torch.Generator(device=device).manual_seed(0)
         short = seconds_per_call(lambda: model.generate(tokens[:, :4], 1, 0.8, generator=generator), device, 10)
         long = seconds_per_call(lambda: model.generate(tokens[:, :4], 9, 0.8, generator=generator), device, 10)
@@ -512,32 +505,39 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
 
 
 
+def _decode_forward(model, tokens: torch.Tensor) -> Callable[[], None]:
+    """A decode step's forward of `model` (in eval mode): one token, tokens[:, 4:], against a KV cache holding
+    tokens[:, :4], written into the same slot at every call, so that every call sees the same 4-token context."""
+    from gpt.model import KVCache
+
+    weight = model.lm_head.weight
+    cache = KVCache(model.config, 1, capacity=5, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        model(tokens[:, :4], cache=cache)
+
+    @torch.no_grad()
+    def forward() -> None:
+        model(tokens[:, 4:], cache=cache)
+        cache.pos.sub_(1)
+
+    return forward
+
+
 DEPTHS = (1, 3)  # decode_depth_seconds' models: the difference of their times is two layers' worth
 
 
 def decode_depth_seconds(device: torch.device, dtype: str, config, rounds: int = 3) -> dict[str, list]:
-    """Seconds of a batch-1 decode forward of `config` with 1 and 3 layers, whose
-    difference is what two layers cost inside a model, to set against their operations' price
-    (device_profile.in_model_excess). The two depths are timed in alternation `rounds` times, each keeping
-    its fastest: a neighbour's job that slows the machine for seconds then slows both.
-    Returns {"width", "layers": DEPTHS, "seconds": [seconds at each depth]}."""
-    from gpt.model import GPT, KVCache
+    """Seconds of a batch-1 decode forward of `config` with 1 and 3 layers, whose difference is what two layers
+    cost inside a model, to set against their operations' price (device_profile.in_model_excess). The two depths
+    are timed in alternation `rounds` times, each keeping its fastest: a neighbour's job that slows the machine
+    for seconds then slows both. Returns {"width", "layers": DEPTHS, "seconds": [seconds at each depth]}."""
+    from gpt.model import GPT
 
-    def decode_forward(shape) -> Callable[[], None]:
+    forwards = {}
+    for layers in DEPTHS:
+        shape = dataclasses.replace(config, n_layer=layers)
         model = GPT(shape).to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
-        tokens = torch.randint(shape.vocab_size, (1, 5), device=device)
-        cache = KVCache(shape, 1, capacity=5, device=device, dtype=TORCH_DTYPES[dtype])
-        with torch.no_grad():
-            model(tokens[:, :4], cache=cache)
-
-        @torch.no_grad()
-        def forward() -> None:
-            model(tokens[:, 4:], cache=cache)
-            cache.pos.sub_(1)  # the same slot again: every call sees the same 4-token context
-
-        return forward
-
-    forwards = {layers: decode_forward(dataclasses.replace(config, n_layer=layers)) for layers in DEPTHS}
+        forwards[layers] = _decode_forward(model, torch.randint(shape.vocab_size, (1, 5), device=device))
     fastest = {layers: math.inf for layers in DEPTHS}
     for _ in range(rounds):
         for layers, forward in forwards.items():

@@ -34,7 +34,7 @@ def test_decode_attention_reads_the_whole_cache_from_successive_places():
 
 def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(monkeypatch):
     """It runs GPT's one-token forward against a 4-token cache (at each depth, in alternation) and keeps each
-    depth's fastest; timings scripted: a 3-layer forward 'takes' three times as long as a 1-layer one."""
+    depth's fastest; timings scripted, two rounds of (1 layer, 3 layers)."""
     from gpt.config import GPTConfig
     from gpt.model import GPT
 
