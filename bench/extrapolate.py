@@ -226,10 +226,11 @@ def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int],
                   steps: int, repeats: int, progress=print, sweeps: int = 1) -> list[Row]:
     """Measure every shape `sweeps` times, every other sweep in reverse order, and keep each case's fastest.
 
-    A neighbour's job on a shared machine slows everything for tens of seconds at a time: on the 2-core VM,
-    one sweep measured all six cases of one shape 9-20% slower than the sweeps before and after it, while the
-    predictions of the three calibrations agreed within 4% (2026-12-03, docs/benchmarks.md). Calibration keeps
-    the faster of two passes where this shows; the bench keeps the fastest of `sweeps` passes, minutes apart.
+    A neighbour's job on a shared machine slows everything for tens of seconds at a time: on the 2-core VM, one
+    run measured the three batch-1 cases of one shape 10-20% slower than three other runs did, while two
+    calibrations of the same code priced the median case within 2% of each other (2026-12-03,
+    docs/benchmarks.md). Calibration keeps the faster of two passes where this shows; the bench keeps the
+    fastest of `sweeps` passes, minutes apart.
     """
     order = [anchor_shape] + [name for name in shapes if name != anchor_shape]
 
