@@ -29,6 +29,7 @@ def describe(profile: DeviceProfile) -> str:
         f"  AdamW              {_per_parameter(profile.adamw)} + "
         f"{profile.adamw['seconds_per_tensor'] * 1e6:,.1f} us/tensor",
         f"  per call           {overhead['per_call_s']['inference'] * 1e6:,.1f} us inference, "
+        f"{profile.per_call_seconds('prefill') * 1e6:,.1f} us prefill, "
         f"{overhead['per_call_s']['training'] * 1e6:,.1f} us training (beyond the tables)",
         f"  fixed              {overhead['fixed_s']['forward'] * 1e6:,.1f} us per forward, "
         f"{overhead['fixed_s']['train_micro_step'] * 1e6:,.1f} us per training micro-step, "

@@ -16,7 +16,9 @@ A profile prices one operation (`profiling.flops.Op`) at its own shape:
                   parameter count (log-log, clamped at its edges): the update makes several passes over each
                   tensor, which stay in cache for small tensors, and its whole state outgrows the caches
     overhead      a fixed cost per operation call (Python, dispatch, kernel launch) and per forward /
-                  training micro-step / generated token, beyond what the tables above contain
+                  training micro-step / generated token / prefill, beyond what the tables above contain; a
+                  prefill's calls have their own cost, measured as sample.py runs a prefill: once, after
+                  other work, not in a loop that keeps the host's caches warm
 
 "measured" profiles come from `calibrate` on the device itself. "reference" profiles are built for a
 datasheet entry of `profiling.hardware` from its peaks and bandwidth and cited published efficiencies
@@ -62,7 +64,11 @@ FORMAT = "gptmeter-device-profile"
 #    a model than in the cold table's loop (in_model_excess); and the window curve moves every model's skinny
 #    matmuls towards the cold table, not only those of models past the warm window. Version 5 priced the batch-1
 #    decode of an 8-layer 512-wide model 19-27% and of a 6-layer 384-wide one 15% too fast on the 2-core VM.
-FORMAT_VERSION = 6
+# 7: overhead["per_call_s"]["prefill"] and fixed_s["prefill"] solved from `GPT.generate`'s prefill timed once
+#    after sample.py's warm-up, as it runs, at two depths (_solve_prefill). Version 6 took them from a loop of
+#    whole generate calls, where everything stays in the CPU's caches, and priced a 2-layer 64-wide model's
+#    batch-1 prefill 18-31% too fast on the 2-core VM.
+FORMAT_VERSION = 7
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -86,7 +92,8 @@ class DeviceProfile:
     attention: dict[str, Any]  # {"backend", "batch_heads", "seq", "head_dim", "flops_per_sec": {variant: nested}}
     memory: dict[str, dict[str, list]]  # kind -> {"elements": [...], "seconds": [...]}
     adamw: dict[str, Any]  # seconds_per_parameter, seconds_per_tensor, grid {tensor_elements, parameters, seconds...}
-    # per_call_s {inference, training}, fixed_s {forward, train_micro_step, token, prefill, train_step}, overlap
+    # per_call_s {inference, training, prefill}, fixed_s {forward, train_micro_step, token, prefill, train_step},
+    # overlap
     overhead: dict[str, Any]
     software: dict[str, str] = field(default_factory=dict)  # torch, triton, python versions
     threads: int | None = None  # CPU threads PyTorch used
@@ -177,12 +184,18 @@ class DeviceProfile:
         return min(max(slowdown / full, 0.0), 1.0) if full > 0 else 0.0
 
     def per_call_seconds(self, phase: str) -> float:
-        return self.overhead["per_call_s"]["training" if phase != "inference" else "inference"]
+        """Host seconds per operation call in `phase`: "training", "inference" (a decode step's forward) or
+        "prefill" (a generate call's prompt pass and first draw; the inference figure on profiles that did not
+        measure it: reference profiles, whose per-call figure is a launch latency either way)."""
+        per_call = self.overhead["per_call_s"]
+        if phase == "prefill":
+            return per_call.get("prefill", per_call["inference"])
+        return per_call[phase]
 
-    def op_seconds(self, op: Op, training: bool) -> tuple[float, float]:
-        """(device seconds, overhead seconds) of all `op.count` calls of `op`."""
+    def op_seconds(self, op: Op, phase: str) -> tuple[float, float]:
+        """(device seconds, overhead seconds) of all `op.count` calls of `op` in `phase` (per_call_seconds)."""
         device = self.device_seconds(op)
-        per_call = self.per_call_seconds("training" if training else "inference")
+        per_call = self.per_call_seconds(phase)
         if op.kind == "adamw":
             return op.count * device, 0.0  # its per-tensor cost is already in the fit
         if self.overhead.get("overlap"):  # the host issues the next call while the device works
@@ -531,6 +544,10 @@ COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights tha
 
 # The model the fixed costs are measured on: 8 wide, so that only the per-call and per-step costs remain.
 OVERHEAD_SHAPE = dict(vocab_size=8, block_size=16, n_head=1, n_embd=8)
+# The model and prompt whose prefill _solve_prefill times: small, so that the host's costs show, with the byte
+# tokenizer's vocabulary; a shape and a prompt length that bench.extrapolate's validation does not use.
+PREFILL_SHAPE = dict(vocab_size=257, block_size=64, n_head=2, n_embd=96)
+PREFILL_PROMPT_TOKENS, PREFILL_NEW_TOKENS = 48, 8
 
 
 def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]) -> dict[str, Any]:
@@ -552,7 +569,6 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
         paths[layers] = {"inference": priced(forward),
                          "training": priced(train_forward + flops.backward_operations(config, train_forward, 1, 4)),
                          "token": priced(flops.decode_operations(config, 1, 5)),
-                         "prefill": priced(flops.prefill_operations(config, 1, 4)),
                          "train_step": priced(flops.train_step_operations(config, 1, config.block_size))}
     low, high = sorted(timings)
     per_call, fixed = {}, {}
@@ -563,16 +579,33 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
         fixed[path] = max(timings[low][path] - tables_low - per_call[path] * calls_low, 0.0)
     tables_token, calls_token = paths[low]["token"]
     token = timings[low]["token"] - tables_token - per_call["inference"] * calls_token - fixed["inference"]
-    # generate's one-off work around the prompt's forward, and the trainer's around a training step's, do not
-    # grow with depth: the mean of both depths
-    prefill = sum(timings[layers]["prefill"] - paths[layers]["prefill"][0]
-                  - per_call["inference"] * paths[layers]["prefill"][1] for layers in timings) / len(timings)
+    # the trainer's one-off work around a training step does not grow with depth: the mean of both depths
     train_step = sum(timings[layers]["train_step"] - paths[layers]["train_step"][0] - fixed["training"]
                      - per_call["training"] * paths[layers]["train_step"][1] for layers in timings) / len(timings)
     return {"per_call_s": per_call,
             "fixed_s": {"forward": fixed["inference"], "train_micro_step": fixed["training"], "token": max(token, 0.0),
-                        "prefill": max(prefill, 0.0), "train_step": max(train_step, 0.0)},
+                        "train_step": max(train_step, 0.0)},
             "overlap": False, "measured_on": {str(k): v for k, v in timings.items()}}
+
+
+def _solve_prefill(profile: DeviceProfile, depths: dict[str, Any]) -> tuple[float, float]:
+    """(seconds per call, fixed seconds) of a prefill beyond what the tables price, from
+    microbench.prefill_depth_seconds: measured(L) = tables(L) + per_call × calls(L) + fixed at its two depths.
+
+    The fixed part is generate's one-off work (its KV cache and output buffer, the decoding head, the first
+    draw's set-up); both are larger than the decode loop's, as a prefill runs once, after other work.
+    """
+    from gpt.config import GPTConfig
+
+    priced = []
+    for layers in depths["layers"]:
+        config = GPTConfig(n_layer=layers, attention="sdpa", **PREFILL_SHAPE | {"n_embd": depths["width"]})
+        ops = flops.prefill_operations(config, 1, depths["prompt_tokens"], profile.dtype, depths["new_tokens"])
+        priced.append((sum(op.count * profile.device_seconds(op) for op in ops), sum(op.count for op in ops)))
+    (tables_low, calls_low), (tables_high, calls_high) = priced
+    measured_low, measured_high = depths["seconds"]
+    per_call = max(((measured_high - tables_high) - (measured_low - tables_low)) / (calls_high - calls_low), 0.0)
+    return per_call, max(measured_low - tables_low - per_call * calls_low, 0.0)
 
 
 def in_model_shape(width: int) -> dict[str, int]:
@@ -597,7 +630,7 @@ def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
     for layers in depths["layers"]:
         config = GPTConfig(n_layer=layers, attention="sdpa", **in_model_shape(depths["width"]))
         ops = flops.forward_operations(config, 1, 1, 5)
-        priced.append(sum(sum(profile.op_seconds(op, False)) for op in ops))
+        priced.append(sum(sum(profile.op_seconds(op, "inference")) for op in ops))
         matmuls.append(sum(op.count * profile.device_seconds(op) for op in ops if op.kind == "matmul"))
     (measured_low, measured_high), (priced_low, priced_high) = depths["seconds"], priced
     unpriced = (measured_high - measured_low) - (priced_high - priced_low)
@@ -640,7 +673,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + 2
-    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + bool(grid.in_model_width)
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 1 + bool(grid.in_model_width)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -675,6 +708,10 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
             timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
             tick()
+        prefill = microbench.prefill_depth_seconds(
+            torch_device, dtype, GPTConfig(n_layer=1, attention="sdpa", **PREFILL_SHAPE), PREFILL_PROMPT_TOKENS,
+            PREFILL_NEW_TOKENS)
+        tick()
         depths = None
         if grid.in_model_width:  # CPUs: the host's caches, which a GPU's kernels leave alone
             depths = microbench.decode_depth_seconds(torch_device, dtype, GPTConfig(
@@ -718,6 +755,9 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                    "copy_bandwidth_bytes_per_sec": f"{streaming:.4g}"},
     )
     profile.overhead = _solve_overhead(profile, timings)
+    profile.overhead["per_call_s"]["prefill"], profile.overhead["fixed_s"]["prefill"] = _solve_prefill(profile,
+                                                                                                       prefill)
+    profile.overhead["measured_on"]["prefill"] = prefill
     if depths is not None:  # priced with the per-call costs just solved, which the tiny models' warm matmuls set
         profile.matmul["cold"]["in_model_excess"] = in_model_excess(profile, depths)
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call

@@ -20,6 +20,7 @@ import math
 import time
 from pathlib import Path
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -476,8 +477,6 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     "inference": one forward of one token against a 4-token KV cache (a decode step's forward);
     "training": forward and backward of the loss over 1 × 4 tokens, as `Trainer.train_step` runs them;
     "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does);
-    "prefill": `GPT.generate` up to its first token after a 4-token prompt — the call's one-off work (its KV
-    cache and output buffers, the first draw) around the prompt's forward pass, as sample.py times a prefill;
     "train_step": `Trainer.train_step` itself at batch 1 × the context (the batch drawn, the learning rate set,
     the loss read back, clipping, AdamW), whose harness around the model's work is also a fixed cost.
     """
@@ -500,8 +499,7 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
 
     training = seconds_per_call(train_micro_step, device, batches=10)
     train_step = seconds_per_call(timing_trainer(config, device, dtype).train_step, device, batches=10)
-    return {"inference": inference, "training": training, "token": (long - short) / 8, "prefill": short,
-            "train_step": train_step}
+    return {"inference": inference, "training": training, "token": (long - short) / 8, "train_step": train_step}
 
 
 
@@ -523,7 +521,19 @@ def _decode_forward(model, tokens: torch.Tensor) -> Callable[[], None]:
     return forward
 
 
-DEPTHS = (1, 3)  # decode_depth_seconds' models: the difference of their times is two layers' worth
+DEPTHS = (1, 3)  # the depth benchmarks' models: the difference of their times is two layers' worth
+
+
+def _at_depths(device: torch.device, dtype: str, config) -> dict[int, object]:
+    """`config` at each of DEPTHS layers: {layers: GPT in eval mode on `device`}, seeded alike."""
+    from gpt.model import GPT
+
+    models = {}
+    for layers in DEPTHS:
+        torch.manual_seed(0)
+        models[layers] = GPT(dataclasses.replace(config, n_layer=layers)).to(device=device,
+                                                                             dtype=TORCH_DTYPES[dtype]).eval()
+    return models
 
 
 def decode_depth_seconds(device: torch.device, dtype: str, config, rounds: int = 3) -> dict[str, list]:
@@ -531,15 +541,52 @@ def decode_depth_seconds(device: torch.device, dtype: str, config, rounds: int =
     cost inside a model, to set against their operations' price (device_profile.in_model_excess). The two depths
     are timed in alternation `rounds` times, each keeping its fastest: a neighbour's job that slows the machine
     for seconds then slows both. Returns {"width", "layers": DEPTHS, "seconds": [seconds at each depth]}."""
-    from gpt.model import GPT
-
-    forwards = {}
-    for layers in DEPTHS:
-        shape = dataclasses.replace(config, n_layer=layers)
-        model = GPT(shape).to(device=device, dtype=TORCH_DTYPES[dtype]).eval()
-        forwards[layers] = _decode_forward(model, torch.randint(shape.vocab_size, (1, 5), device=device))
+    forwards = {layers: _decode_forward(model, torch.randint(config.vocab_size, (1, 5), device=device))
+                for layers, model in _at_depths(device, dtype, config).items()}
     fastest = {layers: math.inf for layers in DEPTHS}
     for _ in range(rounds):
         for layers, forward in forwards.items():
             fastest[layers] = min(fastest[layers], seconds_per_call(forward, device))
     return {"width": config.n_embd, "layers": list(DEPTHS), "seconds": [fastest[layers] for layers in DEPTHS]}
+
+
+def prefill_depth_seconds(device: torch.device, dtype: str, config, prompt_tokens: int, new_tokens: int,
+                          rounds: int = 5, repeats: int = 8) -> dict[str, Any]:
+    """Seconds of `GPT.generate`'s prefill — from the call to its first new token, as sample.py times it — of
+    `config` with 1 and 3 layers at batch 1, each prefill timed once, right after sample.py's warm-up
+    (gpt.warmup): the fastest of `rounds` × `repeats`, the depths alternating every `repeats`.
+
+    Timed once, not in a loop of calls, because that is how a prefill runs: after the warm-up's and the
+    previous call's other work, which has taken the host's caches. On the 2-core VM a 2-layer 64-wide model's
+    prefill of 64 tokens took 0.71-0.77 ms so, against 0.53 ms for its forward alone in a loop (2026-12-03).
+    Returns {"width", "prompt_tokens", "new_tokens", "layers": DEPTHS, "seconds": [seconds at each depth]}.
+    """
+    from gpt.warmup import plan_warmup, warm_up
+
+    clock = time.perf_counter if device.type == "cuda" else host_clock(torch.get_num_threads())[1]
+    plan = plan_warmup(prompt_tokens, new_tokens, config.block_size, every_key=False)
+    prompt = torch.randint(config.vocab_size, (1, prompt_tokens), device=device)
+    models = _at_depths(device, dtype, config)
+    fastest = {layers: math.inf for layers in DEPTHS}
+
+    def once(model, seed: int) -> float:
+        warm_up(model, prompt, plan)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        ended = []
+
+        def on_tokens(_columns: torch.Tensor) -> None:
+            if not ended:
+                _synchronize(device)
+                ended.append(clock())
+
+        _synchronize(device)
+        started = clock()
+        model.generate(prompt, new_tokens, temperature=0.8, generator=generator, on_tokens=on_tokens)
+        return ended[0] - started
+
+    for round_ in range(rounds):
+        for layers, model in models.items():
+            for repeat in range(repeats):
+                fastest[layers] = min(fastest[layers], once(model, round_ * repeats + repeat))
+    return {"width": config.n_embd, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "layers": list(DEPTHS), "seconds": [fastest[layers] for layers in DEPTHS]}

@@ -11,7 +11,8 @@ and tokens/s and MFU follow from it. What each mode covers, matching what the to
              measured harness (profiling.collectives)
     prefill  `GPT.generate` up to the first new token, as sample.py times it: its KV cache allocated for the
              prompt and the new tokens, the prompt's forward pass (logits at every position, keys and values into
-             the cache) and the first draw; tokens/s = batch · P / time
+             the cache) and the first draw; tokens/s = batch · P / time. Its calls cost the profile's prefill
+             per-call figure: a prefill runs once, after other work, not in the decode loop's warm caches
     decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
              draws, counted as batch · (N−1) tokens; step_seconds is the mean per token. Each forward's
              attention reads the cache slots that hold tokens, P+1 … P+N (gpt.generate's KVCache.window
@@ -60,11 +61,12 @@ def _category(op: Op) -> str:
     return "optimizer" if op.kind == "adamw" else "memory_bound"
 
 
-def price(ops: list[Op], profile: DeviceProfile, training: bool) -> dict[str, float]:
-    """Seconds of `ops` on `profile`, by category."""
+def price(ops: list[Op], profile: DeviceProfile, phase: str) -> dict[str, float]:
+    """Seconds of `ops` on `profile` in `phase` ("training", "inference" or "prefill": whose per-call cost), by
+    category."""
     breakdown = dict.fromkeys(CATEGORIES, 0.0)
     for op in ops:
-        device, overhead = profile.op_seconds(op, training)
+        device, overhead = profile.op_seconds(op, phase)
         breakdown[_category(op)] += device
         breakdown["overhead"] += overhead
     return breakdown
@@ -140,7 +142,7 @@ def predict_train(config: GPTConfig, batch: int, seq_len: int, grad_accum: int, 
     if world_size > 1:  # the wrappers' copies; FSDP's optimizer updates this rank's shards only
         ops += collectives.data_parallel_copies(config, world_size, grad_accum, sharded, profile.dtype)
         ops = collectives.sharded_optimizer(ops, world_size) if sharded else ops
-    seconds = price(ops, profile, training=True)
+    seconds = price(ops, profile, "training")
     fixed = profile.overhead["fixed_s"]
     seconds["overhead"] += grad_accum * fixed["train_micro_step"] + fixed["train_step"]
     seconds["communication"] = communication_seconds(config, world_size, grad_accum, sharded, profile,
@@ -164,7 +166,7 @@ def predict_prefill(config: GPTConfig, batch: int, prompt_tokens: int, profile: 
     _check(config, batch=batch, prompt_tokens=prompt_tokens, new_tokens=new_tokens)
     _check_context(config, prompt_tokens)
     ops = flops.prefill_operations(config, batch, prompt_tokens, profile.dtype, new_tokens)
-    seconds = price(ops, profile, training=False)
+    seconds = price(ops, profile, "prefill")
     seconds["overhead"] += profile.overhead["fixed_s"]["prefill"]
     model_flops = batch * flops.prefill_flops(config, prompt_tokens, causal=False)
     return _prediction("prefill", seconds, batch * prompt_tokens, model_flops, profile)
@@ -181,10 +183,10 @@ def predict_decode(config: GPTConfig, batch: int, prompt_tokens: int, new_tokens
     fixed = profile.overhead["fixed_s"]
     for context in range(prompt_tokens + 1, prompt_tokens + new_tokens + 1):  # eager: the stored slots only
         step = flops.decode_operations(config, batch, context, profile.dtype)
-        _add(total, price([op for op in step if op.kind != "sample"], profile, training=False))
+        _add(total, price([op for op in step if op.kind != "sample"], profile, "inference"))
     total["overhead"] += new_tokens * fixed["forward"]
     steps = new_tokens - 1
-    _add(total, price([op for op in step if op.kind == "sample"], profile, training=False), steps)
+    _add(total, price([op for op in step if op.kind == "sample"], profile, "inference"), steps)
     total["overhead"] += steps * fixed["token"]
     per_token = {key: value / steps for key, value in total.items()}
     model_flops = batch * sum(flops.decode_flops_per_token(config, c)
@@ -201,7 +203,7 @@ def predict_decode_step(config: GPTConfig, batch: int, context: int, profile: De
     _check_context(config, context)
     fixed = profile.overhead["fixed_s"]
     ops = flops.decode_operations(config, batch, context, profile.dtype)
-    seconds = price(ops, profile, training=False)
+    seconds = price(ops, profile, "inference")
     seconds["overhead"] += fixed["forward"] + fixed["token"]
     return _prediction("decode", seconds, batch, batch * flops.decode_flops_per_token(config, context), profile)
 

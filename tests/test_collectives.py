@@ -64,7 +64,8 @@ def test_reference_data_parallel_beyond_a_server_adds_infiniband_by_hand():
     # 2 servers × 8 A100: NVLink 3 ring (300 GB/s, 2 µs/hop), then S/8 over 200 Gb/s HDR (25 GB/s, 5 µs/hop)
     expected = 2 * 7 / 8 * S / 300e9 + 14 * 2e-6 + 2 * 1 / 2 * (S / 8) / 25e9 + 2 * 1 * 5e-6
     assert sixteen.breakdown["communication"] == pytest.approx(expected, rel=1e-12)
-    copies = sum(predict.price(collectives.data_parallel_copies(CONFIG, 16, 1, False, "bf16"), profile, True).values())
+    copies = sum(predict.price(collectives.data_parallel_copies(CONFIG, 16, 1, False, "bf16"), profile,
+                                "training").values())
     assert sixteen.step_seconds == pytest.approx(alone.step_seconds + expected + copies, rel=1e-12)  # no harness
     four_per_server = predict.predict_train(CONFIG, 2, 32, 1, profile, world_size=16, devices_per_server=4)
     assert four_per_server.breakdown["communication"] == pytest.approx(

@@ -1,5 +1,6 @@
 """The micro-benchmarks time the shapes and memory traffic a model has (profiling/microbench.py)."""
 
+import pytest
 import torch
 
 from profiling import microbench
@@ -55,3 +56,47 @@ def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(
     steps = [call for call in calls if call[2] == (1, 1)]
     assert sorted(layers for layers, *_ in prompts) == [1, 3]  # each model's 4-token prompt, once
     assert {(layers, width, pos) for layers, width, _, pos in steps} == {(1, 32, 4), (3, 32, 4)}  # always slot 4
+
+
+def test_prefill_depth_seconds_times_generate_to_its_first_token_once_after_the_warm_up(monkeypatch):
+    """Each prefill is one `GPT.generate` call timed from its start to its first new token, right after
+    sample.py's warm-up; the depths alternate every `repeats` calls and each keeps its fastest. Durations
+    scripted through the clock: rounds of (1 layer × 2, 3 layers × 2)."""
+    import gpt.warmup
+    from gpt.config import GPTConfig
+    from gpt.model import GPT
+
+    events = []
+    real_warm_up, real_generate = gpt.warmup.warm_up, GPT.generate
+    monkeypatch.setattr(gpt.warmup, "warm_up", lambda model, idx, plan: (
+        events.append(("warm-up", model.config.n_layer, tuple(idx.shape))), real_warm_up(model, idx, plan))[1])
+
+    def generate(self, idx, max_new_tokens, *args, on_tokens, **kwargs):
+        events.append(("generate", self.config.n_layer, tuple(idx.shape), max_new_tokens))
+
+        def first_token(columns):
+            events.append(("first token", columns.shape))
+            on_tokens(columns)
+        return real_generate(self, idx, max_new_tokens, *args, on_tokens=first_token, **kwargs)
+
+    monkeypatch.setattr(GPT, "generate", generate)
+    durations = iter([5e-3, 4e-3, 9e-3, 8e-3, 3e-3, 6e-3, 10e-3, 7e-3])
+    now = [0.0]
+
+    def clock() -> float:  # called at the start, then at the first token: that interval takes the next duration
+        if events[-1][0] == "first token":
+            now[0] += next(durations)
+        return now[0]
+
+    monkeypatch.setattr(microbench, "host_clock", lambda threads: ("scripted", clock))
+    config = GPTConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=11, block_size=32, attention="sdpa")
+    result = microbench.prefill_depth_seconds(torch.device("cpu"), "fp32", config, 6, 3, rounds=2, repeats=2)
+    assert result == {"width": 16, "prompt_tokens": 6, "new_tokens": 3, "layers": [1, 3],
+                      "seconds": [pytest.approx(3e-3), pytest.approx(7e-3)]}
+    calls = [event for event in events if event[0] == "generate"]
+    assert [layers for _, layers, *_ in calls] == [1, 1, 3, 3, 1, 1, 3, 3]
+    assert all(shape == (1, 6) and new == 3 for _, _, shape, new in calls)
+    for index, event in enumerate(events):
+        if event[0] == "generate":  # the warm-up of the same model, on the same prompt, just before
+            assert events[index - 1] == ("warm-up", event[1], (1, 6))
+    assert next(durations, None) is None  # every call timed once

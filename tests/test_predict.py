@@ -134,7 +134,15 @@ def test_parameter_tensors_are_the_models_own():
         assert sum(model_sizes) == flops.param_count(config)
 
 
+def prefill_calls(layers: int) -> int:
+    """Operation calls of a prefill by hand: 14 a layer (the KV cache's two allocations among them), the
+    embeddings, the final LayerNorm and the head, and the draw."""
+    return 14 * layers + 3 + 1
+
+
 def test_prefill_by_hand():
+    """Its calls cost the profile's prefill per-call figure; a profile without one (a reference profile) charges
+    the inference figure."""
     batch, prompt = 2, 16
     L, d, V = CONFIG.n_layer, CONFIG.n_embd, CONFIG.vocab_size
     n = batch * prompt
@@ -142,18 +150,39 @@ def test_prefill_by_hand():
     attention = L * batch * 4 * d * prompt * (prompt + 1) // 2 / ATTENTION_RATE
     cache = 2 * L * batch * (prompt + 1) * d  # keys and values of every layer, zero-filled for prompt + 1 tokens
     memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V + cache) * SECONDS_PER_ELEMENT
-    overhead = (14 * L + 3 + 1) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
-    result = predict.predict_prefill(CONFIG, batch, prompt, synthetic_profile())
-    assert result.step_seconds == pytest.approx(matmul + attention + memory + overhead, rel=1e-12)
+    tables = matmul + attention + memory
+    profile = synthetic_profile()
+    result = predict.predict_prefill(CONFIG, batch, prompt, profile)
+    overhead = prefill_calls(L) * PER_CALL_INFERENCE + FIXED["prefill"]  # generate's one-off work, measured
+    assert result.step_seconds == pytest.approx(tables + overhead, rel=1e-12)
     assert result.tokens_per_sec == pytest.approx(n / result.step_seconds)
+    profile.overhead["per_call_s"]["prefill"] = 11e-6
+    result = predict.predict_prefill(CONFIG, batch, prompt, profile)
+    assert result.step_seconds == pytest.approx(tables + prefill_calls(L) * 11e-6 + FIXED["prefill"], rel=1e-12)
+    assert result.breakdown["overhead"] == pytest.approx(prefill_calls(L) * 11e-6 + FIXED["prefill"], rel=1e-12)
+
+
+def test_the_prefill_costs_are_solved_from_two_depths_as_measured_beyond_the_tables():
+    """Prefills of the calibration's model measured 2 µs a call and 30 µs more than the tables price: both come
+    back; a measurement below the tables gives no negative cost."""
+    profile = synthetic_profile()
+    profile.overhead = {"per_call_s": {"inference": 0.0, "training": 0.0}, "fixed_s": dict(FIXED, prefill=0.0)}
+    shape = device_profile.PREFILL_SHAPE
+    prompt, new = device_profile.PREFILL_PROMPT_TOKENS, device_profile.PREFILL_NEW_TOKENS
+    tables = [predict.predict_prefill(GPTConfig(n_layer=layers, attention="sdpa", **shape), 1, prompt, profile,
+                                      new).step_seconds for layers in (1, 3)]
+    measured = [seconds + 2e-6 * prefill_calls(layers) + 3e-5 for seconds, layers in zip(tables, (1, 3))]
+    depths = {"width": shape["n_embd"], "prompt_tokens": prompt, "new_tokens": new, "layers": [1, 3]}
+    assert device_profile._solve_prefill(profile, depths | {"seconds": measured}) == pytest.approx((2e-6, 3e-5))
+    assert device_profile._solve_prefill(profile, depths | {"seconds": [0.5 * t for t in tables]}) == (0.0, 0.0)
 
 
 def test_overlapped_host_time_counts_only_where_it_exceeds_the_device():
     profile = synthetic_profile(overlap=True)
     op = flops.Op("x", "add", (1000,), 0, 0, count=4)
-    assert profile.op_seconds(op, training=False) == pytest.approx((4e-6, 4 * (PER_CALL_INFERENCE - 1e-6)))
+    assert profile.op_seconds(op, "inference") == pytest.approx((4e-6, 4 * (PER_CALL_INFERENCE - 1e-6)))
     big = flops.Op("x", "add", (10**6,), 0, 0, count=2)
-    assert profile.op_seconds(big, training=False) == pytest.approx((2e-3, 0.0))
+    assert profile.op_seconds(big, "inference") == pytest.approx((2e-3, 0.0))
 
 
 def test_interpolation_is_linear_in_log_space_and_clamped():
@@ -304,7 +333,7 @@ def test_in_model_excess_is_the_unpriced_time_of_the_extra_layers_over_their_mat
     width = 1536
     config = lambda layers: GPTConfig(n_layer=layers, attention="sdpa",  # noqa: E731
                                       **device_profile.in_model_shape(width))
-    priced = [sum(predict.price(flops.forward_operations(config(layers), 1, 1, 5), profile, False).values())
+    priced = [sum(predict.price(flops.forward_operations(config(layers), 1, 1, 5), profile, "inference").values())
               for layers in (1, 3)]
     matmuls = 2 * 2 * 12 * width**2 / MATMUL_RATE  # two more layers
     measured = [priced[0], priced[1] + 0.3 * matmuls]

@@ -214,7 +214,8 @@ def test_scale_prices_the_predicted_steps_and_labels_every_input(tmp_path):
         return 2 * 7 / 8 * size / 450e9 + 14 * 2e-6 + 2 * 127 / 128 * (size / 8) / 50e9 + 2 * 7 * 5e-6
 
     allreduce = one(2 ** 20) + full * one(bucket) + one(rest)
-    copies = sum(predict.price(collectives.data_parallel_copies(GPT3, 1024, 16, False, "bf16"), h100, True).values())
+    copies = sum(predict.price(collectives.data_parallel_copies(GPT3, 1024, 16, False, "bf16"), h100,
+                                "training").values())
     training = result["training"]
     assert training["communication"]["seconds_per_step"] == pytest.approx(allreduce, rel=1e-9)
     assert (training["communication"]["servers"], training["communication"]["devices_per_server"]) == (128, 8)

@@ -100,7 +100,8 @@ def test_data_parallel_rows_add_the_gradient_all_reduce_counted_by_hand():
     S = 4 * flops.param_count(CONFIG)  # float32 gradients, one 25 MiB bucket
     # 2 servers × 8: NVLink 3 ring (300 GB/s, 2 µs per hop), then S/8 over each GPU's 200 Gb/s HDR NIC (5 µs per hop)
     allreduce = 2 * 7 / 8 * S / 300e9 + 14 * 2e-6 + 2 * 1 / 2 * (S / 8) / 25e9 + 2 * 5e-6
-    copies = sum(predict.price(collectives.data_parallel_copies(CONFIG, 16, 1, False, "bf16"), a100, True).values())
+    copies = sum(predict.price(collectives.data_parallel_copies(CONFIG, 16, 1, False, "bf16"), a100,
+                                "training").values())
     compute = one["step"]["step_seconds"] + copies  # DDP's bucket copies on each device
     assert one["communication"]["seconds_per_step"] == 0 and one["inputs"]["data_parallel_scaling"]["value"] == 1
     assert sixteen["communication"]["seconds_per_step"] == pytest.approx(allreduce, rel=1e-12)
