@@ -545,9 +545,12 @@ COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights tha
 # The model the fixed costs are measured on: 8 wide, so that only the per-call and per-step costs remain.
 OVERHEAD_SHAPE = dict(vocab_size=8, block_size=16, n_head=1, n_embd=8)
 # The model and prompt whose prefill _solve_prefill times: small, so that the host's costs show, with the byte
-# tokenizer's vocabulary; a shape and a prompt length that bench.extrapolate's validation does not use.
-PREFILL_SHAPE = dict(vocab_size=257, block_size=64, n_head=2, n_embd=96)
-PREFILL_PROMPT_TOKENS, PREFILL_NEW_TOKENS = 48, 8
+# tokenizer's vocabulary; a shape and a prompt length that bench.extrapolate's validation does not use. Each
+# generation runs to the end of the context, as the one before the timed prefill did: the longer the decoding
+# before it, the slower a prefill (on the 2-core VM the 1-layer model's took 0.51 ms after 8 new tokens,
+# 0.55-0.58 ms after 64-80; 2026-12-03), and sample.py generates 300 by default.
+PREFILL_SHAPE = dict(vocab_size=257, block_size=128, n_head=2, n_embd=96)
+PREFILL_PROMPT_TOKENS, PREFILL_NEW_TOKENS = 48, 80
 
 
 def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]) -> dict[str, Any]:
