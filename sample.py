@@ -190,7 +190,7 @@ def generate(args: argparse.Namespace, model: "GPT", tokenizer: Tokenizer, promp
     profiler = GenerationProfiler(model.config, device, dtype, args.num_samples, len(prompt_ids), args.board_watts)
     warmup = plan_warmup(len(prompt_ids), args.max_new_tokens, model.config.block_size,
                          every_key=model.config.attention == "triton")
-    warm_up(model, idx, warmup)  # compilation, autotuning and first-call allocations stay untimed
+    warm_up(model, idx, warmup, args.temperature, args.top_k, args.top_p)  # compilation, first calls stay untimed
     if args.compile:  # and the compiled one-token step, for each cache window the run will use
         compile_steps(model, idx, args.max_new_tokens)
     reset_peak_memory(device)  # the peak the profile reports is the timed generation's

@@ -49,7 +49,7 @@ from gpt.warmup import plan_warmup, warm_up
 from profiling import flops
 from profiling.device_profile import DeviceProfile, calibrate, load_profile
 from profiling.live import GenerationProfiler
-from profiling.microbench import host_clock, timing_trainer
+from profiling.microbench import SAMPLE_TEMPERATURE, host_clock, timing_trainer
 from profiling.predict import predict_decode, predict_prefill, predict_train
 from profiling.scale import roofline
 
@@ -131,7 +131,8 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
     for seed in range(repeats):
         generator = torch.Generator().manual_seed(seed)
         profiler = GenerationProfiler(config, torch.device("cpu"), "fp32", batch, PROMPT_TOKENS, board_watts=1.0)
-        warm_up(model, idx, plan_warmup(PROMPT_TOKENS, NEW_TOKENS, config.block_size, every_key=False))  # as sample.py
+        warm_up(model, idx, plan_warmup(PROMPT_TOKENS, NEW_TOKENS, config.block_size, every_key=False),
+                SAMPLE_TEMPERATURE)  # as sample.py
         edges = []
 
         def on_tokens(columns: torch.Tensor) -> None:
@@ -144,7 +145,7 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
 
         edges.append(clock())
         profiler.start()
-        model.generate(idx, NEW_TOKENS, temperature=0.8, generator=generator, on_tokens=on_tokens)
+        model.generate(idx, NEW_TOKENS, temperature=SAMPLE_TEMPERATURE, generator=generator, on_tokens=on_tokens)
         edges.append(clock())
         profiler.stop()
         profile = profiler.profile(config.to_dict())

@@ -36,6 +36,7 @@ WARM_BYTES = 64 * 2**20
 # compute-bound on any device here. Shrinking the 4096-wide grid points to a few rows made them skinny, and
 # every large model's matmuls were predicted ~50% too slow on the 2-core VM (docs/benchmarks.md).
 MIN_TIMED_ROWS = 256
+SAMPLE_TEMPERATURE = 0.8  # sample.py's default, at which the generation benchmarks draw
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -570,7 +571,7 @@ def prefill_depth_seconds(device: torch.device, dtype: str, config, prompt_token
     fastest = {layers: math.inf for layers in DEPTHS}
 
     def once(model, seed: int) -> float:
-        warm_up(model, prompt, plan)
+        warm_up(model, prompt, plan, SAMPLE_TEMPERATURE)
         generator = torch.Generator(device=device).manual_seed(seed)
         ended = []
 
@@ -581,7 +582,7 @@ def prefill_depth_seconds(device: torch.device, dtype: str, config, prompt_token
 
         _synchronize(device)
         started = clock()
-        model.generate(prompt, new_tokens, temperature=0.8, generator=generator, on_tokens=on_tokens)
+        model.generate(prompt, new_tokens, SAMPLE_TEMPERATURE, generator=generator, on_tokens=on_tokens)
         return ended[0] - started
 
     for round_ in range(rounds):

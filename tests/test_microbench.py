@@ -68,8 +68,8 @@ def test_prefill_depth_seconds_times_generate_to_its_first_token_once_after_the_
 
     events = []
     real_warm_up, real_generate = gpt.warmup.warm_up, GPT.generate
-    monkeypatch.setattr(gpt.warmup, "warm_up", lambda model, idx, plan: (
-        events.append(("warm-up", model.config.n_layer, tuple(idx.shape))), real_warm_up(model, idx, plan))[1])
+    monkeypatch.setattr(gpt.warmup, "warm_up", lambda model, idx, plan, *sampling: (
+        events.append(("warm-up", model.config.n_layer, tuple(idx.shape))), real_warm_up(model, idx, plan, *sampling))[1])
 
     def generate(self, idx, max_new_tokens, *args, on_tokens, **kwargs):
         events.append(("generate", self.config.n_layer, tuple(idx.shape), max_new_tokens))

@@ -120,3 +120,29 @@ def test_sample_compile_compiles_every_cache_window_before_timing(monkeypatch, c
                         "--prompt", "ab", "--max-new-tokens", "40", "--compile", "--attention", "sdpa"]) == 0
     assert graphs["before"] - first == 2  # key slots 4 to 43 (eos + 2 bytes, then 40 new): windows 32 and 64
     assert counters["stats"]["unique_graphs"] == graphs["before"]
+
+
+def test_the_warm_up_draws_as_the_run_will_and_makes_the_decoding_head_without_touching_any_random_stream(
+        monkeypatch):
+    """generate's first-use work (the first draw, the decoding head's copy) runs in the warm-up, not in the timed
+    prefill; the draw has its own generator, so the run's stream and the global one are as before."""
+    import gpt.generate
+    import gpt.warmup
+
+    model = GPT(GPTConfig(vocab_size=61, block_size=64, n_layer=1, n_head=2, n_embd=32, attention="sdpa")).eval()
+    prompt = torch.randint(61, (1, 5))
+    draws = []
+    real_sample = gpt.warmup.sample_next_token
+    monkeypatch.setattr(gpt.warmup, "sample_next_token", lambda logits, *settings: (
+        draws.append((tuple(logits.shape), settings[:3])), real_sample(logits, *settings))[1])
+    run = torch.Generator().manual_seed(3)
+    global_state, run_state = torch.get_rng_state(), run.get_state()
+    warm_up(model, prompt, plan_warmup(5, 8, 64, every_key=False), 0.7, 5, 0.9)
+    assert draws == [((1, 61), (0.7, 5, 0.9))]
+    assert torch.equal(torch.get_rng_state(), global_state) and torch.equal(run.get_state(), run_state)
+    made = []
+    real_copy = torch.Tensor.contiguous
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda self, *a, **k: (made.append(self.shape),
+                                                                           real_copy(self, *a, **k))[1])
+    head = gpt.generate.decoding_head(model, 1)  # what generate asks for: kept from the warm-up, not made again
+    assert head is not None and tuple(head.shape) == (32, 61) and made == []
