@@ -50,8 +50,11 @@ def find_peaks(device: torch.device, dtype: str, peak_tflops: float | None, prog
 
 
 def this_device_profile(device: torch.device, dtype: str) -> tuple[DeviceProfile | None, str | None]:
-    """This device's cached measured profile, or None and the line saying how to make one."""
-    how = f"no profile: run python -m profiling calibrate --device {device.type} --dtype {flops.dtype_name(dtype)}"
+    """This device's cached measured profile, or None and the line saying how to make one. A CPU's profile is
+    per thread count (the device's name says it), so that line names the device, threads included."""
+    threads = " at the same thread count" if device.type == "cpu" else ""
+    how = (f"no profile of {device_name(device)}: run python -m profiling calibrate --device {device.type} "
+           f"--dtype {flops.dtype_name(dtype)}{threads}")
     try:
         profile = cached_profile(device_name(device), dtype)
     except GptmeterError as error:  # a damaged cache file must not stop the run

@@ -96,7 +96,8 @@ def test_training_records_the_prediction_beside_the_measurement(corpus, tmp_path
 def test_without_a_profile_the_run_says_how_to_make_one(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     assert train.main(["--data", str(corpus), "--out-dir", str(run), *TRAIN]) == 0
-    note = "no profile: run python -m profiling calibrate --device cpu --dtype fp32"
+    note = (f"no profile of {device_name('cpu')}: run python -m profiling calibrate --device cpu --dtype fp32"
+            " at the same thread count")
     assert note in capsys.readouterr().err
     summary = _summary(run)
     # The peaks cache a quick grid of a few points; that is not a profile to predict with.
@@ -135,4 +136,5 @@ def test_a_damaged_cached_profile_does_not_stop_a_run(tmp_path, capsys):
         path.unlink()
     written = json.loads((tmp_path / "p.json").read_text())
     assert written["decode_predicted_tokens_per_sec"] is None
-    assert written["prediction_note"].startswith("no profile: run python -m profiling calibrate")
+    assert written["prediction_note"].startswith(f"no profile of {device_name('cpu')}: run python -m profiling "
+                                                 "calibrate")
