@@ -5,7 +5,8 @@ For each shape, workload and batch (training, prefill and decode at batch 1 and 
   measured     training: tokens/s of `gpt.trainer.Trainer.train_step` (train.py's step: forward, backward,
                clipping, AdamW), the fastest of a few steps after warm-up. Prefill and decode: `GPT.generate`
                timed at the edges sample.py's `profiling.live.GenerationProfiler` uses, the fastest of a few
-               calls. Each case keeps its fastest of --sweeps passes over every shape (run_benchmark). The
+               calls, with sample.py's end-of-text check (for an id no model draws, so that every call
+               generates all its tokens). Each case keeps its fastest of --sweeps passes over every shape (run_benchmark). The
                clock is the process's CPU time at one thread (profiling.microbench.host_clock), and the
                fastest run is kept, as calibration does: on a shared machine other jobs only add time.
                The tools' own wall-clock figures (median) are kept beside them in the JSON
@@ -49,7 +50,7 @@ from gpt.warmup import plan_warmup, warm_up
 from profiling import flops
 from profiling.device_profile import DeviceProfile, calibrate, load_profile
 from profiling.live import GenerationProfiler
-from profiling.microbench import SAMPLE_TEMPERATURE, host_clock, timing_trainer
+from profiling.microbench import SAMPLE_TEMPERATURE, host_clock, never_drawn_end_of_text, timing_trainer
 from profiling.predict import predict_decode, predict_prefill, predict_train
 from profiling.scale import roofline
 
@@ -145,7 +146,8 @@ def measure_generation(config: GPTConfig, batch: int, repeats: int) -> tuple[Mea
 
         edges.append(clock())
         profiler.start()
-        model.generate(idx, NEW_TOKENS, temperature=SAMPLE_TEMPERATURE, generator=generator, on_tokens=on_tokens)
+        model.generate(idx, NEW_TOKENS, temperature=SAMPLE_TEMPERATURE, generator=generator, on_tokens=on_tokens,
+                       eos_token=never_drawn_end_of_text(config))  # sample.py's check, never ending early
         edges.append(clock())
         profiler.stop()
         profile = profiler.profile(config.to_dict())

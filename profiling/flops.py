@@ -376,6 +376,18 @@ def train_step_operations(config: GPTConfig, batch: int, seq_len: int, grad_accu
     return ops
 
 
+END_OF_TEXT_CALLS = 4  # generate's end-of-text check per draw: full_like, where, == and |= over the batch's ids
+
+
+def draw_operations(config: GPTConfig, batch: int, dtype: object = "fp32") -> list[Op]:
+    """One token drawn for each of `batch` sequences, as sample.py's `GPT.generate` draws: temperature, softmax and
+    the draw over the vocabulary, then the end-of-text check, END_OF_TEXT_CALLS elementwise calls over the
+    batch's token ids (int64). The check of whether every row has ended, once per SYNC_EVERY tokens, is in the
+    fixed costs."""
+    return [_memory("sample", "sample", batch * config.vocab_size, bytes_per_element(dtype)),
+            _memory("end_of_text", "add", batch, 8, END_OF_TEXT_CALLS)]
+
+
 def prefill_operations(config: GPTConfig, batch: int, prompt_tokens: int, dtype: object = "fp32",
                        new_tokens: int = 1) -> list[Op]:
     """`GPT.generate`'s start: its KV cache allocated (keys and values of every layer, zero-filled, for the
@@ -383,15 +395,13 @@ def prefill_operations(config: GPTConfig, batch: int, prompt_tokens: int, dtype:
     elem = bytes_per_element(dtype)
     capacity = min(config.block_size, prompt_tokens + new_tokens)
     cache = batch * config.n_kv_head * capacity * config.head_dim
-    return [_memory("kv_cache_alloc", "zeros", cache, elem, 2 * config.n_layer)] + forward_operations(
-        config, batch, prompt_tokens, dtype=dtype) + [_memory("sample", "sample", batch * config.vocab_size, elem)]
+    return ([_memory("kv_cache_alloc", "zeros", cache, elem, 2 * config.n_layer)]
+            + forward_operations(config, batch, prompt_tokens, dtype=dtype) + draw_operations(config, batch, dtype))
 
 
 def decode_operations(config: GPTConfig, batch: int, context_len: int, dtype: object = "fp32") -> list[Op]:
-    """One decode step: one new token per sequence attending to `context_len` keys (its own included)."""
-    elem = bytes_per_element(dtype)
-    return forward_operations(config, batch, 1, context_len, dtype=dtype) + [
-        _memory("sample", "sample", batch * config.vocab_size, elem)]
+    """One decode step: one new token per sequence attending to `context_len` keys (its own included), drawn."""
+    return forward_operations(config, batch, 1, context_len, dtype=dtype) + draw_operations(config, batch, dtype)
 
 
 # ----------------------------------------------------------------------------- python -m profiling flops

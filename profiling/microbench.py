@@ -37,6 +37,13 @@ WARM_BYTES = 64 * 2**20
 # every large model's matmuls were predicted ~50% too slow on the 2-core VM (docs/benchmarks.md).
 MIN_TIMED_ROWS = 256
 SAMPLE_TEMPERATURE = 0.8  # sample.py's default, at which the generation benchmarks draw
+
+
+def never_drawn_end_of_text(config) -> int:
+    """An end-of-text id for timing `GPT.generate` as sample.py runs it: the check runs every token (as with the
+    tokenizer's id), but the id lies past the vocabulary, so no model draws it and every generation runs to
+    its length."""
+    return config.vocab_size
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -477,7 +484,8 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
 
     "inference": one forward of one token against a 4-token KV cache (a decode step's forward);
     "training": forward and backward of the loss over 1 × 4 tokens, as `Trainer.train_step` runs them;
-    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8, as sample.py does);
+    "token": one more generated token in `GPT.generate` (sampling at temperature 0.8 and checking for the end of
+    text, as sample.py does);
     "train_step": `Trainer.train_step` itself at batch 1 × the context (the batch drawn, the learning rate set,
     the loss read back, clipping, AdamW), whose harness around the model's work is also a fixed cost.
     """
@@ -489,8 +497,11 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     inference = seconds_per_call(_decode_forward(model, tokens), device, batches=10)
     with torch.no_grad():
         generator = torch.Generator(device=device).manual_seed(0)
-        short = seconds_per_call(lambda: model.generate(tokens[:, :4], 1, 0.8, generator=generator), device, 10)
-        long = seconds_per_call(lambda: model.generate(tokens[:, :4], 9, 0.8, generator=generator), device, 10)
+        eos = never_drawn_end_of_text(config)
+        short = seconds_per_call(lambda: model.generate(tokens[:, :4], 1, SAMPLE_TEMPERATURE, generator=generator,
+                                                        eos_token=eos), device, 10)
+        long = seconds_per_call(lambda: model.generate(tokens[:, :4], 9, SAMPLE_TEMPERATURE, generator=generator,
+                                                       eos_token=eos), device, 10)
     model.train()
 
     def train_micro_step() -> None:
@@ -582,7 +593,8 @@ def prefill_depth_seconds(device: torch.device, dtype: str, config, prompt_token
 
         _synchronize(device)
         started = clock()
-        model.generate(prompt, new_tokens, SAMPLE_TEMPERATURE, generator=generator, on_tokens=on_tokens)
+        model.generate(prompt, new_tokens, SAMPLE_TEMPERATURE, generator=generator, on_tokens=on_tokens,
+                       eos_token=never_drawn_end_of_text(config))
         return ended[0] - started
 
     for round_ in range(rounds):

@@ -11,12 +11,13 @@ and tokens/s and MFU follow from it. What each mode covers, matching what the to
              measured harness (profiling.collectives)
     prefill  `GPT.generate` up to the first new token, as sample.py times it: its KV cache allocated for the
              prompt and the new tokens, the prompt's forward pass (logits at every position, keys and values into
-             the cache) and the first draw; tokens/s = batch · P / time. Its calls cost the profile's prefill
-             per-call figure: a prefill runs once, after other work, not in the decode loop's warm caches
+             the cache) and the first draw with its end-of-text check; tokens/s = batch · P / time. Its calls
+             cost the profile's prefill per-call figure: a prefill runs once, after other work, not in the
+             decode loop's warm caches
     decode   the rest of `generate` for N new tokens, as sample.py times it: N one-token forwards and N−1
-             draws, counted as batch · (N−1) tokens; step_seconds is the mean per token. Each forward's
-             attention reads the cache slots that hold tokens, P+1 … P+N (gpt.generate's KVCache.window
-             in eager mode)
+             draws, each with sample.py's end-of-text check (flops.draw_operations), counted as batch · (N−1)
+             tokens; step_seconds is the mean per token. Each forward's attention reads the cache slots that
+             hold tokens, P+1 … P+N (gpt.generate's KVCache.window in eager mode)
 
 MFU is model FLOPs (PaLM convention, profiling.flops) over the profile's peak.
 """
@@ -182,11 +183,11 @@ def predict_decode(config: GPTConfig, batch: int, prompt_tokens: int, new_tokens
     total = dict.fromkeys(CATEGORIES, 0.0)
     fixed = profile.overhead["fixed_s"]
     for context in range(prompt_tokens + 1, prompt_tokens + new_tokens + 1):  # eager: the stored slots only
-        step = flops.decode_operations(config, batch, context, profile.dtype)
-        _add(total, price([op for op in step if op.kind != "sample"], profile, "inference"))
+        forward = flops.forward_operations(config, batch, 1, context, dtype=profile.dtype)
+        _add(total, price(forward, profile, "inference"))
     total["overhead"] += new_tokens * fixed["forward"]
     steps = new_tokens - 1
-    _add(total, price([op for op in step if op.kind == "sample"], profile, "inference"), steps)
+    _add(total, price(flops.draw_operations(config, batch, profile.dtype), profile, "inference"), steps)
     total["overhead"] += steps * fixed["token"]
     per_token = {key: value / steps for key, value in total.items()}
     model_flops = batch * sum(flops.decode_flops_per_token(config, c)

@@ -87,8 +87,11 @@ def test_decode_is_the_mean_over_the_tokens_sample_py_times():
     matmul = new * batch * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
     attention = sum(L * batch * 4 * d * c for c in contexts) / ATTENTION_RATE
     forward_elements = batch * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L)  # ... + KV-cache writes (2d per layer)
-    memory = (new * forward_elements + (new - 1) * batch * V) * SECONDS_PER_ELEMENT
-    calls = new * (12 * L + 3) + (new - 1)  # 11L + 3 as in training, + L KV writes, no loss
+    # each draw: the sample over the vocabulary, and the end-of-text check's 4 calls over the batch's ids, priced
+    # at the table's smallest size (10 elements: below it, clamped)
+    end_of_text = flops.END_OF_TEXT_CALLS * 10
+    memory = (new * forward_elements + (new - 1) * (batch * V + end_of_text)) * SECONDS_PER_ELEMENT
+    calls = new * (12 * L + 3) + (new - 1) * (1 + flops.END_OF_TEXT_CALLS)  # 11L + 3 as in training, + L KV writes
     overhead = calls * PER_CALL_INFERENCE + new * FIXED["forward"] + (new - 1) * FIXED["token"]
     steps = new - 1
     result = predict.predict_decode(CONFIG, batch, prompt, new, synthetic_profile())
@@ -136,8 +139,8 @@ def test_parameter_tensors_are_the_models_own():
 
 def prefill_calls(layers: int) -> int:
     """Operation calls of a prefill by hand: 14 a layer (the KV cache's two allocations among them), the
-    embeddings, the final LayerNorm and the head, and the draw."""
-    return 14 * layers + 3 + 1
+    embeddings, the final LayerNorm and the head, the draw and the end-of-text check's 4."""
+    return 14 * layers + 3 + 1 + 4
 
 
 def test_prefill_by_hand():
@@ -149,7 +152,9 @@ def test_prefill_by_hand():
     matmul = n * 2 * (L * 12 * d * d + d * V) / MATMUL_RATE
     attention = L * batch * 4 * d * prompt * (prompt + 1) // 2 / ATTENTION_RATE
     cache = 2 * L * batch * (prompt + 1) * d  # keys and values of every layer, zero-filled for prompt + 1 tokens
-    memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V + cache) * SECONDS_PER_ELEMENT
+    end_of_text = 4 * 10  # the check's 4 calls over the batch's ids, at the table's smallest size (clamped)
+    memory = (n * d * (1 + 2 * L + 1 + L + 2 * L + 4 * L + 2 * L) + batch * V + cache + end_of_text
+              ) * SECONDS_PER_ELEMENT
     tables = matmul + attention + memory
     profile = synthetic_profile()
     result = predict.predict_prefill(CONFIG, batch, prompt, profile)
