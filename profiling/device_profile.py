@@ -68,7 +68,11 @@ FORMAT = "gptmeter-device-profile"
 #    after sample.py's warm-up, as it runs, at two depths (_solve_prefill). Version 6 took them from a loop of
 #    whole generate calls, where everything stays in the CPU's caches, and priced a 2-layer 64-wide model's
 #    batch-1 prefill 18-31% too fast on the 2-core VM.
-FORMAT_VERSION = 7
+# 8: matmul["cold"]["in_model_excess"] is {"rows": IN_MODEL_ROWS, "excess": [...]}, measured on batch-1 and
+#    batch-16 decode forwards and interpolated over a product's rows. Version 7 measured batch 1 only, and the
+#    cold table's 16-row products, measured apart, moved the 25M model's batch-16 decode 638-734 tokens/s over
+#    five calibrations (567-623 measured).
+FORMAT_VERSION = 8
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -160,9 +164,18 @@ class DeviceProfile:
         if "window_curve" not in self.matmul and op.working_set <= self.matmul["window_bytes"]:
             return warm  # without the curve, weights within the warm window count as cached
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
-        cold_rate /= 1.0 + cold.get("in_model_excess", 0.0)  # slower among a model's operations (in_model_excess)
+        cold_rate /= 1.0 + self._in_model_excess(op.shape[0])  # slower among a model's operations
         weight = self._coldness(op.working_set)
         return _log_blend(warm, cold_rate, weight)
+
+    def _in_model_excess(self, rows: int) -> float:
+        """The cold table's in-model excess (in_model_excess) at a product of `rows` rows: measured at a few row
+        counts, interpolated log-linearly in rows between them, clamped at their ends; 0 where not measured."""
+        excess = self.matmul["cold"].get("in_model_excess")
+        if excess is None:
+            return 0.0
+        lower, upper, weight = _bracket(excess["rows"], rows)
+        return (1 - weight) * excess["excess"][lower] + weight * excess["excess"][upper]
 
     def _coldness(self, working_set: int) -> float:
         """0 for weights that stay in cache, 1 at the cold window: how far the measured skinny-matmul slowdown
@@ -616,10 +629,17 @@ def in_model_shape(width: int) -> dict[str, int]:
     return OVERHEAD_SHAPE | {"n_embd": width, "n_head": max(1, width // 64)}
 
 
+IN_MODEL_ROWS = (1, 16)  # the decode batches whose forwards in_model_excess times: rows of their products
+
+
 def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
     """How much slower than the cold table a model's skinny matmuls run, weights from memory, as a fraction of
-    their price: from microbench.decode_depth_seconds, the extra layers' time beyond their operations' price
-    on `profile` (per-call costs included; the cold table as measured), over their matmuls' price (at least 0).
+    their price: from microbench.decode_depth_seconds at one batch, the extra layers' time beyond their
+    operations' price on `profile` (per-call costs included; the cold table as measured), over their matmuls'
+    price (at least 0). Measured against this calibration's own table at each batch, so that it also takes
+    up how far that table's rows came out fast or slow: on the 2-core VM the 16-row products were measured
+    47-60 GFLOP/s in five calibrations of one afternoon (2026-12-03), while a batch-16 decode forward at
+    width 1536 took the same time within 3%.
 
     Inside a model a skinny matmul streams its weights between other operations, which have evicted the CPU's
     caches, and runs slower than in a loop of matmuls: on the 2-core VM an 8-layer 512-wide decode step's
@@ -632,7 +652,7 @@ def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
     priced, matmuls = [], []
     for layers in depths["layers"]:
         config = GPTConfig(n_layer=layers, attention="sdpa", **in_model_shape(depths["width"]))
-        ops = flops.forward_operations(config, 1, 1, 5)
+        ops = flops.forward_operations(config, depths["batch"], 1, 5)
         priced.append(sum(sum(profile.op_seconds(op, "inference")) for op in ops))
         matmuls.append(sum(op.count * profile.device_seconds(op) for op in ops if op.kind == "matmul"))
     (measured_low, measured_high), (priced_low, priced_high) = depths["seconds"], priced
@@ -676,7 +696,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + 2
-    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 1 + bool(grid.in_model_width)
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 1 + bool(grid.in_model_width) * len(IN_MODEL_ROWS)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -715,11 +735,12 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             torch_device, dtype, GPTConfig(n_layer=1, attention="sdpa", **PREFILL_SHAPE), PREFILL_PROMPT_TOKENS,
             PREFILL_NEW_TOKENS)
         tick()
-        depths = None
+        depths = []
         if grid.in_model_width:  # CPUs: the host's caches, which a GPU's kernels leave alone
-            depths = microbench.decode_depth_seconds(torch_device, dtype, GPTConfig(
-                n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width)))
-            tick()
+            for batch in IN_MODEL_ROWS:
+                depths.append(microbench.decode_depth_seconds(torch_device, dtype, GPTConfig(
+                    n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width)), batch))
+                tick()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)
     name = hardware.device_name(torch_device)
@@ -761,8 +782,9 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     profile.overhead["per_call_s"]["prefill"], profile.overhead["fixed_s"]["prefill"] = _solve_prefill(profile,
                                                                                                        prefill)
     profile.overhead["measured_on"]["prefill"] = prefill
-    if depths is not None:  # priced with the per-call costs just solved, which the tiny models' warm matmuls set
-        profile.matmul["cold"]["in_model_excess"] = in_model_excess(profile, depths)
+    if depths:  # priced with the per-call costs just solved, which the tiny models' warm matmuls set
+        profile.matmul["cold"]["in_model_excess"] = {
+            "rows": list(IN_MODEL_ROWS), "excess": [in_model_excess(profile, measured) for measured in depths]}
     if on_cuda:  # the host issues calls while the GPU works: price max(device, host) per call
         profile.overhead["overlap"] = True
     save_profile(profile, cache_path(profile.device, profile.dtype, quick), "GPTMETER_CACHE_DIR")

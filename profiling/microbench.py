@@ -516,12 +516,13 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
 
 
 def _decode_forward(model, tokens: torch.Tensor) -> Callable[[], None]:
-    """A decode step's forward of `model` (in eval mode): one token, tokens[:, 4:], against a KV cache holding
-    tokens[:, :4], written into the same slot at every call, so that every call sees the same 4-token context."""
+    """A decode step's forward of `model` (in eval mode) for each row of `tokens` (B, 5): one token, tokens[:, 4:],
+    against a KV cache holding tokens[:, :4], written into the same slot at every call, so that every call sees
+    the same 4-token context."""
     from gpt.model import KVCache
 
     weight = model.lm_head.weight
-    cache = KVCache(model.config, 1, capacity=5, device=weight.device, dtype=weight.dtype)
+    cache = KVCache(model.config, tokens.size(0), capacity=5, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         model(tokens[:, :4], cache=cache)
 
@@ -548,18 +549,21 @@ def _at_depths(device: torch.device, dtype: str, config) -> dict[int, object]:
     return models
 
 
-def decode_depth_seconds(device: torch.device, dtype: str, config, rounds: int = 3) -> dict[str, list]:
-    """Seconds of a batch-1 decode forward of `config` with 1 and 3 layers, whose difference is what two layers
-    cost inside a model, to set against their operations' price (device_profile.in_model_excess). The two depths
-    are timed in alternation `rounds` times, each keeping its fastest: a neighbour's job that slows the machine
-    for seconds then slows both. Returns {"width", "layers": DEPTHS, "seconds": [seconds at each depth]}."""
-    forwards = {layers: _decode_forward(model, torch.randint(config.vocab_size, (1, 5), device=device))
+def decode_depth_seconds(device: torch.device, dtype: str, config, batch: int = 1,
+                         rounds: int = 3) -> dict[str, Any]:
+    """Seconds of a decode forward of `config` for `batch` sequences with 1 and 3 layers, whose difference is what
+    two layers cost inside a model, to set against their operations' price (device_profile.in_model_excess).
+    The two depths are timed in alternation `rounds` times, each keeping its fastest: a neighbour's job that
+    slows the machine for seconds then slows both. Returns {"width", "batch", "layers": DEPTHS, "seconds":
+    [seconds at each depth]}."""
+    forwards = {layers: _decode_forward(model, torch.randint(config.vocab_size, (batch, 5), device=device))
                 for layers, model in _at_depths(device, dtype, config).items()}
     fastest = {layers: math.inf for layers in DEPTHS}
     for _ in range(rounds):
         for layers, forward in forwards.items():
             fastest[layers] = min(fastest[layers], seconds_per_call(forward, device))
-    return {"width": config.n_embd, "layers": list(DEPTHS), "seconds": [fastest[layers] for layers in DEPTHS]}
+    return {"width": config.n_embd, "batch": batch, "layers": list(DEPTHS),
+            "seconds": [fastest[layers] for layers in DEPTHS]}
 
 
 def prefill_depth_seconds(device: torch.device, dtype: str, config, prompt_tokens: int, new_tokens: int,

@@ -51,7 +51,7 @@ def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(
     monkeypatch.setattr(microbench, "seconds_per_call", lambda work, device: (work(), next(times))[1])
     config = GPTConfig(n_layer=1, n_embd=32, n_head=1, vocab_size=8, block_size=16, attention="sdpa")
     result = microbench.decode_depth_seconds(torch.device("cpu"), "fp32", config, rounds=2)
-    assert result == {"width": 32, "layers": [1, 3], "seconds": [2e-3, 8e-3]}
+    assert result == {"width": 32, "batch": 1, "layers": [1, 3], "seconds": [2e-3, 8e-3]}
     prompts = [call for call in calls if call[2] == (1, 4)]
     steps = [call for call in calls if call[2] == (1, 1)]
     assert sorted(layers for layers, *_ in prompts) == [1, 3]  # each model's 4-token prompt, once

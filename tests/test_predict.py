@@ -325,24 +325,29 @@ def test_the_curve_also_prices_models_inside_the_warm_window_and_the_in_model_ex
     op = lambda m, weights: flops.Op("mm", "matmul", (m, 64, 64), 2 * m * 4096, 0, working_set=weights)  # noqa: E731
     rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
     assert rate(op(1, 2**24)) == pytest.approx((MATMUL_RATE * 1e8) ** 0.5)
-    profile.matmul["cold"]["in_model_excess"] = 1.0
+    profile.matmul["cold"]["in_model_excess"] = {"rows": [1, 16], "excess": [1.0, 3.0]}
     assert rate(op(1, 2**29)) == pytest.approx(1e8 / 2)
     assert rate(op(1, 2**24)) == pytest.approx((MATMUL_RATE * 1e8 / 2) ** 0.5)
     assert rate(op(4096, 2**29)) == pytest.approx(MATMUL_RATE)  # wide products: the warm table only
+    # between the measured rows, log-linear in rows: 4 rows is halfway from 1 to 16, an excess of 2; past 16, 3
+    assert rate(op(4, 2**29)) == pytest.approx(1e8 / 3)
+    assert rate(op(64, 2**29)) == pytest.approx(1e8 / 4)
 
 
-def test_in_model_excess_is_the_unpriced_time_of_the_extra_layers_over_their_matmuls_price():
+@pytest.mark.parametrize("batch", [1, 16])
+def test_in_model_excess_is_the_unpriced_time_of_the_extra_layers_over_their_matmuls_price(batch):
     """Two layers of a 1536-wide decode forward priced on the synthetic profile, measured 30% of their matmuls'
-    price slower than that: the excess is 0.3. Their matmuls by hand: 2 FLOPs per weight, 12·d² weights a layer."""
+    price slower than that: the excess is 0.3. Their matmuls by hand: 2 FLOPs per weight and row, 12·d² weights a
+    layer."""
     profile = synthetic_profile()
     width = 1536
     config = lambda layers: GPTConfig(n_layer=layers, attention="sdpa",  # noqa: E731
                                       **device_profile.in_model_shape(width))
-    priced = [sum(predict.price(flops.forward_operations(config(layers), 1, 1, 5), profile, "inference").values())
-              for layers in (1, 3)]
-    matmuls = 2 * 2 * 12 * width**2 / MATMUL_RATE  # two more layers
+    priced = [sum(predict.price(flops.forward_operations(config(layers), batch, 1, 5), profile,
+                                "inference").values()) for layers in (1, 3)]
+    matmuls = batch * 2 * 2 * 12 * width**2 / MATMUL_RATE  # two more layers
     measured = [priced[0], priced[1] + 0.3 * matmuls]
-    depths = {"width": width, "layers": [1, 3], "seconds": measured}
+    depths = {"width": width, "batch": batch, "layers": [1, 3], "seconds": measured}
     assert device_profile.in_model_excess(profile, depths) == pytest.approx(0.3)
     assert device_profile.in_model_excess(profile, depths | {"seconds": [priced[0], priced[1] - matmuls]}) == 0.0
 
