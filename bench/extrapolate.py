@@ -6,9 +6,10 @@ For each shape, workload and batch (training, prefill and decode at batch 1 and 
                clipping, AdamW), the fastest of a few steps after warm-up. Prefill and decode: `GPT.generate`
                timed at the edges sample.py's `profiling.live.GenerationProfiler` uses, the fastest of a few
                calls, with sample.py's end-of-text check (for an id no model draws, so that every call
-               generates all its tokens). Each case keeps its fastest of --sweeps passes over every shape (run_benchmark). The
-               clock is the process's CPU time at one thread (profiling.microbench.host_clock), and the
-               fastest run is kept, as calibration does: on a shared machine other jobs only add time.
+               generates all its tokens). Each case keeps its fastest of --sweeps passes over every shape
+               (run_benchmark). The clock is the process's CPU time at one thread
+               (profiling.microbench.host_clock), and the fastest run is kept, as calibration does: on a
+               shared machine other jobs only add time.
                The tools' own wall-clock figures (median) are kept beside them in the JSON
   predictor    `profiling.predict` on this device's profile (python -m profiling calibrate, or --profile)
   constant     the method `profiling scale` used before the predictor: the efficiency measured on one model

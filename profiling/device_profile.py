@@ -566,6 +566,22 @@ PREFILL_SHAPE = dict(vocab_size=257, block_size=128, n_head=2, n_embd=96)
 PREFILL_PROMPT_TOKENS, PREFILL_NEW_TOKENS = 48, 80
 
 
+def _tables_and_calls(profile: DeviceProfile, ops: list[Op]) -> tuple[float, int]:
+    """What the tables price `ops` at, and how many calls they make beyond AdamW (as op_seconds: AdamW's calls
+    are in its fit)."""
+    calls = sum(op.count for op in ops if op.kind != "adamw")
+    return sum(op.count * profile.device_seconds(op) for op in ops), calls
+
+
+def _per_call_and_fixed(low: tuple[float, int], high: tuple[float, int],
+                        measured_low: float, measured_high: float) -> tuple[float, float]:
+    """Solve measured(L) = tables(L) + per_call × calls(L) + fixed from two depths' (tables, calls) and
+    measurements; each at least 0."""
+    (tables_low, calls_low), (tables_high, calls_high) = low, high
+    per_call = max(((measured_high - tables_high) - (measured_low - tables_low)) / (calls_high - calls_low), 0.0)
+    return per_call, max(measured_low - tables_low - per_call * calls_low, 0.0)
+
+
 def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]) -> dict[str, Any]:
     """Per-call and fixed costs from tiny models of 1 and 3 layers, beyond what the tables price.
 
@@ -573,10 +589,7 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
     """
     from gpt.config import GPTConfig
 
-    def priced(ops: list[Op]) -> tuple[float, int]:
-        calls = sum(op.count for op in ops if op.kind != "adamw")  # as op_seconds: AdamW's calls are in its fit
-        return sum(op.count * profile.device_seconds(op) for op in ops), calls
-
+    priced = lambda ops: _tables_and_calls(profile, ops)  # noqa: E731
     paths = {}
     for layers in timings:
         config = GPTConfig(n_layer=layers, **OVERHEAD_SHAPE)
@@ -589,10 +602,8 @@ def _solve_overhead(profile: DeviceProfile, timings: dict[int, dict[str, float]]
     low, high = sorted(timings)
     per_call, fixed = {}, {}
     for path in ("inference", "training"):
-        (tables_low, calls_low), (tables_high, calls_high) = paths[low][path], paths[high][path]
-        slope = ((timings[high][path] - tables_high) - (timings[low][path] - tables_low)) / (calls_high - calls_low)
-        per_call[path] = max(slope, 0.0)
-        fixed[path] = max(timings[low][path] - tables_low - per_call[path] * calls_low, 0.0)
+        per_call[path], fixed[path] = _per_call_and_fixed(paths[low][path], paths[high][path],
+                                                          timings[low][path], timings[high][path])
     tables_token, calls_token = paths[low]["token"]
     token = timings[low]["token"] - tables_token - per_call["inference"] * calls_token - fixed["inference"]
     # the trainer's one-off work around a training step does not grow with depth: the mean of both depths
@@ -613,15 +624,13 @@ def _solve_prefill(profile: DeviceProfile, depths: dict[str, Any]) -> tuple[floa
     """
     from gpt.config import GPTConfig
 
-    priced = []
-    for layers in depths["layers"]:
+    def priced(layers: int) -> tuple[float, int]:
         config = GPTConfig(n_layer=layers, attention="sdpa", **PREFILL_SHAPE | {"n_embd": depths["width"]})
         ops = flops.prefill_operations(config, 1, depths["prompt_tokens"], profile.dtype, depths["new_tokens"])
-        priced.append((sum(op.count * profile.device_seconds(op) for op in ops), sum(op.count for op in ops)))
-    (tables_low, calls_low), (tables_high, calls_high) = priced
-    measured_low, measured_high = depths["seconds"]
-    per_call = max(((measured_high - tables_high) - (measured_low - tables_low)) / (calls_high - calls_low), 0.0)
-    return per_call, max(measured_low - tables_low - per_call * calls_low, 0.0)
+        return _tables_and_calls(profile, ops)
+
+    low, high = (priced(layers) for layers in depths["layers"])
+    return _per_call_and_fixed(low, high, *depths["seconds"])
 
 
 def in_model_shape(width: int) -> dict[str, int]:

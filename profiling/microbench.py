@@ -44,6 +44,8 @@ def never_drawn_end_of_text(config) -> int:
     tokenizer's id), but the id lies past the vocabulary, so no model draws it and every generation runs to
     its length."""
     return config.vocab_size
+
+
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -512,7 +514,6 @@ def tiny_model_seconds(device: torch.device, dtype: str, config) -> dict[str, fl
     training = seconds_per_call(train_micro_step, device, batches=10)
     train_step = seconds_per_call(timing_trainer(config, device, dtype).train_step, device, batches=10)
     return {"inference": inference, "training": training, "token": (long - short) / 8, "train_step": train_step}
-
 
 
 def _decode_forward(model, tokens: torch.Tensor) -> Callable[[], None]:

@@ -60,16 +60,19 @@ def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(
 
 def test_prefill_depth_seconds_times_generate_to_its_first_token_once_after_the_warm_up(monkeypatch):
     """Each prefill is one `GPT.generate` call timed from its start to its first new token, right after
-    sample.py's warm-up, with its end-of-text check; the depths alternate every `repeats` calls and each keeps its fastest. Durations
-    scripted through the clock: rounds of (1 layer × 2, 3 layers × 2)."""
+    sample.py's warm-up, with its end-of-text check; the depths alternate every `repeats` calls and each keeps
+    its fastest. Durations scripted through the clock: rounds of (1 layer × 2, 3 layers × 2)."""
     import gpt.warmup
     from gpt.config import GPTConfig
     from gpt.model import GPT
 
     events = []
     real_warm_up, real_generate = gpt.warmup.warm_up, GPT.generate
-    monkeypatch.setattr(gpt.warmup, "warm_up", lambda model, idx, plan, *sampling: (
-        events.append(("warm-up", model.config.n_layer, tuple(idx.shape))), real_warm_up(model, idx, plan, *sampling))[1])
+    def warm_up(model, idx, plan, *sampling):
+        events.append(("warm-up", model.config.n_layer, tuple(idx.shape)))
+        return real_warm_up(model, idx, plan, *sampling)
+
+    monkeypatch.setattr(gpt.warmup, "warm_up", warm_up)
 
     def generate(self, idx, max_new_tokens, *args, on_tokens, **kwargs):
         assert kwargs["eos_token"] == self.config.vocab_size  # sample.py's end-of-text check, an id never drawn
