@@ -646,9 +646,9 @@ def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
     their price: from microbench.decode_depth_seconds at one batch, the extra layers' time beyond their
     operations' price on `profile` (per-call costs included; the cold table as measured), over their matmuls'
     price (at least 0). Measured against this calibration's own table at each batch, so that it also takes
-    up how far that table's rows came out fast or slow: on the 2-core VM the 16-row products were measured
-    47-60 GFLOP/s in five calibrations of one afternoon (2026-12-03), while a batch-16 decode forward at
-    width 1536 took the same time within 3%.
+    up how far that table's rows came out fast or slow: on the 2-core VM the 16-row products (N 1024, K 4096)
+    were measured 47-55 GFLOP/s in five calibrations of one afternoon (2026-12-03), while a batch-16 decode
+    forward at width 1536 took the same time within 3%.
 
     Inside a model a skinny matmul streams its weights between other operations, which have evicted the CPU's
     caches, and runs slower than in a loop of matmuls: on the 2-core VM an 8-layer 512-wide decode step's
