@@ -72,7 +72,10 @@ FORMAT = "gptmeter-device-profile"
 #    batch-16 decode forwards and interpolated over a product's rows. Version 7 measured batch 1 only, and the
 #    cold table's 16-row products, measured apart, moved the 25M model's batch-16 decode 638-734 tokens/s over
 #    five calibrations (567-623 measured).
-FORMAT_VERSION = 8
+# 9: in_model_excess measured at width 768 with 3 and 6 layers, on a matmul grid whose dims double from 256 up
+#    (512 and 2048 added). Version 8 measured it at 1536 wide, where it came out 0.00-0.15 against the 0.16-0.29
+#    of a 768-wide model, and predicted the 25M model's batch-16 decode 9-19% too fast in eight runs of eight.
+FORMAT_VERSION = 9
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -529,17 +532,22 @@ class Grid:
     adamw_totals: list[int]  # and its parameter counts
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
     in_model_width: int | None = None  # width of the decode forwards in_model_excess times; None: not measured
+    in_model_depths: tuple[int, int] = (1, 3)  # and their layers: each depth's weights past the CPU's caches
 
 
 GRIDS = {
-    # 7³ warm + 4 × 7² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 11
-    # memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid: 66 s at one thread on the
-    # project's 2-vCPU VM (2026-12-02, docs/benchmarks.md).
-    "cpu": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
+    # 9³ warm + 4 × 9² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 11
+    # memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid, the fixed costs and the
+    # in-model decode forwards: 71 s at one thread on the project's 2-vCPU VM (2026-12-03 14:42 UTC,
+    # docs/benchmarks.md).
+    # The matmul dims double from 256 up: with 1024 and 4096 alone, 16-row products of a 384- or 512-wide model
+    # were priced 6-28% faster than they ran, timed alone at their own shapes (log-linear interpolation over a
+    # bumpy surface; 2-core VM, 2026-12-03); with 512 and 2048 measured, within 6%.
+    "cpu": Grid(dims=[1, 4, 16, 64, 256, 512, 1024, 2048, 4096], max_flops=3e8, batch_heads=[1, 8, 64, 512],
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
                 adamw_sizes=[2**14, 2**17, 2**20, 2**22], adamw_totals=[2**20, 2**24],
-                in_model_width=1536),
+                in_model_width=768, in_model_depths=(3, 6)),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)],
@@ -647,14 +655,16 @@ def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
     operations' price on `profile` (per-call costs included; the cold table as measured), over their matmuls'
     price (at least 0). Measured against this calibration's own table at each batch, so that it also takes
     up how far that table's rows came out fast or slow: on the 2-core VM the 16-row products (N 1024, K 4096)
-    were measured 47-55 GFLOP/s in five calibrations of one afternoon (2026-12-03), while a batch-16 decode
-    forward at width 1536 took the same time within 3%.
+    were measured 47-55 GFLOP/s in five calibrations of one afternoon (2026-12-03).
 
     Inside a model a skinny matmul streams its weights between other operations, which have evicted the CPU's
     caches, and runs slower than in a loop of matmuls: on the 2-core VM an 8-layer 512-wide decode step's
-    matmuls took 5.5-5.7 ms against 4.4-4.5 ms for the same 32 products back to back (2026-12-03). Measured
-    on a model wide enough that its weights come from memory at both depths, so that the difference is
-    not a model outgrowing a cache.
+    matmuls took 5.5-5.7 ms against 4.4-4.5 ms for the same 32 products back to back (2026-12-03). How much
+    slower depends on the width: at batch 16, 0.16-0.29 of the price at 768 wide and 0.20-0.32 at 1024, but
+    0.00-0.06 at 1536, where each product streams 9-36 MB. So the CPU grid measures it at 768, a width of the
+    models such a machine trains (GPT-2 small's), with 3 and 6 layers: weights of 85 and 170 MB, both past the
+    32-64 MiB where the window curve falls to its cold figure there, so that the difference is not a model
+    outgrowing a cache (from 4 to 8 layers at 512 wide, 50 MB to 100 MB, it came out 0.27-0.45).
     """
     from gpt.config import GPTConfig
 
@@ -748,7 +758,8 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         if grid.in_model_width:  # CPUs: the host's caches, which a GPU's kernels leave alone
             for batch in IN_MODEL_ROWS:
                 depths.append(microbench.decode_depth_seconds(torch_device, dtype, GPTConfig(
-                    n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width)), batch))
+                    n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width)), batch,
+                    grid.in_model_depths))
                 tick()
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)

@@ -538,12 +538,13 @@ def _decode_forward(model, tokens: torch.Tensor) -> Callable[[], None]:
 DEPTHS = (1, 3)  # the depth benchmarks' models: the difference of their times is two layers' worth
 
 
-def _at_depths(device: torch.device, dtype: str, config) -> dict[int, object]:
-    """`config` at each of DEPTHS layers: {layers: GPT in eval mode on `device`}, seeded alike."""
+def _at_depths(device: torch.device, dtype: str, config,
+               depths: tuple[int, int] = DEPTHS) -> dict[int, object]:
+    """`config` at each of `depths` layers: {layers: GPT in eval mode on `device`}, seeded alike."""
     from gpt.model import GPT
 
     models = {}
-    for layers in DEPTHS:
+    for layers in depths:
         torch.manual_seed(0)
         models[layers] = GPT(dataclasses.replace(config, n_layer=layers)).to(device=device,
                                                                              dtype=TORCH_DTYPES[dtype]).eval()
@@ -551,20 +552,20 @@ def _at_depths(device: torch.device, dtype: str, config) -> dict[int, object]:
 
 
 def decode_depth_seconds(device: torch.device, dtype: str, config, batch: int = 1,
-                         rounds: int = 3) -> dict[str, Any]:
-    """Seconds of a decode forward of `config` for `batch` sequences with 1 and 3 layers, whose difference is what
-    two layers cost inside a model, to set against their operations' price (device_profile.in_model_excess).
-    The two depths are timed in alternation `rounds` times, each keeping its fastest: a neighbour's job that
-    slows the machine for seconds then slows both. Returns {"width", "batch", "layers": DEPTHS, "seconds":
-    [seconds at each depth]}."""
+                         depths: tuple[int, int] = DEPTHS, rounds: int = 3) -> dict[str, Any]:
+    """Seconds of a decode forward of `config` for `batch` sequences at each of `depths` layers, whose difference
+    is what the extra layers cost inside a model, to set against their operations' price
+    (device_profile.in_model_excess). The two depths are timed in alternation `rounds` times, each keeping its
+    fastest: a neighbour's job that slows the machine for seconds then slows both. Returns {"width", "batch",
+    "layers": depths, "seconds": [seconds at each depth]}."""
     forwards = {layers: _decode_forward(model, torch.randint(config.vocab_size, (batch, 5), device=device))
-                for layers, model in _at_depths(device, dtype, config).items()}
-    fastest = {layers: math.inf for layers in DEPTHS}
+                for layers, model in _at_depths(device, dtype, config, depths).items()}
+    fastest = {layers: math.inf for layers in depths}
     for _ in range(rounds):
         for layers, forward in forwards.items():
             fastest[layers] = min(fastest[layers], seconds_per_call(forward, device))
-    return {"width": config.n_embd, "batch": batch, "layers": list(DEPTHS),
-            "seconds": [fastest[layers] for layers in DEPTHS]}
+    return {"width": config.n_embd, "batch": batch, "layers": list(depths),
+            "seconds": [fastest[layers] for layers in depths]}
 
 
 def prefill_depth_seconds(device: torch.device, dtype: str, config, prompt_tokens: int, new_tokens: int,

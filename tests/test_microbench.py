@@ -35,7 +35,7 @@ def test_decode_attention_reads_the_whole_cache_from_successive_places():
 
 def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(monkeypatch):
     """It runs GPT's one-token forward against a 4-token cache (at each depth, in alternation) and keeps each
-    depth's fastest; timings scripted, two rounds of (1 layer, 3 layers)."""
+    depth's fastest; timings scripted, two rounds of (2 layers, 4 layers)."""
     from gpt.config import GPTConfig
     from gpt.model import GPT
 
@@ -47,15 +47,15 @@ def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(
         return real_forward(self, idx, *args, **kwargs)
 
     monkeypatch.setattr(GPT, "forward", forward)
-    times = iter([3e-3, 9e-3, 2e-3, 8e-3])  # rounds of (1 layer, 3 layers): the fastest of each is kept
+    times = iter([3e-3, 9e-3, 2e-3, 8e-3])  # rounds of (2 layers, 4 layers): the fastest of each is kept
     monkeypatch.setattr(microbench, "seconds_per_call", lambda work, device: (work(), next(times))[1])
     config = GPTConfig(n_layer=1, n_embd=32, n_head=1, vocab_size=8, block_size=16, attention="sdpa")
-    result = microbench.decode_depth_seconds(torch.device("cpu"), "fp32", config, rounds=2)
-    assert result == {"width": 32, "batch": 1, "layers": [1, 3], "seconds": [2e-3, 8e-3]}
+    result = microbench.decode_depth_seconds(torch.device("cpu"), "fp32", config, depths=(2, 4), rounds=2)
+    assert result == {"width": 32, "batch": 1, "layers": [2, 4], "seconds": [2e-3, 8e-3]}
     prompts = [call for call in calls if call[2] == (1, 4)]
     steps = [call for call in calls if call[2] == (1, 1)]
-    assert sorted(layers for layers, *_ in prompts) == [1, 3]  # each model's 4-token prompt, once
-    assert {(layers, width, pos) for layers, width, _, pos in steps} == {(1, 32, 4), (3, 32, 4)}  # always slot 4
+    assert sorted(layers for layers, *_ in prompts) == [2, 4]  # each model's 4-token prompt, once
+    assert {(layers, width, pos) for layers, width, _, pos in steps} == {(2, 32, 4), (4, 32, 4)}  # always slot 4
 
 
 def test_prefill_depth_seconds_times_generate_to_its_first_token_once_after_the_warm_up(monkeypatch):

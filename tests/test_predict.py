@@ -336,18 +336,19 @@ def test_the_curve_also_prices_models_inside_the_warm_window_and_the_in_model_ex
 
 @pytest.mark.parametrize("batch", [1, 16])
 def test_in_model_excess_is_the_unpriced_time_of_the_extra_layers_over_their_matmuls_price(batch):
-    """Two layers of a 1536-wide decode forward priced on the synthetic profile, measured 30% of their matmuls'
-    price slower than that: the excess is 0.3. Their matmuls by hand: 2 FLOPs per weight and row, 12·d² weights a
-    layer."""
+    """The CPU grid's decode forwards (768 wide, 3 and 6 layers) priced on the synthetic profile, measured 30%
+    of the extra layers' matmuls' price slower than that: the excess is 0.3. Their matmuls by hand: 2 FLOPs per
+    weight and row, 12·d² weights a layer."""
     profile = synthetic_profile()
-    width = 1536
-    config = lambda layers: GPTConfig(n_layer=layers, attention="sdpa",  # noqa: E731
-                                      **device_profile.in_model_shape(width))
-    priced = [sum(predict.price(flops.forward_operations(config(layers), batch, 1, 5), profile,
-                                "inference").values()) for layers in (1, 3)]
-    matmuls = batch * 2 * 2 * 12 * width**2 / MATMUL_RATE  # two more layers
+    grid = device_profile.GRIDS["cpu"]
+    width, layers = grid.in_model_width, grid.in_model_depths
+    config = lambda depth: GPTConfig(n_layer=depth, attention="sdpa",  # noqa: E731
+                                     **device_profile.in_model_shape(width))
+    priced = [sum(predict.price(flops.forward_operations(config(depth), batch, 1, 5), profile,
+                                "inference").values()) for depth in layers]
+    matmuls = batch * 2 * (layers[1] - layers[0]) * 12 * width**2 / MATMUL_RATE  # the extra layers
     measured = [priced[0], priced[1] + 0.3 * matmuls]
-    depths = {"width": width, "batch": batch, "layers": [1, 3], "seconds": measured}
+    depths = {"width": width, "batch": batch, "layers": list(layers), "seconds": measured}
     assert device_profile.in_model_excess(profile, depths) == pytest.approx(0.3)
     assert device_profile.in_model_excess(profile, depths | {"seconds": [priced[0], priced[1] - matmuls]}) == 0.0
 
