@@ -104,3 +104,26 @@ def test_prefill_depth_seconds_times_generate_to_its_first_token_once_after_the_
         if event[0] == "generate":  # the warm-up of the same model, on the same prompt, just before
             assert events[index - 1] == ("warm-up", event[1], (1, 6))
     assert next(durations, None) is None  # every call timed once
+
+
+def test_the_optimizer_step_is_timed_on_matrices_the_trainer_decays(monkeypatch):
+    """make_optimizer decays matrices, not vectors; a model's parameters are nearly all matrices, so the timed
+    state must land in the decayed group, with every step's gradients clipped and applied."""
+    import gpt.trainer
+
+    made = []
+    real = gpt.trainer.make_optimizer
+
+    def spy(params, config):
+        optimizer = real(params, config)
+        made.append((optimizer, config.weight_decay))
+        return optimizer
+
+    monkeypatch.setattr(gpt.trainer, "make_optimizer", spy)
+    monkeypatch.setattr(microbench, "seconds_per_call", lambda work, device: (work(), work(), 1.0)[2])
+    microbench._optimizer_step_seconds(torch.device("cpu"), tensors=3, elements=8, window=3 * 8 * 16)
+    (optimizer, decay), = made
+    assert decay > 0
+    decayed = [group for group in optimizer.param_groups if group["weight_decay"] == decay]
+    assert [len(group["params"]) for group in decayed] == [3]
+    assert all(len(optimizer.state[param]) > 0 for param in decayed[0]["params"])  # AdamW stepped on each
