@@ -39,6 +39,7 @@ import datetime
 import json
 import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,10 @@ FORMAT = "gptmeter-device-profile"
 #    batch-16 decode forwards and interpolated over a product's rows. Version 7 measured batch 1 only, and the
 #    cold table's 16-row products, measured apart, moved the 25M model's batch-16 decode 638-734 tokens/s over
 #    five calibrations (567-623 measured).
-# 9: in_model_excess measured at width 768 with 3 and 6 layers, on a matmul grid whose dims double from 256 up
-#    (512 and 2048 added). Version 8 measured it at 1536 wide, where it came out 0.00-0.15 against the 0.16-0.29
-#    of a 768-wide model, and predicted the 25M model's batch-16 decode 9-19% too fast in eight runs of eight.
+# 9: in_model_excess measured on one 768-wide model of 6 layers (twice, tens of seconds apart, the faster kept),
+#    on a matmul grid whose dims double from 256 up (512 and 2048 added). Version 8 took the difference of 1- and
+#    3-layer 1536-wide models (0.00-0.15) and predicted the 25M model's batch-16 decode 9-19% too fast in eight
+#    bench runs of eight.
 FORMAT_VERSION = 9
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
@@ -532,7 +534,7 @@ class Grid:
     adamw_totals: list[int]  # and its parameter counts
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
     in_model_width: int | None = None  # width of the decode forwards in_model_excess times; None: not measured
-    in_model_depths: tuple[int, int] = (1, 3)  # and their layers: each depth's weights past the CPU's caches
+    in_model_layers: int = 3  # and their layers: enough that the weights are well past the CPU's caches
 
 
 GRIDS = {
@@ -547,7 +549,7 @@ GRIDS = {
                 seqs=[8, 32, 128, 512], head_dims=[16, 32, 64, 128], sizes=[2**k for k in (8, 11, 14, 17, 20, 23)],
                 adamw_cases=[(64, 256), (8, 2**17), (16, 2**14), (2, 2**20)],
                 adamw_sizes=[2**14, 2**17, 2**20, 2**22], adamw_totals=[2**20, 2**24],
-                in_model_width=768, in_model_depths=(3, 6)),
+                in_model_width=768, in_model_layers=6),
     "cuda": Grid(dims=[1, 4, 16, 64, 256, 1024, 4096, 16384], max_flops=2e12, batch_heads=[1, 8, 64, 512, 4096],
                  seqs=[16, 64, 256, 1024, 4096], head_dims=[32, 64, 128], sizes=[2**k for k in range(8, 31, 2)],
                  adamw_cases=[(256, 1024), (16, 2**22), (64, 2**18), (4, 2**25)],
@@ -651,32 +653,52 @@ IN_MODEL_ROWS = (1, 16)  # the decode batches whose forwards in_model_excess tim
 
 def in_model_excess(profile: DeviceProfile, depths: dict[str, Any]) -> float:
     """How much slower than the cold table a model's skinny matmuls run, weights from memory, as a fraction of
-    their price: from microbench.decode_depth_seconds at one batch, the extra layers' time beyond their
-    operations' price on `profile` (per-call costs included; the cold table as measured), over their matmuls'
-    price (at least 0). Measured against this calibration's own table at each batch, so that it also takes
-    up how far that table's rows came out fast or slow: on the 2-core VM the 16-row products (N 1024, K 4096)
-    were measured 47-55 GFLOP/s in five calibrations of one afternoon (2026-12-03).
+    their price: from microbench.decode_depth_seconds at one batch, the time of the deepest model's decode
+    forward beyond what `profile` prices it at (its operations with their per-call costs, and a forward's fixed
+    cost; the cold table as measured), over its matmuls' price (at least 0). Measured against this
+    calibration's own table at each batch, so that it also takes up how far that table's rows came out fast
+    or slow: on the 2-core VM the 16-row products (N 1024, K 4096) were measured 47-55 GFLOP/s in five
+    calibrations of one afternoon (2026-12-03).
 
     Inside a model a skinny matmul streams its weights between other operations, which have evicted the CPU's
     caches, and runs slower than in a loop of matmuls: on the 2-core VM an 8-layer 512-wide decode step's
     matmuls took 5.5-5.7 ms against 4.4-4.5 ms for the same 32 products back to back (2026-12-03). How much
-    slower depends on the width: at batch 16, 0.16-0.29 of the price at 768 wide and 0.20-0.32 at 1024, but
-    0.00-0.06 at 1536, where each product streams 9-36 MB. So the CPU grid measures it at 768, a width of the
-    models such a machine trains (GPT-2 small's), with 3 and 6 layers: weights of 85 and 170 MB, both past the
-    32-64 MiB where the window curve falls to its cold figure there, so that the difference is not a model
-    outgrowing a cache (from 4 to 8 layers at 512 wide, 50 MB to 100 MB, it came out 0.27-0.45).
+    slower depends on the width (at batch 16 there, 0.07-0.09 at 1536 wide, 0.13-0.18 at 768), so the CPU grid
+    measures a 768-wide model, a width of the models such a machine runs (GPT-2 small's), with 6 layers: 170 MB
+    of weights, past the caches. One model, not the difference of two depths, which format 9 first took: the
+    difference doubles a neighbour's noise, and the shallower model's 85 MB sometimes ran from the shared
+    last-level cache, faster than the cold table (-0.17 to -0.23), which put the excess at 0.47-0.76.
     """
     from gpt.config import GPTConfig
 
-    priced, matmuls = [], []
-    for layers in depths["layers"]:
-        config = GPTConfig(n_layer=layers, attention="sdpa", **in_model_shape(depths["width"]))
-        ops = flops.forward_operations(config, depths["batch"], 1, 5)
-        priced.append(sum(sum(profile.op_seconds(op, "inference")) for op in ops))
-        matmuls.append(sum(op.count * profile.device_seconds(op) for op in ops if op.kind == "matmul"))
-    (measured_low, measured_high), (priced_low, priced_high) = depths["seconds"], priced
-    unpriced = (measured_high - measured_low) - (priced_high - priced_low)
-    return max(unpriced / (matmuls[1] - matmuls[0]), 0.0)
+    config = GPTConfig(n_layer=depths["layers"][-1], attention="sdpa", **in_model_shape(depths["width"]))
+    ops = flops.forward_operations(config, depths["batch"], 1, 5)
+    priced = sum(sum(profile.op_seconds(op, "inference")) for op in ops) + profile.overhead["fixed_s"]["forward"]
+    matmuls = sum(op.count * profile.device_seconds(op) for op in ops if op.kind == "matmul")
+    return max((depths["seconds"][-1] - priced) / matmuls, 0.0)
+
+
+def in_model_pass(device, dtype: str, grid: Grid, tick: Callable[[], None]) -> list[dict[str, Any]]:
+    """microbench.decode_depth_seconds of the grid's in-model decode forwards at each of IN_MODEL_ROWS's
+    batches; none on grids without them (GPUs: the host's caches, which a GPU's kernels leave alone)."""
+    from gpt.config import GPTConfig
+    from profiling import microbench
+
+    if not grid.in_model_width:
+        return []
+    config = GPTConfig(n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width))
+    passes = []
+    for batch in IN_MODEL_ROWS:
+        passes.append(microbench.decode_depth_seconds(device, dtype, config, batch, (grid.in_model_layers,)))
+        tick()
+    return passes
+
+
+def _fastest_depths(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two in_model_pass (or other decode_depth_seconds) results merged: at each batch, each depth keeps the
+    faster of its two times."""
+    return [one | {"seconds": [min(a, b) for a, b in zip(one["seconds"], two["seconds"])]}
+            for one, two in zip(first, second, strict=True)]
 
 
 def _faster(first: list, second: list) -> list:
@@ -715,7 +737,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
     steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + 2
-    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 1 + bool(grid.in_model_width) * len(IN_MODEL_ROWS)
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 1 + bool(grid.in_model_width) * 2 * len(IN_MODEL_ROWS)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
@@ -738,7 +760,10 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
                              torch_device, grid.adamw_sizes, grid.adamw_totals, adamw["seconds_per_tensor"], tick)}
         # The skinny products read their weights from memory, which a neighbour's traffic on a shared machine
         # slows for seconds at a time (on the 2-core VM, a whole pass of them by 30% in one calibration of five):
-        # they are measured a second time, tens of seconds after the first, and the faster of the two is kept.
+        # they are measured a second time, tens of seconds after the first, and the faster of the two is kept;
+        # so are the in-model decode forwards, whose excess is a difference of two depths and so moves further
+        # than either (0.76 at both batches in one calibration of six that ran 87 s instead of 68-71).
+        in_model = in_model_pass(torch_device, dtype, grid, tick)
         skinny = len(cold_rows)
         matmul[:skinny] = _faster(matmul[:skinny], microbench.matmul_grid(
             torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES, rows=cold_rows, tick=tick))
@@ -754,13 +779,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
             torch_device, dtype, GPTConfig(n_layer=1, attention="sdpa", **PREFILL_SHAPE), PREFILL_PROMPT_TOKENS,
             PREFILL_NEW_TOKENS)
         tick()
-        depths = []
-        if grid.in_model_width:  # CPUs: the host's caches, which a GPU's kernels leave alone
-            for batch in IN_MODEL_ROWS:
-                depths.append(microbench.decode_depth_seconds(torch_device, dtype, GPTConfig(
-                    n_layer=1, attention="sdpa", **in_model_shape(grid.in_model_width)), batch,
-                    grid.in_model_depths))
-                tick()
+        depths = _fastest_depths(in_model, in_model_pass(torch_device, dtype, grid, tick))
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)
     name = hardware.device_name(torch_device)

@@ -543,7 +543,7 @@ DEPTHS = (1, 3)  # the depth benchmarks' models: the difference of their times i
 
 
 def _at_depths(device: torch.device, dtype: str, config,
-               depths: tuple[int, int] = DEPTHS) -> dict[int, object]:
+               depths: tuple[int, ...] = DEPTHS) -> dict[int, object]:
     """`config` at each of `depths` layers: {layers: GPT in eval mode on `device`}, seeded alike."""
     from gpt.model import GPT
 
@@ -556,12 +556,11 @@ def _at_depths(device: torch.device, dtype: str, config,
 
 
 def decode_depth_seconds(device: torch.device, dtype: str, config, batch: int = 1,
-                         depths: tuple[int, int] = DEPTHS, rounds: int = 3) -> dict[str, Any]:
-    """Seconds of a decode forward of `config` for `batch` sequences at each of `depths` layers, whose difference
-    is what the extra layers cost inside a model, to set against their operations' price
-    (device_profile.in_model_excess). The two depths are timed in alternation `rounds` times, each keeping its
-    fastest: a neighbour's job that slows the machine for seconds then slows both. Returns {"width", "batch",
-    "layers": depths, "seconds": [seconds at each depth]}."""
+                         depths: tuple[int, ...] = DEPTHS, rounds: int = 3) -> dict[str, Any]:
+    """Seconds of a decode forward of `config` for `batch` sequences at each of `depths` layers, to set against
+    their operations' price (device_profile.in_model_excess). Several depths are timed in alternation `rounds`
+    times, each keeping its fastest: a neighbour's job that slows the machine for seconds then slows all.
+    Returns {"width", "batch", "layers": depths, "seconds": [seconds at each depth]}."""
     forwards = {layers: _decode_forward(model, torch.randint(config.vocab_size, (batch, 5), device=device))
                 for layers, model in _at_depths(device, dtype, config, depths).items()}
     fastest = {layers: math.inf for layers in depths}

@@ -335,22 +335,31 @@ def test_the_curve_also_prices_models_inside_the_warm_window_and_the_in_model_ex
 
 
 @pytest.mark.parametrize("batch", [1, 16])
-def test_in_model_excess_is_the_unpriced_time_of_the_extra_layers_over_their_matmuls_price(batch):
-    """The CPU grid's decode forwards (768 wide, 3 and 6 layers) priced on the synthetic profile, measured 30%
-    of the extra layers' matmuls' price slower than that: the excess is 0.3. Their matmuls by hand: 2 FLOPs per
-    weight and row, 12·d² weights a layer."""
+def test_in_model_excess_is_the_unpriced_time_of_the_model_over_its_matmuls_price(batch):
+    """The CPU grid's decode forward (768 wide, 6 layers) priced on the synthetic profile, with its fixed cost,
+    and measured 30% of its matmuls' price slower than that: the excess is 0.3. Its matmuls by hand: 2 FLOPs per
+    weight and row, 12·d² weights a layer and the 8-token head."""
     profile = synthetic_profile()
     grid = device_profile.GRIDS["cpu"]
-    width, layers = grid.in_model_width, grid.in_model_depths
-    config = lambda depth: GPTConfig(n_layer=depth, attention="sdpa",  # noqa: E731
-                                     **device_profile.in_model_shape(width))
-    priced = [sum(predict.price(flops.forward_operations(config(depth), batch, 1, 5), profile,
-                                "inference").values()) for depth in layers]
-    matmuls = batch * 2 * (layers[1] - layers[0]) * 12 * width**2 / MATMUL_RATE  # the extra layers
-    measured = [priced[0], priced[1] + 0.3 * matmuls]
-    depths = {"width": width, "batch": batch, "layers": list(layers), "seconds": measured}
+    width, layers = grid.in_model_width, grid.in_model_layers
+    config = GPTConfig(n_layer=layers, attention="sdpa", **device_profile.in_model_shape(width))
+    priced = sum(predict.price(flops.forward_operations(config, batch, 1, 5), profile, "inference").values())
+    priced += profile.overhead["fixed_s"]["forward"]
+    matmuls = batch * 2 * (layers * 12 * width**2 + config.vocab_size * width) / MATMUL_RATE
+    depths = {"width": width, "batch": batch, "layers": [layers], "seconds": [priced + 0.3 * matmuls]}
     assert device_profile.in_model_excess(profile, depths) == pytest.approx(0.3)
-    assert device_profile.in_model_excess(profile, depths | {"seconds": [priced[0], priced[1] - matmuls]}) == 0.0
+    assert device_profile.in_model_excess(profile, depths | {"seconds": [priced - matmuls]}) == 0.0
+
+
+def test_each_in_model_depth_keeps_its_faster_pass():
+    """A burst slowing one depth in one pass (3 layers in the first, 6 in the second) is left out at each batch."""
+    first = [{"width": 768, "batch": 1, "layers": [3, 6], "seconds": [5.0, 9.0]},
+             {"width": 768, "batch": 16, "layers": [3, 6], "seconds": [20.0, 35.0]}]
+    second = [{"width": 768, "batch": 1, "layers": [3, 6], "seconds": [4.0, 11.0]},
+              {"width": 768, "batch": 16, "layers": [3, 6], "seconds": [18.0, 40.0]}]
+    merged = device_profile._fastest_depths(first, second)
+    assert [row["seconds"] for row in merged] == [[4.0, 9.0], [18.0, 35.0]]
+    assert [row["batch"] for row in merged] == [1, 16]
 
 
 def test_a_quick_profile_serves_the_ceilings_view_but_no_prediction(tmp_path, monkeypatch):
