@@ -534,7 +534,7 @@ class Grid:
     adamw_totals: list[int]  # and its parameter counts
     cold_bytes: int = 512 * 2**20  # weight window of the cold skinny matmuls (microbench.matmul_grid)
     in_model_width: int | None = None  # width of the decode forwards in_model_excess times; None: not measured
-    in_model_layers: int = 3  # and their layers: enough that the weights are well past the CPU's caches
+    in_model_layers: int = 3  # and their layers (the CPU grid's: enough that the weights are past the caches)
 
 
 GRIDS = {
@@ -761,8 +761,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         # The skinny products read their weights from memory, which a neighbour's traffic on a shared machine
         # slows for seconds at a time (on the 2-core VM, a whole pass of them by 30% in one calibration of five):
         # they are measured a second time, tens of seconds after the first, and the faster of the two is kept;
-        # so are the in-model decode forwards, whose excess is a difference of two depths and so moves further
-        # than either (0.76 at both batches in one calibration of six that ran 87 s instead of 68-71).
+        # so are the in-model decode forwards (in_model_pass), timed here and again at the end.
         in_model = in_model_pass(torch_device, dtype, grid, tick)
         skinny = len(cold_rows)
         matmul[:skinny] = _faster(matmul[:skinny], microbench.matmul_grid(
