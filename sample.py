@@ -39,6 +39,7 @@ from gpt.cli import (
 from gpt.config import ATTENTION_BACKENDS, DTYPE_NAMES, PRESETS, SHAPE_ONLY_PRESETS, GPTConfig
 from gpt.errors import ConfigError, GptmeterError
 from gpt.files import check_output_file
+from gpt.host_memory import keep_freed_memory
 from gpt.memory import generation_bytes, require_fits
 from gpt.rundir import newest_run, run_tokenizer
 from gpt.tokenizer import TOKENIZERS, Tokenizer, folder_tokenizer, get_tokenizer
@@ -155,6 +156,7 @@ def encode_prompt(text: str, tokenizer: Tokenizer, block_size: int) -> list[int]
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         check_output_file(args.profile_json, "--profile-json")
         device = resolve_device(args.device)

@@ -48,6 +48,7 @@ from gpt.config import (
     TrainConfig,
 )
 from gpt.errors import GptmeterError
+from gpt.host_memory import keep_freed_memory
 from gpt.rundir import SHARDED_CHECKPOINT_NAME, RunLock, claim_run_dir, keep_tokenizer_files, run_tokenizer
 from gpt.tokenizer import TOKENIZERS, get_tokenizer
 
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
+    keep_freed_memory()
     from gpt import distributed  # imports torch, which --help must not wait for
 
     lock = None

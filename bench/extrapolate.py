@@ -45,6 +45,7 @@ from gpt.cli import HelpFormatter, fail, positive_int
 from gpt.config import GPTConfig
 from gpt.errors import GptmeterError
 from gpt.files import write_json
+from gpt.host_memory import keep_freed_memory
 from gpt.memory import generation_bytes
 from gpt.model import GPT
 from gpt.warmup import plan_warmup, warm_up
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         "steps a run after the meter's warm-up; the profile is calibrated under torchrun too "
                         "unless --profile names one with collectives measured at N (bench/distributed.py)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as the tools run
     if args.world_size > 1:
         return distributed_main(args)
     torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from gpt.errors import GptmeterError
+from gpt.host_memory import keep_freed_memory
 
 SUBCOMMANDS = (
     "profiling.flops",
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.run(args)
     except GptmeterError as error:

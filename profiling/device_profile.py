@@ -77,7 +77,11 @@ FORMAT = "gptmeter-device-profile"
 #    on a matmul grid whose dims double from 256 up (512 and 2048 added). Version 8 took the difference of 1- and
 #    3-layer 1536-wide models (0.00-0.15) and predicted the 25M model's batch-16 decode 9-19% too fast in eight
 #    bench runs of eight.
-FORMAT_VERSION = 9
+# 10: calibrated under gpt.host_memory.keep_freed_memory, as the tools now run: glibc keeps freed blocks instead of
+#    returning them to the system. Without it a fresh process faulted its activations' pages in again on every
+#    step (560 faults, 0.6 ms of a 0.13M model's 5 ms batch-16 prefill), so version 9 profiles measured a
+#    different process.
+FORMAT_VERSION = 10
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
