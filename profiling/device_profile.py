@@ -80,7 +80,9 @@ FORMAT = "gptmeter-device-profile"
 # 10: calibrated under gpt.host_memory.keep_freed_memory, as the tools now run: glibc keeps freed blocks instead of
 #    returning them to the system. Without it a fresh process faulted its activations' pages in again on every
 #    step (560 faults, 0.6 ms of a 0.13M model's 5 ms batch-16 prefill), so version 9 profiles measured a
-#    different process.
+#    different process. And a memory-bound call's results are held over the calls of its operand window
+#    (microbench._memory_work), so that it writes into memory not just freed: version 9 priced the 0.13M
+#    model's batch-16 training step and prefill 9-19% too fast in four bench runs.
 FORMAT_VERSION = 10
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()

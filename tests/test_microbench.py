@@ -127,3 +127,25 @@ def test_the_optimizer_step_is_timed_on_matrices_the_trainer_decays(monkeypatch)
     decayed = [group for group in optimizer.param_groups if group["weight_decay"] == decay]
     assert [len(group["params"]) for group in decayed] == [3]
     assert all(len(optimizer.state[param]) > 0 for param in decayed[0]["params"])  # AdamW stepped on each
+
+
+def test_memory_bound_calls_write_into_blocks_not_just_freed(monkeypatch):
+    """A residual add timed over 4 operand sets: each call's result stays alive for 4 calls, so the allocator
+    hands the next call a block last written 4 calls ago, not the one just freed (cache-hot)."""
+    outputs = []
+    add = torch.add
+
+    def recording_add(*operands):
+        result = add(*operands)
+        outputs.append(result.data_ptr())
+        return result
+
+    monkeypatch.setattr(torch, "add", recording_add)
+    elements = 4096
+    forward, backward = microbench._memory_work("add", elements, torch.device("cpu"), torch.float32,
+                                                window=4 * 2 * elements * 4)  # two operands of 16 KiB, 4 sets
+    for _ in range(12):
+        forward()
+    assert backward is None
+    # while a call runs, the four before it are held: every five successive results lie in five blocks
+    assert all(len(set(outputs[i:i + 5])) == 5 for i in range(len(outputs) - 4))
