@@ -546,7 +546,7 @@ class Grid:
 GRIDS = {
     # 9³ warm + 4 × 9² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 11
     # memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid, the fixed costs and the
-    # in-model decode forwards: 68-85 s at one thread on the project's 2-vCPU VM (2026-12-03 14:42-15:59 UTC,
+    # in-model decode forwards: 68-88 s at one thread on the project's 2-vCPU VM (2026-12-03 14:42-17:29 UTC,
     # docs/benchmarks.md).
     # The matmul dims double from 256 up: with 1024 and 4096 alone, 16-row products of a 384- or 512-wide model
     # were priced 6-28% faster than they ran, timed alone at their own shapes (log-linear interpolation over a
