@@ -61,13 +61,24 @@ SHAPES = {
 PROMPT_TOKENS = 16
 
 
+def _transformers():
+    """The transformers package, or bad input: the one-line message says how to install one that imports here."""
+    try:
+        import transformers
+    except ImportError as error:
+        # From 5.25 transformers imports Hugging Face's `kernels` package at start-up, and run from this
+        # repository that name is this project's own kernels/ (the Triton kernels).
+        raise GptmeterError(f"the contender transformers does not import ({error}); install the tested range: "
+                            "pip install -e '.[test]' (transformers 4.45 to 5.24)") from error
+    return transformers
+
+
 def _hf_twin(model: GPT):
     """transformers' GPT2LMHeadModel with `model`'s weights, SDPA attention."""
-    from transformers import GPT2LMHeadModel
-
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(Path(folder) / "model", eos_token=model.config.vocab_size - 1)
-        return GPT2LMHeadModel.from_pretrained(Path(folder) / "model", attn_implementation="sdpa").eval()
+        return _transformers().GPT2LMHeadModel.from_pretrained(Path(folder) / "model",
+                                                                attn_implementation="sdpa").eval()
 
 
 def contenders(model: GPT, new_tokens: int, compile: bool) -> dict:
@@ -187,8 +198,7 @@ def format_profile(entry: dict) -> str:
 
 
 def environment(threads: int, command: list[str]) -> dict:
-    import transformers
-
+    transformers = _transformers()
     return {"device": device_name("cpu"), "last_level_cache": last_level_cache(), "threads": threads,
             "date": datetime.now(timezone.utc).isoformat(),
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
@@ -229,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     command = sys.argv[1:] if argv is None else argv
-    report = {"environment": environment(torch.get_num_threads(), command), "rows": []}
     try:
+        report = {"environment": environment(torch.get_num_threads(), command), "rows": []}
         for shape in args.shapes:
             for batch in args.batches:
                 report["rows"].append(measure(shape, batch, args.new_tokens, args.rounds, args.compile))

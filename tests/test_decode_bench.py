@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -46,3 +47,12 @@ def test_step_profile_counts_the_operators_of_one_step():
     assert calls["aten::linear"] == 5  # and the output head
     assert calls["aten::index_copy_"] == 2  # the new key and value, written into the cache
     assert entry["step_seconds"] > 0 and entry["weight_read_seconds"] > 0
+
+
+def test_a_transformers_that_does_not_import_is_one_line_naming_the_fix(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    with pytest.raises(SystemExit) as stopped:
+        main(["--shapes", "toy", "--batches", "1", "--rounds", "1", "--new-tokens", "2"])
+    assert stopped.value.code != 0
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "transformers does not import" in message and "pip install -e '.[test]'" in message
