@@ -17,7 +17,10 @@ For each shape, workload and batch (training, prefill and decode at batch 1 and 
                shape — MFU for training and prefill, and for decoding the compute and bandwidth efficiencies
                against `profiling.scale.roofline`
 
-and prints both predictions' error (predicted − measured) / measured next to the measurement.
+and prints both predictions' error (predicted − measured) / measured next to the measurement, then how far the
+machine's speed moved from before to after the measurements (`probe_machine`: a matmul, a skinny one with its
+weight from memory, the streaming copy, a small op's per-call cost), which a neighbour's load on a shared machine
+moves.
 
 With --world-size N, data-parallel training instead (bench/distributed.py): train.py itself, in one process
 and under torchrun with N gloo processes (DDP, FSDP), tokens/s per card against `predict_train(world_size=N)`
@@ -52,6 +55,7 @@ from gpt.warmup import plan_warmup, warm_up
 from profiling import flops
 from profiling.device_profile import DeviceProfile, calibrate, load_profile
 from profiling.live import GenerationProfiler
+from profiling import microbench
 from profiling.microbench import SAMPLE_TEMPERATURE, host_clock, never_drawn_end_of_text, timing_trainer
 from profiling.predict import predict_decode, predict_prefill, predict_train
 from profiling.scale import roofline
@@ -276,6 +280,40 @@ def run_benchmark(profile: DeviceProfile, shapes: list[str], batches: list[int],
     return rows
 
 
+PROBE_COLD_BYTES = 512 * 2**20  # the skinny probe's weights, read from past the caches as a large model's are
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How fast the machine runs at one moment, by four fixed micro-benchmarks (microbench's own timing)."""
+
+    matmul: float  # FLOP/s of a 256 x 1024 x 1024 product, its weight from the 64 MiB window
+    skinny_matmul: float  # FLOP/s of a 16-row product, 1024 x 1024, its weight from 512 MiB
+    copy: float  # bytes/s of the 128 MiB streaming copy
+    calls: float  # calls/s of an add of 256 elements: the per-call cost (Python, dispatch) that small models pay
+
+
+def probe_machine() -> Probe:
+    """Timed before and after the measurements, so that a run shows how far a neighbour's load moved the machine
+    between its calibration and the cases measured minutes later (one run measured every model 5-10% slower
+    than two runs before it, 2026-12-03)."""
+    cpu = torch.device("cpu")
+
+    def product(rows: int, window: int) -> float:  # (rows x 1024) @ (1024 x 1024), timed whole
+        return microbench.matmul_grid(cpu, "fp32", [1024], 2 * rows * 1024**2, window, rows=[rows])[0][0][0]
+
+    pair = torch.randn(2, 256)
+    return Probe(product(256, microbench.WARM_BYTES), product(16, PROBE_COLD_BYTES),
+                 microbench.stream_copy(cpu, "fp32")["bytes_per_sec"],
+                 1 / microbench.seconds_per_call(lambda: torch.add(pair[0], pair[1]), cpu))
+
+
+def format_drift(before: Probe, after: Probe) -> str:
+    changes = ", ".join(f"{name.replace('_', ' ')} {getattr(after, name) / getattr(before, name) - 1:+.1%}"
+                        for name in ("matmul", "skinny_matmul", "copy", "calls"))
+    return f"machine from before to after the measurements (speed; negative: slower at the end): {changes}"
+
+
 def format_rows(rows: list[Row], anchor_shape: str) -> str:
     lines = [f"{'shape':<9} {'params':>11} {'workload':<8} {'batch':>5} {'measured':>10} {'predictor':>10} "
              f"{'error':>7} {'constant':>10} {'error':>7}"]
@@ -329,12 +367,15 @@ def main(argv: list[str] | None = None) -> int:
                                 "calibrate with the same --threads")
     except GptmeterError as error:
         fail("bench.extrapolate", str(error))
+    before = probe_machine()
     rows = run_benchmark(profile, args.shapes, args.batches, args.anchor, args.steps, args.repeats,
                          progress=lambda line: print(line, file=sys.stderr), sweeps=args.sweeps)
+    after = probe_machine()
     print(format_rows(rows, args.anchor))
+    print(format_drift(before, after))
     if args.json:
         result = {"device": profile.device, "threads": args.threads, "calibration_wall_seconds": calibration_seconds,
-                  "sweeps": args.sweeps,
+                  "sweeps": args.sweeps, "probe": {"before": asdict(before), "after": asdict(after)},
                   "profile": asdict(profile),
                   "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "context": CONTEXT, "vocab": VOCAB,
                   "rows": [asdict(row) | {"error": row.error, "constant_error": row.constant_error} for row in rows]}

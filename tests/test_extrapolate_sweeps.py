@@ -30,3 +30,10 @@ def test_each_case_keeps_its_fastest_sweep_and_sweeps_alternate_order(monkeypatc
         (shape, workload): fastest for shape, fastest in (("A", 30.0), ("B", 5.0))
         for workload in ("train", "prefill", "decode")}
     assert all(row.wall == row.measured / 2 for row in rows)  # the kept measurement's own wall figure
+
+
+def test_the_machines_drift_is_each_probes_change_in_speed():
+    before, after = extrapolate.Probe(100.0, 10.0, 50.0, 4.0), extrapolate.Probe(90.0, 10.0, 55.0, 3.0)
+    line = extrapolate.format_drift(before, after)
+    assert "matmul -10.0%" in line and "skinny matmul +0.0%" in line and "copy +10.0%" in line
+    assert "calls -25.0%" in line
