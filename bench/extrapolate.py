@@ -52,10 +52,9 @@ from gpt.host_memory import keep_freed_memory
 from gpt.memory import generation_bytes
 from gpt.model import GPT
 from gpt.warmup import plan_warmup, warm_up
-from profiling import flops
+from profiling import flops, microbench
 from profiling.device_profile import DeviceProfile, calibrate, load_profile
 from profiling.live import GenerationProfiler
-from profiling import microbench
 from profiling.microbench import SAMPLE_TEMPERATURE, host_clock, never_drawn_end_of_text, timing_trainer
 from profiling.predict import predict_decode, predict_prefill, predict_train
 from profiling.scale import roofline

@@ -560,7 +560,7 @@ def _decode_forward(model, tokens: torch.Tensor) -> Callable[[], None]:
     return forward
 
 
-DEPTHS = (1, 3)  # the depth benchmarks' models: the difference of their times is two layers' worth
+DEPTHS = (1, 3)  # prefill_depth_seconds' models: the difference of their times is two layers' worth
 
 
 def _at_depths(device: torch.device, dtype: str, config,
@@ -576,8 +576,8 @@ def _at_depths(device: torch.device, dtype: str, config,
     return models
 
 
-def decode_depth_seconds(device: torch.device, dtype: str, config, batch: int = 1,
-                         depths: tuple[int, ...] = DEPTHS, rounds: int = 3) -> dict[str, Any]:
+def decode_depth_seconds(device: torch.device, dtype: str, config, batch: int, depths: tuple[int, ...],
+                         rounds: int = 3) -> dict[str, Any]:
     """Seconds of a decode forward of `config` for `batch` sequences at each of `depths` layers, to set against
     their operations' price (device_profile.in_model_excess). Several depths are timed in alternation `rounds`
     times, each keeping its fastest: a neighbour's job that slows the machine for seconds then slows all.

@@ -1,11 +1,12 @@
 """keep_freed_memory: a step that frees and reallocates its activations stops taking page faults for them."""
 
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from gpt import host_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,7 @@ def faults_per_round(keep: bool) -> float:
     return float(result.stdout)
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.skipif(not host_memory.on_glibc(), reason="glibc's mallopt")
 def test_freed_activations_are_reused_without_page_faults():
     default, kept = faults_per_round(keep=False), faults_per_round(keep=True)
     assert default >= 10  # glibc returns some of the 40 MiB freed each round to the system, and faults it back
@@ -44,7 +45,5 @@ def test_freed_activations_are_reused_without_page_faults():
 
 
 def test_without_glibc_nothing_is_set(monkeypatch):
-    from gpt import host_memory
-
     monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
     assert host_memory.keep_freed_memory() is False

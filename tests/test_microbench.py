@@ -50,7 +50,8 @@ def test_decode_depth_seconds_times_the_models_own_decode_forward_at_two_depths(
     times = iter([3e-3, 9e-3, 2e-3, 8e-3])  # rounds of (2 layers, 4 layers): the fastest of each is kept
     monkeypatch.setattr(microbench, "seconds_per_call", lambda work, device: (work(), next(times))[1])
     config = GPTConfig(n_layer=1, n_embd=32, n_head=1, vocab_size=8, block_size=16, attention="sdpa")
-    result = microbench.decode_depth_seconds(torch.device("cpu"), "fp32", config, depths=(2, 4), rounds=2)
+    result = microbench.decode_depth_seconds(torch.device("cpu"), "fp32", config, batch=1, depths=(2, 4),
+                                           rounds=2)
     assert result == {"width": 32, "batch": 1, "layers": [2, 4], "seconds": [2e-3, 8e-3]}
     prompts = [call for call in calls if call[2] == (1, 4)]
     steps = [call for call in calls if call[2] == (1, 1)]
