@@ -10,7 +10,8 @@ PyTorch's CPU tuning guide recommends jemalloc or TCMalloc for the same reason; 
 without a preloaded library.
 
 The setting is for the whole process, so the command lines (train.py, sample.py, `python -m profiling`, the
-benchmarks) make it, not the library: calibration and the tools then run under the same allocator.
+benchmarks) make it, not the library: calibration and the tools then run under the same allocator. Memory kept so
+counts as resident: `release_freed_memory` gives it back where a count of the memory in use begins.
 """
 
 from __future__ import annotations
@@ -41,3 +42,11 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD,
                                                                                    TRIM_THRESHOLD_BYTES))
+
+
+def release_freed_memory() -> None:
+    """Hand the freed memory the process keeps back to the system (glibc's malloc_trim), so that what it holds
+    resident is what it uses: before a peak-memory count restarts (profiling.meter.reset_peak_memory), else a
+    calibration's freed buffers, kept, would count in the run's peak. The next step faults its pages in once."""
+    if on_glibc():
+        ctypes.CDLL(None).malloc_trim(0)
