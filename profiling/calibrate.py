@@ -47,8 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="measure this device's profile (matmuls, attention, memory-bound ops, AdamW, per-call overhead)",
         description="Time matmuls over an (M, N, K) grid, attention over sequence lengths and head sizes, "
         "memory-bound operations over sizes, the AdamW step per parameter and the fixed cost of an operator call, "
-        "and write the device profile JSON that python -m profiling predict uses. About 70-90 s at one "
-        "thread on the project's 2-vCPU VM (66 s at two), a progress bar showing the shapes timed. "
+        "and write the device profile JSON that python -m profiling predict uses. About 100 s at one "
+        "thread on the project's 2-vCPU VM, a progress bar showing the shapes timed. "
         "The profile is cached per device name under $GPTMETER_CACHE_DIR/device_profiles/. Under torchrun "
         "(torchrun --standalone --nproc_per_node N -m profiling calibrate) it instead times all-reduce, all-gather "
         "and reduce-scatter over message sizes on the running backend, and the harness of a DDP and an FSDP "

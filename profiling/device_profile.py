@@ -83,7 +83,13 @@ FORMAT = "gptmeter-device-profile"
 #    different process. And a memory-bound call's results are held over the calls of its operand window
 #    (microbench._memory_work), so that it writes into memory not just freed: version 9 priced the 0.13M
 #    model's batch-16 training step and prefill 9-19% too fast in four bench runs.
-FORMAT_VERSION = 10
+# 11: matmul["hot"], the skinny products with weights from a 4 MiB window (microbench.HOT_BYTES), the window
+#    curve's cache-hot end: a decode step's matmuls (flops.Op variant "decode") move from it, not from the 64 MiB
+#    table, towards the cold table, and count the KV cache in what passes through the caches. On the 2-core VM of
+#    2026-12-04 the 64 MiB window lay past the last-level cache (a 1-row 1024-wide product 9.9 GFLOP/s there,
+#    26.5 over 4 MiB), and version 10 priced the decode of the small models as if their weights came from
+#    memory: 13-37% too slow.
+FORMAT_VERSION = 11
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -165,13 +171,17 @@ class DeviceProfile:
 
     def _matmul_rate(self, op: Op) -> float:
         """FLOP/s at the op's shape; a skinny product is interpolated (log FLOP/s) towards the cold table, slowed by
-        its in-model excess, as far as `_coldness` says at the model's weight bytes; without a window curve,
-        only a model whose weights outgrow the warm window."""
+        its in-model excess, as far as `_coldness` says at the bytes that pass through the caches between its
+        calls; without a window curve, only a model whose weights outgrow the warm window. A decode step's
+        products start from the hot table (weights a step old, cache-hot), the others from the warm one."""
         dims = self.matmul["dims"]
         warm = _grid_value(self.matmul["flops_per_sec"], [dims] * 3, op.shape)
         cold = self.matmul.get("cold")
         if not cold or op.shape[0] > cold["rows"][-1]:
             return warm
+        hot = self.matmul.get("hot")
+        if hot is not None and op.variant == "decode":
+            warm = _grid_value(hot["flops_per_sec"], [hot["rows"], dims, dims], op.shape)
         if "window_curve" not in self.matmul and op.working_set <= self.matmul["window_bytes"]:
             return warm  # without the curve, weights within the warm window count as cached
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
@@ -544,9 +554,9 @@ class Grid:
 
 
 GRIDS = {
-    # 9³ warm + 4 × 9² cold matmuls (the skinny ones twice), 4³ attention shapes × 3 variants, 6 sizes × 11
-    # memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid, the fixed costs and the
-    # in-model decode forwards: 68-88 s at one thread on the project's 2-vCPU VM (2026-12-03 14:42-17:29 UTC,
+    # 9³ warm + 4 × 9² cold + 4 × 9² hot matmuls (the skinny ones twice), 4³ attention shapes × 3 variants,
+    # 6 sizes × 11 memory kinds (LayerNorm and the embedding at 3 row widths), the optimizer's grid, the fixed
+    # costs and the in-model decode forwards: 99-100 s at one thread on the project's 2-vCPU VM (2026-12-04,
     # docs/benchmarks.md).
     # The matmul dims double from 256 up: with 1024 and 4096 alone, 16-row products of a 384- or 512-wide model
     # were priced 6-28% faster than they ran, timed alone at their own shapes (log-linear interpolation over a
@@ -701,10 +711,20 @@ def in_model_pass(device, dtype: str, grid: Grid, tick: Callable[[], None]) -> l
 
 
 def _fastest_depths(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two in_model_pass (or other decode_depth_seconds) results merged: at each batch, each depth keeps the
-    faster of its two times."""
+    """Two in_model_pass results (or other lists of decode_depth_seconds or prefill_depth_seconds results)
+    merged: in each, each depth keeps the faster of its two times."""
     return [one | {"seconds": [min(a, b) for a, b in zip(one["seconds"], two["seconds"])]}
             for one, two in zip(first, second, strict=True)]
+
+
+FIXED_COST_PASSES = 3  # times calibrate measures the fixed-cost models (microbench.tiny_model_seconds)
+
+
+def _fastest_timings(first: dict[int, dict[str, float]], second: dict[int, dict[str, float]]
+                     ) -> dict[int, dict[str, float]]:
+    """Two tiny_model_seconds results per depth merged: each path keeps the faster of its two times."""
+    return {layers: {path: min(seconds, second[layers][path]) for path, seconds in paths.items()}
+            for layers, paths in first.items()}
 
 
 def _faster(first: list, second: list) -> list:
@@ -740,20 +760,44 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         raise ProfileError(f"CPU calibration measures fp32 only (the CPU tools run float32), not {dtype}; "
                            "use --dtype fp32")
     grid = GRIDS["quick" if quick else torch_device.type]
-    steps = len(grid.dims) ** 2 * (len(grid.dims) + 3 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
+    steps = len(grid.dims) ** 2 * (len(grid.dims) + 5 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + 2
-    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 1 + bool(grid.in_model_width) * 2 * len(IN_MODEL_ROWS)
+    steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + FIXED_COST_PASSES * 2
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 2 + bool(grid.in_model_width) * 2 * len(IN_MODEL_ROWS)
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
         tick = lambda: bar.update(1)  # noqa: E731
+
+        def fixed_costs() -> dict[int, dict[str, float]]:
+            timings = {}
+            for layers in (1, 3):
+                config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
+                timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
+                tick()
+            return timings
+
+        def prefill_depths() -> dict[str, Any]:
+            config = GPTConfig(n_layer=1, attention="sdpa", **PREFILL_SHAPE)
+            depths = microbench.prefill_depth_seconds(torch_device, dtype, config, PREFILL_PROMPT_TOKENS,
+                                                      PREFILL_NEW_TOKENS)
+            tick()
+            return depths
+
+        # A shared machine's speed moves by tens of percent for seconds at a time, and most of all for the small
+        # calls that set the fixed costs (on the 2-core VM the per-call cost came out 13 us in one calibration of
+        # 2026-12-04, 5 us in the one before): the fixed-cost models are timed at the start, the middle and the
+        # end, and each time keeps its fastest; the prefill depths in the middle and at the end.
+        timings = fixed_costs()
         matmul = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES,
                                         tick=tick)
         cold_rows = [m for m in grid.dims if m <= COLD_MAX_ROWS]
         cold = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
                                       rows=cold_rows, tick=tick)
-        windows = [2**k for k in range(22, grid.cold_bytes.bit_length(), 1)]  # 4 MiB up to the cold window
+        hot = microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.HOT_BYTES,
+                                     rows=cold_rows, tick=tick)
+        # from the hot window up to the cold one
+        windows = [2**k for k in range(microbench.HOT_BYTES.bit_length() - 1, grid.cold_bytes.bit_length())]
         curve = microbench.window_curve(torch_device, dtype, windows)
         attention = microbench.attention_grid(torch_device, dtype, sdpa_attention, grid.batch_heads, grid.seqs,
                                               grid.head_dims, grid.max_flops, tick)
@@ -769,21 +813,18 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         # they are measured a second time, tens of seconds after the first, and the faster of the two is kept;
         # so are the in-model decode forwards (in_model_pass), timed here and again at the end.
         in_model = in_model_pass(torch_device, dtype, grid, tick)
+        timings = _fastest_timings(timings, fixed_costs())
+        prefill = prefill_depths()
         skinny = len(cold_rows)
         matmul[:skinny] = _faster(matmul[:skinny], microbench.matmul_grid(
             torch_device, dtype, grid.dims, grid.max_flops, microbench.WARM_BYTES, rows=cold_rows, tick=tick))
         cold = _faster(cold, microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, grid.cold_bytes,
                                                     rows=cold_rows, tick=tick))
+        hot = _faster(hot, microbench.matmul_grid(torch_device, dtype, grid.dims, grid.max_flops, microbench.HOT_BYTES,
+                                                  rows=cold_rows, tick=tick))
         curve = _faster(curve, microbench.window_curve(torch_device, dtype, windows))
-        timings = {}
-        for layers in (1, 3):
-            config = GPTConfig(n_layer=layers, attention="sdpa", **OVERHEAD_SHAPE)
-            timings[layers] = microbench.tiny_model_seconds(torch_device, dtype, config)
-            tick()
-        prefill = microbench.prefill_depth_seconds(
-            torch_device, dtype, GPTConfig(n_layer=1, attention="sdpa", **PREFILL_SHAPE), PREFILL_PROMPT_TOKENS,
-            PREFILL_NEW_TOKENS)
-        tick()
+        timings = _fastest_timings(timings, fixed_costs())
+        prefill = _fastest_depths([prefill], [prefill_depths()])[0]
         depths = _fastest_depths(in_model, in_model_pass(torch_device, dtype, grid, tick))
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch_device)
@@ -812,6 +853,7 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
         peak_flops=peak, peak_flops_source=peak_source, memory_bandwidth=bandwidth,
         matmul={"dims": grid.dims, "flops_per_sec": matmul, "window_bytes": microbench.WARM_BYTES,
                 "cold": {"rows": cold_rows, "flops_per_sec": cold, "window_bytes": grid.cold_bytes},
+                "hot": {"rows": cold_rows, "flops_per_sec": hot, "window_bytes": microbench.HOT_BYTES},
                 "window_curve": {"bytes": windows, "flops_per_sec": curve}},
         attention={"backend": "sdpa", "batch_heads": grid.batch_heads, "seq": grid.seqs,
                    "head_dim": grid.head_dims, "flops_per_sec": attention},

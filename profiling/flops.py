@@ -254,15 +254,15 @@ class Op:
     bytes: int  # per call, read + written
     count: int = 1
     phase: str = "forward"  # forward, backward or optimizer
-    variant: str = ""
-    working_set: int = 0  # matmuls: bytes of all the model's weights, which pass through the caches between calls;
-    # a decode step's KV-cache write: those and the KV cache
+    variant: str = ""  # attention: causal, decode or causal_backward; matmuls: "decode" in a decode step
+    working_set: int = 0  # matmuls and a decode step's KV-cache write: the bytes that pass through the caches
+    # between two calls of a layer's op: the model's weights, and in a decode step its KV cache
 
 
 def _matmul(name: str, m: int, n: int, k: int, elem: int, count: int = 1, phase: str = "forward",
-            working_set: int = 0) -> Op:
-    return Op(name, "matmul", (m, n, k), 2 * m * n * k, (m * k + k * n + m * n) * elem, count, phase,
-              working_set=working_set)
+            working_set: int = 0, variant: str = "") -> Op:
+    return Op(name, "matmul", (m, n, k), 2 * m * n * k, (m * k + k * n + m * n) * elem, count, phase, variant,
+              working_set)
 
 
 def _memory(name: str, kind: str, elements: int, elem: int, count: int = 1, phase: str = "forward",
@@ -300,19 +300,22 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
     elem, n_layer = bytes_per_element(dtype), config.n_layer
     tokens, d, d_kv, vocab = batch * queries, config.n_embd, config.n_kv_head * config.head_dim, config.vocab_size
     weights = param_count(config) * elem
+    # a decode step's products: their weights were read one step ago, and the KV cache passed through since
+    cache = 2 * n_layer * batch * keys * d_kv * elem
+    step, passing = ("", weights) if keys == queries else ("decode", weights + cache)
     ops = [
         _memory("embedding", "embedding", tokens * d, elem, width=d),
         _memory("ln", "layernorm", tokens * d, elem, 2 * n_layer, width=d),
-        _matmul("qkv", tokens, d + 2 * d_kv, d, elem, n_layer, working_set=weights),
+        _matmul("qkv", tokens, d + 2 * d_kv, d, elem, n_layer, working_set=passing, variant=step),
         _attention(config, batch, queries, keys, elem, "causal" if keys == queries else "decode"),
         _memory("attention_out", "copy", tokens * d, elem, n_layer),
-        _matmul("attention_proj", tokens, d, d, elem, n_layer, working_set=weights),
+        _matmul("attention_proj", tokens, d, d, elem, n_layer, working_set=passing, variant=step),
         _memory("residual", "add", tokens * d, elem, 2 * n_layer),
-        _matmul("mlp_fc", tokens, 4 * d, d, elem, n_layer, working_set=weights),
+        _matmul("mlp_fc", tokens, 4 * d, d, elem, n_layer, working_set=passing, variant=step),
         _memory("gelu", "gelu", tokens * 4 * d, elem, n_layer),
-        _matmul("mlp_proj", tokens, d, 4 * d, elem, n_layer, working_set=weights),
+        _matmul("mlp_proj", tokens, d, 4 * d, elem, n_layer, working_set=passing, variant=step),
         _memory("ln_f", "layernorm", tokens * d, elem, width=d),
-        _matmul("head", tokens, vocab, d, elem, working_set=weights),
+        _matmul("head", tokens, vocab, d, elem, working_set=passing, variant=step),
     ]
     if loss:
         ops.append(_memory("cross_entropy", "cross_entropy", tokens * vocab, elem))
@@ -320,7 +323,6 @@ def forward_operations(config: GPTConfig, batch: int, queries: int, keys: int | 
         # keys and values of a layer, priced as one call (the model makes two; one fewer per-call cost); a decode
         # step writes one position per sequence and head into a cache grown cold since the layer's last step
         kind = "kv_write" if keys == queries else "kv_write_decode"
-        passing = weights + 2 * n_layer * batch * keys * d_kv * elem  # what passes through between two steps
         ops.append(_memory("kv_cache_write", kind, 2 * tokens * d_kv, elem, n_layer, working_set=passing))
     return ops
 

@@ -33,6 +33,11 @@ BATCHES = 5
 # Matmul weights are read from a window of this many bytes ("warm": a small model's weights, which stay in a
 # large last-level cache); skinny products are also measured with a much larger window (device_profile.Grid).
 WARM_BYTES = 64 * 2**20
+# A decode step's skinny products are also timed over this small window, the window curve's cache-hot end: in a
+# decode loop a layer's weights were read one step ago, and a 64 MiB window lies past some hosts' last-level
+# caches (on the 2-core VM of 2026-12-04 a 1-row 1024-wide product ran at 9.9 GFLOP/s over 64 MiB, 26.5 over
+# 4 MiB).
+HOT_BYTES = 4 * 2**20
 # A product of M rows does 2·M FLOPs per weight element it reads; at 256 rows (128 FLOPs per fp32 byte) it is
 # compute-bound on any device here. Shrinking the 4096-wide grid points to a few rows made them skinny, and
 # every large model's matmuls were predicted ~50% too slow on the 2-core VM (docs/benchmarks.md).
