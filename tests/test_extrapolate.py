@@ -34,6 +34,9 @@ def one_thread():
 def test_predictions_within_40_percent_on_unmeasured_shapes(one_thread, monkeypatch):
     monkeypatch.setattr(extrapolate, "SHAPES", SHAPES)
     profile = calibrate("cpu", "fp32", progress=False, quick=True)
+    hot, cold = profile.matmul["hot"], profile.matmul["cold"]  # the decode steps' table, over the skinny rows
+    assert hot["rows"] == cold["rows"] and len(hot["flops_per_sec"]) == len(cold["flops_per_sec"])
+    assert hot["window_bytes"] == profile.matmul["window_curve"]["bytes"][0] < profile.matmul["window_bytes"]
     rows = extrapolate.run_benchmark(profile, list(SHAPES), [4], "L3-d80", steps=3, repeats=3, progress=lambda _: None,
                                      sweeps=2)
     assert {(row.shape, row.workload) for row in rows} == {(s, w) for s in SHAPES for w in ("train", "prefill", "decode")}

@@ -351,6 +351,49 @@ def test_in_model_excess_is_the_unpriced_time_of_the_model_over_its_matmuls_pric
     assert device_profile.in_model_excess(profile, depths | {"seconds": [priced - matmuls]}) == 0.0
 
 
+def test_a_decode_steps_skinny_matmuls_start_from_the_hot_table_and_count_the_kv_cache():
+    """A decode step's products (variant "decode") blend from the hot table towards the cold one; a prefill's
+    and a training step's from the warm table. The bytes that decide how far are the weights plus, in a
+    decode step, the KV cache: here 4 MiB of weights sit where the curve has not fallen, and 60 MiB of
+    cache take the working set to 64 MiB, where it has fallen halfway (log)."""
+    profile = synthetic_profile()
+    hot_rate = 4 * MATMUL_RATE
+    profile.matmul |= {"window_bytes": 2**26, "cold": {"rows": [1, 64], "flops_per_sec": flat(1e8)[:2],
+                                                        "window_bytes": 2**29},
+                       "hot": {"rows": [1, 64], "flops_per_sec": flat(hot_rate)[:2], "window_bytes": 2**22},
+                       "window_curve": {"bytes": [2**22, 2**24, 2**26, 2**29], "flops_per_sec": [8e9, 8e9, 4e9, 2e9]}}
+    op = lambda variant, weights: flops.Op("mm", "matmul", (1, 64, 64), 2 * 4096, 0, variant=variant,  # noqa: E731
+                                           working_set=weights)
+    rate = lambda o: o.flops / profile.device_seconds(o)  # noqa: E731
+    assert rate(op("decode", 2**22)) == pytest.approx(hot_rate)
+    assert rate(op("", 2**22)) == pytest.approx(MATMUL_RATE)
+    assert rate(op("decode", 2**26)) == pytest.approx((hot_rate * 1e8) ** 0.5)
+    assert rate(op("decode", 2**29)) == pytest.approx(1e8)
+    wide = flops.Op("mm", "matmul", (4096, 64, 64), 2 * 4096**2, 0, variant="decode", working_set=2**22)
+    assert rate(wide) == pytest.approx(MATMUL_RATE)  # past the skinny rows: the warm table only
+
+    config = GPTConfig(vocab_size=300, block_size=4096, n_layer=2, n_head=4, n_embd=64)
+    weights = flops.param_count(config) * 4
+    batch, keys = 4, 1000
+    cache = 2 * config.n_layer * batch * keys * config.n_embd * 4
+    decode = [o for o in flops.forward_operations(config, batch, 1, keys) if o.kind == "matmul"]
+    prefill = [o for o in flops.forward_operations(config, batch, keys) if o.kind == "matmul"]
+    assert {(o.variant, o.working_set) for o in decode} == {("decode", weights + cache)}
+    assert {(o.variant, o.working_set) for o in prefill} == {("", weights)}
+
+
+def test_each_fixed_cost_path_keeps_its_fastest_pass():
+    """A slow spell in one pass of the fixed-cost models (all of the first pass at 1 layer) is left out path by
+    path, so the per-call cost solved from the two depths is not that pass's."""
+    first = {1: {"inference": 3e-4, "training": 9e-4, "token": 4e-4, "train_step": 2e-3},
+             3: {"inference": 4e-4, "training": 1.1e-3, "token": 5e-4, "train_step": 3e-3}}
+    second = {1: {"inference": 2e-4, "training": 6e-4, "token": 2.5e-4, "train_step": 1.5e-3},
+              3: {"inference": 4.2e-4, "training": 1.2e-3, "token": 4.8e-4, "train_step": 3.1e-3}}
+    merged = device_profile._fastest_timings(first, second)
+    assert merged == {1: {"inference": 2e-4, "training": 6e-4, "token": 2.5e-4, "train_step": 1.5e-3},
+                      3: {"inference": 4e-4, "training": 1.1e-3, "token": 4.8e-4, "train_step": 3e-3}}
+
+
 def test_each_in_model_depth_keeps_its_faster_pass():
     """A burst slowing one depth in one pass (3 layers in the first, 6 in the second) is left out at each batch."""
     first = [{"width": 768, "batch": 1, "layers": [3, 6], "seconds": [5.0, 9.0]},
