@@ -89,7 +89,11 @@ FORMAT = "gptmeter-device-profile"
 #    2026-12-04 the 64 MiB window lay past the last-level cache (a 1-row 1024-wide product 9.9 GFLOP/s there,
 #    26.5 over 4 MiB), and version 10 priced the decode of the small models as if their weights came from
 #    memory: 13-37% too slow.
-FORMAT_VERSION = 11
+# 12: the prefill's per-call and fixed costs solved from a 32-wide model's prefills (PREFILL_SHAPE), not a 96-wide
+#    one's, whose products the 64 MiB table priced above what they took in cache: on the 2-core VM of 2026-12-04
+#    version 11 solved the per-call cost to 0.0-0.8 us and priced a 0.12M-parameter model's batch-1 prefill
+#    17-23% too fast in every bench run of the day.
+FORMAT_VERSION = 12
 PROFILES_DIR = Path(__file__).parent / "profiles"  # measured profiles committed with the code, one per device class
 CACHE_DIR = "device_profiles"  # under gpt.data.cache_root()
 
@@ -584,11 +588,15 @@ COLD_MAX_ROWS = 64  # skinny matmuls (decode) are also measured with weights tha
 # The model the fixed costs are measured on: 8 wide, so that only the per-call and per-step costs remain.
 OVERHEAD_SHAPE = dict(vocab_size=8, block_size=16, n_head=1, n_embd=8)
 # The model and prompt whose prefill _solve_prefill times: small, so that the host's costs show, with the byte
-# tokenizer's vocabulary; a shape and a prompt length that bench.extrapolate's validation does not use. Each
+# tokenizer's vocabulary; a shape and a prompt length that bench.extrapolate's validation does not use. 32 wide,
+# so that its products cost little beside its calls, and a table that misprices them moves the per-call cost
+# little: on the 2-core VM of 2026-12-04 the 64 MiB table priced a 96-wide model's 48-row products above what
+# they took with its 1 MB of weights in cache, and that model's depths solved to 0.6-0.9 us a call, a 32-wide
+# model's to 3.5 us, a 48-wide one's to 2.8. Each
 # generation runs to the end of the context, as the one before the timed prefill did: the longer the decoding
-# before it, the slower a prefill (on the 2-core VM the 1-layer model's took 0.51 ms after 8 new tokens,
+# before it, the slower a prefill (on the 2-core VM the 96-wide 1-layer model's took 0.51 ms after 8 new tokens,
 # 0.55-0.58 ms after 64-80; 2026-12-03), and sample.py generates 300 by default.
-PREFILL_SHAPE = dict(vocab_size=257, block_size=128, n_head=2, n_embd=96)
+PREFILL_SHAPE = dict(vocab_size=257, block_size=128, n_head=1, n_embd=32)
 PREFILL_PROMPT_TOKENS, PREFILL_NEW_TOKENS = 48, 80
 
 

@@ -7,7 +7,7 @@ keeps the faster of two sweeps, each on a new model: on the 2-core VM of 2026-12
 192-wide shape decoded at 2,700 tokens/s and the next, built the same way in the same process, at 4,470.
 
 Both models' weights (1.1 and 3.9 MB) stay within a last-level cache, and neither shape is one that calibration
-times (its prefill model is 96 wide). A model whose weights fill the cache to its edge is the predictor's weak
+times (its prefill model is 32 wide). A model whose weights fill the cache to its edge is the predictor's weak
 spot (docs/benchmarks.md): on that VM a 2-layer 320-wide model (10 MB) measured its batch-4 decode 52% slower
 than predicted in one full test suite, in isolation within 25%.
 """
