@@ -184,14 +184,15 @@ class DeviceProfile:
         if not cold or op.shape[0] > cold["rows"][-1]:
             return warm
         hot = self.matmul.get("hot")
+        start = warm  # where the blend towards the cold table starts
         if hot is not None and op.variant == "decode":
-            warm = _grid_value(hot["flops_per_sec"], [hot["rows"], dims, dims], op.shape)
+            start = _grid_value(hot["flops_per_sec"], [hot["rows"], dims, dims], op.shape)
         if "window_curve" not in self.matmul and op.working_set <= self.matmul["window_bytes"]:
-            return warm  # without the curve, weights within the warm window count as cached
+            return start  # without the curve, weights within the warm window count as cached
         cold_rate = _grid_value(cold["flops_per_sec"], [cold["rows"], dims, dims], op.shape)
         cold_rate /= 1.0 + self._in_model_excess(op.shape[0])  # slower among a model's operations
         weight = self._coldness(op.working_set)
-        return _log_blend(warm, cold_rate, weight)
+        return _log_blend(start, cold_rate, weight)
 
     def _in_model_excess(self, rows: int) -> float:
         """The cold table's in-model excess (in_model_excess) at a product of `rows` rows: measured at a few row
@@ -725,9 +726,6 @@ def _fastest_depths(first: list[dict[str, Any]], second: list[dict[str, Any]]) -
             for one, two in zip(first, second, strict=True)]
 
 
-FIXED_COST_PASSES = 3  # times calibrate measures the fixed-cost models (microbench.tiny_model_seconds)
-
-
 def _fastest_timings(first: dict[int, dict[str, float]], second: dict[int, dict[str, float]]
                      ) -> dict[int, dict[str, float]]:
     """Two tiny_model_seconds results per depth merged: each path keeps the faster of its two times."""
@@ -770,8 +768,9 @@ def calibrate(device: str, dtype: str, progress: bool = True, quick: bool = Fals
     grid = GRIDS["quick" if quick else torch_device.type]
     steps = len(grid.dims) ** 2 * (len(grid.dims) + 5 * sum(m <= COLD_MAX_ROWS for m in grid.dims))
     steps += len(grid.batch_heads) * len(grid.seqs) * len(grid.head_dims)
-    steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases) + FIXED_COST_PASSES * 2
-    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + 2 + bool(grid.in_model_width) * 2 * len(IN_MODEL_ROWS)
+    steps += microbench.memory_steps(grid.sizes) + 1 + len(grid.adamw_cases)
+    steps += len(grid.adamw_sizes) * len(grid.adamw_totals) + bool(grid.in_model_width) * 2 * len(IN_MODEL_ROWS)
+    steps += 3 * 2 + 2  # three passes of the fixed-cost models at two depths; two of the prefill depths
     guard = torch.cuda.device(torch_device) if on_cuda else contextlib.nullcontext()
     bar = tqdm(total=steps, desc=f"calibrating {dtype}", unit="shape", disable=not progress)
     with guard, hardware.tf32_matmuls(dtype == "tf32"), bar:
